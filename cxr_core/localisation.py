@@ -1,0 +1,344 @@
+"""Scoring heatmaps against radiologist boxes: the paper's IoU, boxes from heatmaps, pointing game.
+
+Conventions (one place, so every number in the localisation report means the same thing):
+
+* Heatmaps are float arrays in [0, 1], one ``S x S`` map per (image, box label), batched ``K x S x S``.
+  Row index i is y, column index j is x.
+* Boxes are ``(x, y, w, h)`` floats in the pixel space of the map (scale the 1024-pixel boxes of
+  ``BBox_List_2017.csv`` with :func:`scale_box`); pixel (i, j) covers ``[j, j+1) x [i, i+1)``.
+* **Box mask rule** (:func:`box_mask`): pixel (i, j) belongs to the box iff its centre
+  ``(j + 0.5, i + 0.5)`` lies in ``[x, x + w) x [y, y + h)``. The mask's area is then within one
+  row/column of ``w * h`` and unbiased under rescaling. A side shorter than a pixel that covers no
+  centre falls back to the single row/column containing that side's midpoint, so no real box has an
+  empty mask.
+* **uint8 scaling** (:func:`to_uint8`): ``H = np.uint8(255 * h)``, i.e. truncation, exactly what
+  pytorch-grad-cam's ``show_cam_on_image`` does before colouring a map (the paper's maps are its
+  visualisations). The paper's rule is then ``A = H > a * 255``, strictly greater.
+* **Connectivity** (:func:`heatmap_boxes`): 8-connected components (``scipy.ndimage.label`` with a
+  3 x 3 structure), so diagonally touching pixels form one region, as a blob in a smooth map should.
+* **Pointing game** (:func:`pointing_hit`): maxima are taken on the float map; with ties, a hit if
+  *any* maximal pixel is in the box; a constant (flat) map is always a miss, since it points nowhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from cxr_core.metadata import BOX_SPACE  # side of the images in which BBox_List_2017.csv gives its boxes
+
+#: The paper's IoU thresholds (section 4.1): A = H > a * 255.
+PAPER_THRESHOLDS: tuple[float, ...] = (0.1, 0.15, 0.25, 0.35, 0.45)
+#: Box-score thresholds of the literature (Wang et al. 2017): accuracy = fraction of boxes with score >= T.
+ACCURACY_THRESHOLDS: tuple[float, ...] = (0.1, 0.25, 0.5)
+
+#: Values this far outside [0, 1] are float noise of a normalisation and are clipped, not refused.
+_RANGE_TOLERANCE = 1e-6
+#: Images per vectorised chunk in :func:`paper_iou` (bounds the int64 work array to ~64 MB at S=224).
+_IOU_CHUNK_PIXELS = 8_000_000
+
+
+def _as_box(box: Any, name: str = "box") -> np.ndarray:
+    """One ``(x, y, w, h)`` as float64, finite, with positive width and height."""
+    b = np.asarray(box, dtype=np.float64)
+    if b.shape != (4,):
+        raise ValueError(f"{name} must be (x, y, w, h), got shape {b.shape}")
+    if not np.isfinite(b).all():
+        raise ValueError(f"{name} holds NaN or infinite values: {b.tolist()}")
+    if b[2] <= 0 or b[3] <= 0:
+        raise ValueError(f"{name} must have positive width and height, got (x, y, w, h) = {b.tolist()}")
+    return b
+
+
+def _as_size(size: Any, name: str = "size") -> int:
+    """A map side in pixels; a float size would silently misplace every mask."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"{name} must be a positive integer, got {size!r}")
+    return int(size)
+
+
+def _check_range(h: np.ndarray, name: str) -> None:
+    if not np.isfinite(h).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if h.size and (h.min() < -_RANGE_TOLERANCE or h.max() > 1 + _RANGE_TOLERANCE):
+        raise ValueError(f"{name} must lie in [0, 1], got range [{h.min():.6g}, {h.max():.6g}]")
+
+
+def _check_heatmaps(heatmaps: Any, name: str = "heatmaps") -> np.ndarray:
+    """``K x S x S`` float map in [0, 1], kept in its own float dtype (no copy of a big batch)."""
+    h = np.asarray(heatmaps)
+    if not np.issubdtype(h.dtype, np.floating):
+        h = h.astype(np.float64)
+    if h.ndim != 3 or h.shape[1] != h.shape[2]:
+        raise ValueError(f"{name} must be K x S x S, got shape {h.shape}")
+    _check_range(h, name)
+    return h
+
+
+def _check_masks(masks: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean masks of exactly the heatmaps' shape (a 0/1 array is accepted and converted)."""
+    m = np.asarray(masks)
+    if m.shape != shape:
+        raise ValueError(f"masks shape {m.shape} does not match heatmaps shape {shape}")
+    if m.dtype != bool:
+        if not np.isin(m, (0, 1)).all():
+            raise ValueError("masks must be boolean or 0/1")
+        m = m.astype(bool)
+    return m
+
+
+def _check_thresholds(thresholds: Any, name: str = "thresholds") -> np.ndarray:
+    """Fractions a of the 0..255 scale, in [0, 1]."""
+    a = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence, got {thresholds!r}")
+    if not np.isfinite(a).all() or (a < 0).any() or (a > 1).any():
+        raise ValueError(f"{name} must lie in [0, 1], got {a.tolist()}")
+    return a
+
+
+def _axis_cover(start: float, length: float, size: int) -> np.ndarray:
+    """Pixels along one axis whose centre k + 0.5 lies in [start, start + length); see the module doc."""
+    centres = np.arange(size) + 0.5
+    inside = (centres >= start) & (centres < start + length)
+    if not inside.any():
+        k = int(np.floor(start + length / 2.0))
+        first_centre = np.ceil(start - 0.5) + 0.5  # smallest centre >= start
+        if 0 <= k < size and first_centre >= start + length:  # covers no centre at all: sub-pixel side
+            inside[k] = True
+    return inside
+
+
+def box_mask(box: Sequence[float] | np.ndarray, size: int) -> np.ndarray:
+    """Boolean ``size x size`` mask of the pixels whose centres the box covers (module doc: mask rule)."""
+    b = _as_box(box)
+    s = _as_size(size)
+    cols = _axis_cover(b[0], b[2], s)
+    rows = _axis_cover(b[1], b[3], s)
+    return rows[:, None] & cols[None, :]
+
+
+def box_masks(boxes: Any, size: int) -> np.ndarray:
+    """Stack of :func:`box_mask` for ``K x 4`` boxes -> ``K x size x size``."""
+    b = np.asarray(boxes, dtype=np.float64)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must be K x 4 (x, y, w, h), got shape {b.shape}")
+    s = _as_size(size)
+    if b.shape[0] == 0:
+        return np.zeros((0, s, s), dtype=bool)
+    return np.stack([box_mask(row, s) for row in b])
+
+
+def scale_box(box: Any, from_size: float = BOX_SPACE, to_size: float = 224) -> np.ndarray:
+    """Rescale ``(x, y, w, h)`` (or ``K x 4``) from a ``from_size`` square image to a ``to_size`` one.
+
+    Images are resized without cropping or padding, so every coordinate scales by the same factor.
+    """
+    if not from_size > 0 or not to_size > 0:
+        raise ValueError(f"from_size and to_size must be positive, got {from_size!r} and {to_size!r}")
+    b = np.asarray(box, dtype=np.float64)
+    if b.shape[-1:] != (4,):
+        raise ValueError(f"box must be (x, y, w, h) or K x 4, got shape {b.shape}")
+    return b * (float(to_size) / float(from_size))
+
+
+def to_uint8(heatmaps: Any) -> np.ndarray:
+    """The paper's 0..255 heatmap: ``np.uint8(255 * h)`` (truncation, as pytorch-grad-cam's visualisation).
+
+    The product is taken in float64 whatever the map's dtype, so a level never depends on how a
+    map was stored; values within 1e-6 outside [0, 1] (normalisation noise) are clipped first.
+    """
+    h = np.asarray(heatmaps, dtype=np.float64)
+    _check_range(h, "heatmaps")
+    return np.uint8(255.0 * np.clip(h, 0.0, 1.0))
+
+
+def _first_level_above(thresholds: np.ndarray) -> np.ndarray:
+    """Smallest uint8 level v with v > a * 255 (strict), per threshold a.
+
+    ``a * 255`` is rounded to 9 decimals first, so float dust cannot move an integer threshold
+    (0.2 * 255 must mean 51, excluding 51) to one side or the other.
+    """
+    t = np.round(thresholds * 255.0, 9)
+    return (np.floor(t) + 1).astype(np.int64)
+
+
+def binarise(heatmaps: Any, threshold: float) -> np.ndarray:
+    """The paper's localisation map ``A = to_uint8(h) > threshold * 255`` (same shape as ``heatmaps``)."""
+    a = _check_thresholds(threshold, "threshold")
+    if a.size != 1:
+        raise ValueError(f"threshold must be one number, got {threshold!r}")
+    return to_uint8(heatmaps) >= _first_level_above(a)[0]
+
+
+def paper_iou(heatmaps: Any, masks: Any, thresholds: Sequence[float] = PAPER_THRESHOLDS) -> np.ndarray:
+    """The paper's IoU (section 3.4) for every heatmap and threshold: ``K x T``.
+
+    ``A = to_uint8(H) > a * 255``, ``B`` = box mask, IoU = sum(A * B) / sum(max(A, B)); 0 where the
+    union is empty. Each heatmap is read once: a 256-bin histogram of its levels inside and outside
+    the box gives the intersection and union of every threshold at once.
+    """
+    h = _check_heatmaps(heatmaps)
+    m = _check_masks(masks, h.shape)
+    a = _check_thresholds(thresholds)
+    k, s, _ = h.shape
+    hist = np.zeros((k, 2, 256), dtype=np.int64)  # [image, outside/inside box, level]
+    chunk = max(1, _IOU_CHUNK_PIXELS // max(1, s * s))
+    for lo in range(0, k, chunk):  # chunks of many images, each one vectorised bincount
+        hi = min(k, lo + chunk)
+        offsets = (np.arange(hi - lo) * 512)[:, None, None]
+        index = offsets + m[lo:hi].astype(np.int64) * 256 + to_uint8(h[lo:hi])
+        hist[lo:hi] = np.bincount(index.ravel(), minlength=(hi - lo) * 512).reshape(hi - lo, 2, 256)
+    # at_least[..., v] = pixels with level >= v; column 256 is 0 (nothing exceeds a = 1).
+    at_least = np.zeros((k, 2, 257), dtype=np.int64)
+    at_least[..., :256] = np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1]
+    level = _first_level_above(a)
+    inter = at_least[:, 1, level]  # K x T: predicted pixels inside the box
+    union = m.reshape(k, -1).sum(axis=1)[:, None] + at_least[:, 0, level]  # box + predicted outside
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def heatmap_boxes(heatmap: Any, threshold: float) -> list[tuple[float, float, float, float]]:
+    """Bounding boxes ``(x, y, w, h)`` of the 8-connected regions of ``to_uint8(h) > threshold * 255``.
+
+    Wang et al. (2017) style. Boxes follow pixel edges, so ``box_mask`` of a returned box is exactly
+    the component's bounding rectangle. Order: scipy's label order (raster order of first pixel).
+    """
+    h = np.asarray(heatmap)
+    if h.ndim != 2:
+        raise ValueError(f"heatmap must be S x S, got shape {h.shape}")
+    binary = binarise(h, threshold)
+    labelled, _ = ndimage.label(binary, structure=np.ones((3, 3), dtype=bool))
+    boxes = []
+    for rows, cols in ndimage.find_objects(labelled):
+        boxes.append(
+            (
+                float(cols.start),
+                float(rows.start),
+                float(cols.stop - cols.start),
+                float(rows.stop - rows.start),
+            )
+        )
+    return boxes
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Continuous overlap area of ``(x, y, w, h)`` boxes, broadcasting over leading axes."""
+    w = np.clip(
+        np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None
+    )
+    h = np.clip(
+        np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None
+    )
+    return w * h
+
+
+def _as_boxes(boxes: Any, name: str) -> np.ndarray:
+    """``... x 4`` boxes; zero-size boxes are allowed here (they score 0), negative ones are not."""
+    b = np.asarray(boxes, dtype=np.float64)
+    if b.shape[-1:] != (4,):
+        raise ValueError(f"{name} must be (x, y, w, h) or ... x 4, got shape {b.shape}")
+    if not np.isfinite(b).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if (b[..., 2:] < 0).any():
+        raise ValueError(f"{name} has a negative width or height")
+    return b
+
+
+def box_iou(a: Any, b: Any) -> np.ndarray | float:
+    """Geometric IoU of ``(x, y, w, h)`` boxes (broadcasts over leading axes); 0 for an empty union."""
+    a_ = _as_boxes(a, "a")
+    b_ = _as_boxes(b, "b")
+    inter = _intersection(a_, b_)
+    union = a_[..., 2] * a_[..., 3] + b_[..., 2] * b_[..., 3] - inter
+    out = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return float(out) if out.ndim == 0 else out
+
+
+def box_iobb(pred: Any, truth: Any) -> np.ndarray | float:
+    """IoBB (Wang et al. 2017): area(pred ∩ truth) / area(pred); 0 for an empty predicted box.
+
+    Note it rewards small predictions: any box inside the truth scores 1, so report it beside IoU.
+    """
+    p = _as_boxes(pred, "pred")
+    t = _as_boxes(truth, "truth")
+    inter = _intersection(p, t)
+    area = p[..., 2] * p[..., 3]
+    out = np.where(area > 0, inter / np.where(area > 0, area, 1.0), 0.0)
+    return float(out) if out.ndim == 0 else out
+
+
+def best_box_scores(
+    heatmap: Any, truth_box: Any, thresholds: Sequence[float] = PAPER_THRESHOLDS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per threshold, the best IoU and the best IoBB of any box from :func:`heatmap_boxes` (0 if none).
+
+    The two maxima are taken independently (the best-IoBB box need not be the best-IoU one), the
+    usual reading of "a hit if any predicted box overlaps enough".
+    """
+    t = _as_box(truth_box, "truth_box")
+    a = _check_thresholds(thresholds)
+    best_iou = np.zeros(a.size)
+    best_iobb = np.zeros(a.size)
+    for n, threshold in enumerate(a):
+        boxes = heatmap_boxes(heatmap, float(threshold))
+        if boxes:
+            pred = np.asarray(boxes)
+            best_iou[n] = np.max(box_iou(pred, t))
+            best_iobb[n] = np.max(box_iobb(pred, t))
+    return best_iou, best_iobb
+
+
+def pointing_hit(heatmaps: Any, masks: Any) -> np.ndarray:
+    """Pointing game per map (``K`` bools): is a maximum of the float heatmap inside the box?
+
+    Ties: a hit if *any* maximal pixel is inside. A flat map (max == min) is a miss by rule:
+    it has no maximum to point with, and counting it would reward a method that failed.
+    """
+    h = _check_heatmaps(heatmaps)
+    m = _check_masks(masks, h.shape)
+    k = h.shape[0]
+    flat_h = h.reshape(k, -1)
+    hi = flat_h.max(axis=1, initial=-np.inf)
+    lo = flat_h.min(axis=1, initial=np.inf)
+    at_max = flat_h == hi[:, None]
+    hit = (at_max & m.reshape(k, -1)).any(axis=1)
+    return hit & (hi > lo)
+
+
+def accuracy_at(scores: Any, threshold: float) -> float:
+    """Fraction of boxes whose score (IoU, IoBB) is >= ``threshold``; NaN for no boxes."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if not np.isfinite(s).all():
+        raise ValueError("scores holds NaN or infinite values")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
+    if s.size == 0:
+        return float("nan")
+    return float(np.mean(s >= threshold))
+
+
+def random_heatmaps(n: int, size: int, seed: int, smooth: float | None = None) -> np.ndarray:
+    """The random-map control: ``n x size x size`` float32 maps in [0, 1], deterministic from ``seed``.
+
+    Uniform noise, Gaussian-filtered with sigma ``smooth`` pixels (default ``size / 16``, blobs about
+    as coarse as an upsampled 7 x 7 CAM), then min-max scaled per map. Scored exactly like a method,
+    it gives the chance level beside every localisation number.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    s = _as_size(size)
+    sigma = s / 16.0 if smooth is None else float(smooth)
+    if not np.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"smooth must be a non-negative number of pixels, got {smooth!r}")
+    rng = np.random.default_rng(seed)
+    maps = rng.random((n, s, s), dtype=np.float32)
+    if sigma > 0 and n:
+        maps = ndimage.gaussian_filter(maps, sigma=(0.0, sigma, sigma), mode="reflect")
+    lo = maps.min(axis=(1, 2), keepdims=True, initial=np.inf)
+    hi = maps.max(axis=(1, 2), keepdims=True, initial=-np.inf)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return ((maps - lo) / span).astype(np.float32)

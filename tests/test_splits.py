@@ -1,0 +1,115 @@
+"""Splits: official test list, stratified patient-disjoint validation, localisation boxes."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_core import metadata as md
+from cxr_core.labels import LABELS
+from cxr_core.splits import make_splits, split_stats, stratified_group_split
+
+FIXTURE = Path(__file__).parent / "fixtures" / "nih"
+REAL_META = Path(__file__).parents[2] / "shared" / "nih-meta"
+
+
+def _fixture_splits(group_by="patient", image_size=224, drop=()):
+    entry = md.read_data_entry(FIXTURE / md.DATA_ENTRY)
+    kept = [n for n in entry["image"] if n not in drop]
+    index = pd.DataFrame({"row": np.arange(len(kept)), "image": kept})
+    return make_splits(
+        entry,
+        index,
+        md.read_image_list(FIXTURE / md.TRAIN_VAL_LIST),
+        md.read_image_list(FIXTURE / md.TEST_LIST),
+        md.read_bbox_list(FIXTURE / md.BBOX_LIST),
+        val_fraction=0.2,
+        group_by=group_by,
+        seed=0,
+        image_size=image_size,
+    )
+
+
+def test_official_test_list_and_patient_disjoint_val():
+    splits = _fixture_splits()
+    assert sorted(splits.test["image"]) == sorted(md.read_image_list(FIXTURE / md.TEST_LIST))
+    train_val = set(md.read_image_list(FIXTURE / md.TRAIN_VAL_LIST))
+    assert set(splits.train["image"]) | set(splits.val["image"]) == train_val
+    assert not set(splits.train["patient"]) & set(splits.val["patient"])
+    assert len(splits.val) > 0
+    stats = split_stats(splits)
+    assert stats["shared_patients"] == {"train_val": 0, "train_test": 0, "val_test": 0}
+
+
+def test_rows_point_into_the_cache_index():
+    splits = _fixture_splits(drop=("00000001_000.png",))
+    entry = md.read_data_entry(FIXTURE / md.DATA_ENTRY)
+    kept = [n for n in entry["image"] if n != "00000001_000.png"]
+    for table in (splits.train, splits.val, splits.test, splits.loc):
+        assert [kept[r] for r in table["row"]] == table["image"].tolist()
+    assert "00000001_000.png" not in set(splits.train["image"]) | set(splits.val["image"])
+
+
+def test_localisation_boxes_scaled_from_1024():
+    splits = _fixture_splits(image_size=224)
+    loc = splits.loc
+    assert len(loc) == 18 and "Infiltration" in set(loc["label"])
+    assert (loc["label_index"] == loc["label"].map(LABELS.index)).all()
+    row = loc[loc["image"] == "00013118_008.png"].iloc[0]  # the file's first box: Atelectasis
+    np.testing.assert_allclose(
+        row[["x", "y", "w", "h"]].to_numpy(float),
+        np.array([225.084745762712, 547.019216763771, 86.7796610169491, 79.1864406779661]) * 224 / 1024,
+    )
+    assert row["x1024"] == 225.084745762712
+
+
+def test_split_is_deterministic_and_image_mode_differs():
+    a, b = _fixture_splits(), _fixture_splits()
+    assert a.val["image"].tolist() == b.val["image"].tolist()
+    by_image = _fixture_splits(group_by="image")
+    assert len(by_image.val) + len(by_image.train) == len(a.val) + len(a.train)
+
+
+def test_stratified_group_split_keeps_rare_labels_and_groups():
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(600), rng.integers(1, 6, size=600))
+    labels = (rng.random((len(groups), 3)) < np.array([0.3, 0.05, 0.01])).astype(np.uint8)
+    mask = stratified_group_split(groups, labels, 0.1, seed=0)
+    assert not set(groups[mask]) & set(groups[~mask])
+    assert abs(mask.mean() - 0.1) < 0.02
+    for k in range(2):
+        assert labels[mask, k].mean() == pytest.approx(labels[:, k].mean(), rel=0.25)
+    assert labels[mask, 2].sum() >= 1  # the rarest label is represented in the small fold
+
+
+@pytest.mark.skipif(not REAL_META.is_dir(), reason="needs ../shared/nih-meta (the real NIH metadata)")
+def test_real_metadata_split_is_stratified_and_patient_disjoint(tmp_path):
+    import gzip
+
+    for name in md.METADATA_FILES:
+        (tmp_path / name).write_bytes(gzip.decompress((REAL_META / f"{name}.gz").read_bytes()))
+    entry = md.read_data_entry(tmp_path / md.DATA_ENTRY)
+    index = pd.DataFrame({"row": np.arange(len(entry)), "image": entry["image"]})
+    splits = make_splits(
+        entry,
+        index,
+        md.read_image_list(tmp_path / md.TRAIN_VAL_LIST),
+        md.read_image_list(tmp_path / md.TEST_LIST),
+        md.read_bbox_list(tmp_path / md.BBOX_LIST),
+        val_fraction=0.1,
+        group_by="patient",
+        seed=0,
+        image_size=224,
+    )
+    stats = split_stats(splits)
+    assert stats["test"]["images"] == 25596 and stats["test"]["patients"] == 2797
+    assert stats["train"]["images"] + stats["val"]["images"] == 86524
+    assert stats["shared_patients"] == {"train_val": 0, "train_test": 0, "val_test": 0}
+    assert stats["loc"]["images"] == 880 and stats["loc"]["boxes"] == 984
+    train_val = pd.concat([splits.train, splits.val])
+    for label in LABELS:
+        positives = int(train_val[label].sum())
+        if positives >= 100:
+            rel = splits.val[label].mean() / train_val[label].mean()
+            assert abs(rel - 1) <= 0.15, (label, rel)
