@@ -67,11 +67,11 @@ ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "TIFF", "BMP")
 #: How many bad files a :class:`CacheError` message / warning spells out (all go to report.json).
 MAX_LISTED = 20
 
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _PNG_IEND = b"IEND\xaeB`\x82"
 # Everything Pillow raises on a broken file (UnidentifiedImageError is an OSError; some plugins
 # raise SyntaxError, struct.error or EOFError on garbage headers).
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     ValueError,
     SyntaxError,
@@ -159,12 +159,12 @@ def decode_image(path: Path, size: int) -> np.ndarray:
             if im.format == "PNG":
                 _check_png_end(path)
             im.load()
-            return _to_grey(im, size)
+            return to_grey(im, size)
     except ImageDecodeError:
         raise
     except FileNotFoundError as exc:
         raise ImageDecodeError(path, "file not found") from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise ImageDecodeError(path, f"cannot decode ({type(exc).__name__}: {exc})") from exc
 
 
@@ -177,9 +177,9 @@ def _check_png_end(path: Path) -> None:
             raise ImageDecodeError(path, "truncated PNG (no IEND chunk at the end of the file)")
 
 
-def _to_grey(im: Image.Image, size: int) -> np.ndarray:
+def to_grey(im: Image.Image, size: int) -> np.ndarray:
     """Greyscale + resize with the module's rules (see the module docstring)."""
-    if im.mode in _SIXTEEN_BIT_MODES:
+    if im.mode in SIXTEEN_BIT_MODES:
         values = np.asarray(im).astype(np.float32)
         np.clip(values, 0.0, 65535.0, out=values)
         values *= np.float32(255.0 / 65535.0)

@@ -45,13 +45,13 @@ ABBREVIATIONS: dict[str, str] = {
     "Infiltration": "Infi",
     "Mass": "Mass",
     "Nodule": "Nodu",
-    "Pneumonia": "Pneu1",
-    "Pneumothorax": "Pneu2",
+    "Pneumonia": "Pneu2",
+    "Pneumothorax": "Pneu1",
     "Consolidation": "Cons",
     "Edema": "Edem",
     "Emphysema": "Emph",
     "Fibrosis": "Fibr",
-    "Pleural_Thickening": "PT",
+    "Pleural_Thickening": "Pleu",
     "Hernia": "Hern",
 }
 

@@ -267,8 +267,8 @@ def _sign_pneumothorax(a: Anatomy, rng: np.random.Generator) -> Callable:
 def _sign_atelectasis(a: Anatomy, rng: np.random.Generator) -> Callable:
     lung = a.lungs[rng.integers(2)]
     cx, cy = _point_in(lung, rng, (0.2, 0.6), u_max=0.4)
-    length = rng.uniform(0.1, 0.15)
-    thick = rng.uniform(0.012, 0.02)
+    length = rng.uniform(0.12, 0.17)
+    thick = rng.uniform(0.02, 0.03)
     angle = math.radians(rng.uniform(-25, 25))
 
     def draw(px: int):
@@ -279,7 +279,7 @@ def _sign_atelectasis(a: Anatomy, rng: np.random.Generator) -> Callable:
         along = du * math.cos(angle) + dv * math.sin(angle)
         across = -du * math.sin(angle) + dv * math.cos(angle)
         band = np.clip((1 - np.sqrt((along / (0.5 * length)) ** 2 + (across / thick) ** 2)) * 4, 0, 1)
-        return crop, (65.0 * band).astype(np.float32)
+        return crop, (75.0 * band).astype(np.float32)
 
     return draw
 
@@ -291,11 +291,11 @@ def _sign_infiltration(a: Anatomy, rng: np.random.Generator) -> Callable:
         _blob(
             cx + rng.uniform(-0.05, 0.05),
             cy + rng.uniform(-0.06, 0.06),
-            rng.uniform(0.015, 0.028),
-            40.0,
+            rng.uniform(0.02, 0.032),
+            55.0,
             False,
         )
-        for _ in range(int(rng.integers(4, 8)))
+        for _ in range(int(rng.integers(5, 9)))
     ]
 
     def draw(px: int):
@@ -321,13 +321,13 @@ def _sign_mass(a: Anatomy, rng: np.random.Generator) -> Callable:
 def _sign_nodule(a: Anatomy, rng: np.random.Generator) -> Callable:
     lung = a.lungs[rng.integers(2)]
     cx, cy = _point_in(lung, rng, (-0.6, 0.5), u_max=0.6)
-    return _blob(cx, cy, rng.uniform(0.018, 0.026), 85.0, True)
+    return _blob(cx, cy, rng.uniform(0.022, 0.03), 95.0, True)
 
 
 def _sign_pneumonia(a: Anatomy, rng: np.random.Generator) -> Callable:
     lung = a.lungs[rng.integers(2)]
     cx, cy = _point_in(lung, rng, (-0.1, 0.5), u_max=0.35)
-    return _blob(cx, cy, rng.uniform(0.06, 0.08), 48.0, False)
+    return _blob(cx, cy, rng.uniform(0.065, 0.085), 65.0, False)
 
 
 def _whole_lungs(a: Anatomy, which: tuple[int, ...], fn: Callable) -> Callable:

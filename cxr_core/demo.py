@@ -1,0 +1,286 @@
+"""The demo app (paper section 4.3): the paper's two programs, classification and localisation, in one page.
+
+Pick a trained model (every ``<models_dir>/<model>/best.pt``), upload a PNG, JPEG or DICOM, and
+see the 14 probabilities and a heatmap of a chosen finding by a chosen CAM method. When the file
+name is in the localisation set (``loc.csv``), the radiologists' boxes are drawn on both images,
+as in the paper's Figure 4, so the heatmap can be judged against them.
+
+Bad uploads (not an image, over the size limit, a colour / multi-frame / pixel-less DICOM) get a
+message in the page, never a stack trace (DESIGN "Bad input"). Gradio is an optional extra
+(``pip install -e '.[demo]'``), imported only when the app is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr_core.cache import ImageDecodeError
+from cxr_core.inference import (
+    DEFAULT_LIMITS,
+    ImageLimits,
+    Predictor,
+    finding_index,
+    overlay,
+    read_image,
+    resize_grey,
+)
+from cxr_core.labels import LABELS
+
+if TYPE_CHECKING:
+    import gradio as gr
+    import torch
+
+logger = logging.getLogger(__name__)
+
+TOP_FINDING = "(most probable)"
+#: CAM methods offered when params.yaml is not at hand (RandomCAM is a scoring control, not a view).
+DEFAULT_METHODS: tuple[str, ...] = ("GradCAM", "EigenCAM", "GradCAMPlusPlus")
+#: Side of the images shown in the page.
+DISPLAY_PX = 512
+#: Box coordinates in loc.csv's ``*1024`` columns are in the 1024 x 1024 PNG space (NIH and phantom).
+BOX_SPACE = 1024.0
+INSTALL_HINT = "the demo needs Gradio, an optional extra: pip install -e '.[demo]'"
+
+
+class DemoError(RuntimeError):
+    """The app cannot start (no trained model, Gradio missing); the message says what to do."""
+
+
+def import_gradio() -> Any:
+    """Gradio, or a :class:`DemoError` naming the extra to install."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio
+    except ImportError as exc:
+        raise DemoError(f"{INSTALL_HINT} ({exc})") from exc
+    return gradio
+
+
+def trained_models(models_dir: str | os.PathLike) -> list[str]:
+    """Names of the models with a ``best.pt`` under ``models_dir``, sorted."""
+    root = Path(models_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.parent.name for p in root.glob("*/best.pt") if p.is_file())
+
+
+def default_methods(params: Mapping[str, Any] | None) -> list[str]:
+    """``cam.methods`` from params.yaml without the random control, else :data:`DEFAULT_METHODS`."""
+    methods = list(params["cam"]["methods"]) if params else list(DEFAULT_METHODS)
+    return [m for m in methods if m != "RandomCAM"] or list(DEFAULT_METHODS)
+
+
+def load_boxes(splits_dir: str | os.PathLike) -> dict[str, list[tuple[float, float, float, float, str]]]:
+    """Radiologist boxes of ``loc.csv`` by image file name, in the 1024 px space; {} without the file."""
+    import pandas as pd
+
+    path = Path(splits_dir) / "loc.csv"
+    if not path.is_file():
+        logger.info("%s not found: no radiologist boxes in the demo", path)
+        return {}
+    table = pd.read_csv(path)
+    boxes: dict[str, list[tuple[float, float, float, float, str]]] = {}
+    for row in table.itertuples(index=False):
+        boxes.setdefault(str(row.image), []).append(
+            (float(row.x1024), float(row.y1024), float(row.w1024), float(row.h1024), str(row.label))
+        )
+    return boxes
+
+
+@dataclass
+class Analysis:
+    """What one upload gives: the page's outputs, or a message when it could not be read."""
+
+    message: str
+    probabilities: dict[str, float] | None = None
+    heatmap_image: np.ndarray | None = None
+    input_image: np.ndarray | None = None
+    finding: str | None = None
+    boxes: list[tuple[float, float, float, float, str]] = field(default_factory=list)
+    error: bool = False
+
+
+class DemoBackend:
+    """Everything the page does, without Gradio (so it is testable): models loaded once, on first use."""
+
+    def __init__(
+        self,
+        models_dir: str | os.PathLike = "data/models",
+        splits_dir: str | os.PathLike = "data/splits",
+        *,
+        device: str | torch.device = "cpu",
+        limits: ImageLimits = DEFAULT_LIMITS,
+        display_px: int = DISPLAY_PX,
+    ) -> None:
+        self.models_dir = Path(models_dir)
+        self.models = trained_models(self.models_dir)
+        self.boxes = load_boxes(splits_dir)
+        self.device = device
+        self.limits = limits
+        self.display_px = display_px
+        self._predictors: dict[str, Predictor] = {}
+        self._lock = threading.Lock()
+
+    def predictor(self, model: str) -> Predictor:
+        """The model's predictor, loaded from ``best.pt`` the first time it is asked for."""
+        if model not in self.models:
+            raise ValueError(f"no trained model {model!r}; trained: {self.models}")
+        with self._lock:
+            if model not in self._predictors:
+                self._predictors[model] = Predictor.from_checkpoint(
+                    self.models_dir / model / "best.pt", model, device=self.device, limits=self.limits
+                )
+            return self._predictors[model]
+
+    def analyse(
+        self, path: str | os.PathLike | None, model: str | None, finding: str, method: str
+    ) -> Analysis:
+        """One upload -> probabilities, heatmap overlay, boxes; or a readable message, never an exception."""
+        if path is None:
+            return Analysis("Upload a chest X-ray (PNG, JPEG or DICOM) to start.")
+        name = Path(path).name
+        if not model:
+            return Analysis("No trained model selected.", error=True)
+        try:
+            predictor = self.predictor(model)
+        except Exception as exc:  # a broken checkpoint must not take the page down
+            logger.exception("loading %s failed", model)
+            return Analysis(f"Cannot load model `{model}`: {exc}", error=True)
+        try:
+            native = read_image(path, limits=self.limits)
+            model_input = predictor.load(path)
+        except ImageDecodeError as exc:
+            logger.info("upload refused: %s", exc)
+            return Analysis(f"Cannot use `{name}`: {exc.reason}.", error=True)
+        probs = predictor.predict(model_input)[0]
+        probabilities = {label: float(p) for label, p in zip(LABELS, probs, strict=True)}
+        chosen = LABELS[int(np.argmax(probs))] if finding in (TOP_FINDING, "", None) else finding
+        try:
+            finding_index(chosen)
+            heatmap = predictor.heatmaps(model_input, chosen, method)[0]
+        except (ValueError, RuntimeError) as exc:
+            logger.exception("heatmap failed")
+            return Analysis(
+                f"Probabilities computed, but the {method} heatmap failed: {exc}",
+                probabilities,
+                error=True,
+            )
+        display = resize_grey(native, self.display_px)
+        boxes = self.boxes.get(name, [])
+        scale = self.display_px / BOX_SPACE
+        message = (
+            f"**{name}**: {model} at {predictor.image_size} px; {method} heatmap for **{chosen}** "
+            f"(p = {probabilities[chosen]:.3f})."
+        )
+        if boxes:
+            message += " Localisation-set image: radiologist box(es) in green for " + ", ".join(
+                sorted({b[4] for b in boxes})
+            )
+        return Analysis(
+            message,
+            probabilities,
+            overlay(display, heatmap, boxes=boxes, box_scale=scale),
+            overlay(display, None, boxes=boxes, box_scale=scale),
+            chosen,
+            boxes,
+        )
+
+
+def build_app(
+    models_dir: str | os.PathLike = "data/models",
+    splits_dir: str | os.PathLike = "data/splits",
+    *,
+    default_model: str | None = None,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    device: str | torch.device = "cpu",
+    limits: ImageLimits = DEFAULT_LIMITS,
+) -> gr.Blocks:
+    """The Gradio Blocks of the demo (launch it with :func:`launch`, or ``.launch()`` in a test)."""
+    backend = DemoBackend(models_dir, splits_dir, device=device, limits=limits)
+    if not backend.models:
+        raise DemoError(
+            f"no trained model in {models_dir} (expected {models_dir}/<model>/best.pt); "
+            "train one first: `dvc repro` (or `dvc repro train@densenet121`)"
+        )
+    if default_model is not None and default_model not in backend.models:
+        raise DemoError(
+            f"--model {default_model!r} has no {models_dir}/{default_model}/best.pt; trained: {backend.models}"
+        )
+    gr = import_gradio()
+    methods = list(methods) or list(DEFAULT_METHODS)
+
+    def run(path: str | None, model: str, finding: str, method: str) -> tuple[Any, ...]:
+        result = backend.analyse(path, model, finding, method)
+        if result.error:
+            gr.Warning(result.message.replace("`", ""))  # the toast shows plain text
+        text = f"⚠️ {result.message}" if result.error else result.message
+        return text, result.probabilities, result.heatmap_image, result.input_image
+
+    with gr.Blocks(title="Chest X-ray classification and localisation", analytics_enabled=False) as app:
+        gr.Markdown(
+            "## Chest X-ray demo: 14 findings and heatmaps\n"
+            "Upload a chest X-ray (PNG, JPEG or DICOM). The model gives a probability for each of the 14 "
+            "ChestX-ray14 findings; the heatmap shows where it looked for the chosen finding. Images from "
+            "the localisation set also show the radiologist's box (green). For research, not diagnosis."
+        )
+        with gr.Row():
+            model = gr.Dropdown(backend.models, value=default_model or backend.models[0], label="Model")
+            finding = gr.Dropdown([TOP_FINDING, *LABELS], value=TOP_FINDING, label="Finding for the heatmap")
+            method = gr.Dropdown(methods, value=methods[0], label="Heatmap method")
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(
+                    label="Chest X-ray (PNG, JPEG, DICOM)", type="filepath", elem_id="cxr-upload"
+                )
+                message = gr.Markdown("Upload a chest X-ray to start.", elem_id="cxr-message")
+                probabilities = gr.Label(
+                    num_top_classes=len(LABELS), label="Probabilities", elem_id="cxr-probs"
+                )
+            with gr.Column(scale=1):
+                heatmap = gr.Image(label="Heatmap overlay", type="numpy", format="png", elem_id="cxr-heatmap")
+            with gr.Column(scale=1):
+                original = gr.Image(
+                    label="Input (radiologist boxes in green)",
+                    type="numpy",
+                    format="png",
+                    elem_id="cxr-input",
+                )
+        gr.on(
+            [upload.change, model.change, finding.change, method.change],
+            run,
+            inputs=[upload, model, finding, method],
+            outputs=[message, probabilities, heatmap, original],
+        )
+    app.cxr_backend = backend  # for tests and callers that want the models / boxes
+    return app
+
+
+def launch(
+    app: gr.Blocks,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    *,
+    block: bool = True,
+    max_upload_factor: int = 4,
+) -> None:
+    """Serve the app. Gradio's own upload cap is a multiple of our limit: between the two, our message shows."""
+    backend: DemoBackend = app.cxr_backend
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's start-up self-checks, one line each
+    logger.info("demo on http://%s:%d (models: %s)", host, port, ", ".join(backend.models))
+    app.queue(default_concurrency_limit=1).launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        quiet=True,
+        ssr_mode=False,
+        max_file_size=max_upload_factor * backend.limits.max_bytes,
+        show_error=False,
+    )

@@ -1,0 +1,605 @@
+"""The report stage: files, the data-source header, every printed number against its source, Table 6.
+
+The inputs are fake but consistent (2 models, 14 labels, 3 CAM methods incl. the RandomCAM control,
+a tiny cache and heatmaps), drawn from a seeded RNG so that no two numbers coincide: a number printed
+under the wrong model, class or threshold cannot match its source by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from cxr_core import reports
+from cxr_core.labels import BOX_LABELS, LABELS
+from stages.report import main as report_main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["densenet121", "swin_small"]
+METHODS = ["GradCAM", "EigenCAM", "RandomCAM"]
+THRESHOLDS = ["t010", "t015", "t025", "t035", "t045"]
+CUTOFFS = ["T010", "T025", "T050"]
+SIZE = 32
+EXAMPLES = 3
+
+#: The paper's Table 6, transcribed again here (paper/paper.txt lines 603-608) independently of
+#: cxr_core.reports: columns Atel Cons Infi Pneu1 Edem Emph Fibr Effu Pneu2 Pleu Card Nodu Hern Mass Average.
+PAPER_TABLE6 = """\
+DenseNet-169 (ours)\t0.76\t0.74\t0.69\t0.84\t0.84\t0.90\t0.81\t0.83\t0.71\t0.76\t0.89\t0.74\t0.91\t0.81\t0.8024
+Yan et al. [36] (SOTA)\t0.792\t0.7598\t0.7095\t0.8759\t0.8478\t0.9422\t0.8326\t0.8415\t0.7397\t0.8083\t0.8814\t0.8105\t0.9341\t0.8470\t0.8302
+Gundel et al. [10]\t0.767\t0.745\t0.709\t0.846\t0.835\t0.895\t0.818\t0.828\t0.731\t0.761\t0.883\t0.758\t0.896\t0.821\t0.807
+Taslimi et al. [33]\t0.781\t0.748\t0.701\t0.871\t0.848\t0.914\t0.826\t0.824\t0.713\t0.778\t0.875\t0.78\t0.855\t0.822\t0.81
+"""
+#: The paper's header and its text: "'pneumothorax' and 'pneumonia' are abbreviated as 'pneul' and 'pneu2'".
+PAPER_ABBREVIATIONS = {
+    "Atel": "Atelectasis",
+    "Cons": "Consolidation",
+    "Infi": "Infiltration",
+    "Pneu1": "Pneumothorax",
+    "Edem": "Edema",
+    "Emph": "Emphysema",
+    "Fibr": "Fibrosis",
+    "Effu": "Effusion",
+    "Pneu2": "Pneumonia",
+    "Pleu": "Pleural_Thickening",
+    "Card": "Cardiomegaly",
+    "Nodu": "Nodule",
+    "Hern": "Hernia",
+    "Mass": "Mass",
+}
+PAPER_COLUMNS = list(PAPER_ABBREVIATIONS)
+#: The paper's Table 7 / 8 header (paper/paper.txt, "Model Name - Threshold ... Avg").
+PAPER_BOX_HEADER = ["Atel", "Card", "Effu", "Infi", "Mass", "Nodu", "Pneumonia", "Pneumothorax", "Avg"]
+BOX_ABBREVIATIONS = {a: PAPER_ABBREVIATIONS.get(a, a) for a in PAPER_BOX_HEADER[:-1]}
+
+NUMBER = re.compile(r"n/a|-?\d+(?:\.\d+)?")
+
+
+@dataclass
+class Inputs:
+    root: Path
+    params: Path
+    test: dict[str, dict]
+    localise: dict[str, dict]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2))
+
+
+def _split_json(rng: np.random.Generator) -> dict:
+    out: dict[str, Any] = {}
+    for name, n in (("train", 300), ("val", 40), ("test", 160)):
+        positives = {lab: int(rng.integers(5, 60)) for lab in LABELS}
+        out[name] = {
+            "images": n,
+            "patients": n // 3,
+            "no_finding": int(rng.integers(20, 90)),
+            "positives": positives,
+            "prevalence": {lab: round(p / n, 5) for lab, p in positives.items()},
+        }
+    out["loc"] = {"images": 11, "boxes": 12, "patients": 9, "boxes_per_label": dict.fromkeys(BOX_LABELS, 1)}
+    return out
+
+
+def _test_json(rng: np.random.Generator, offset: float, undefined: tuple[str, ...] = ()) -> dict:
+    auc = {lab: None if lab in undefined else float(rng.uniform(0.55, 0.85) + offset) for lab in LABELS}
+    ci = {
+        lab: [None, None] if a is None else [a - rng.uniform(0.01, 0.05), a + rng.uniform(0.01, 0.05)]
+        for lab, a in auc.items()
+    }
+    defined = [a for a in auc.values() if a is not None]
+    macro = float(np.mean(defined))
+    return {
+        "auc": auc,
+        "auc_ci": ci,
+        "auprc": {lab: float(rng.uniform(0.1, 0.5)) for lab in LABELS},
+        "macro_auc": macro,
+        "macro_auc_ci": [macro - 0.02, macro + 0.03],
+        "macro_auprc": 0.3,
+        "n_images": 160,
+        "n_patients": 53,
+        "positives": dict.fromkeys(LABELS, 10),
+    }
+
+
+def _method(
+    rng: np.random.Generator, scale: float, degenerate: float = 0.0, drop_class: str | None = None
+) -> dict:
+    def per_class() -> dict:
+        vals = {lab: float(rng.uniform(0, scale)) for lab in BOX_LABELS if lab != drop_class}
+        return vals | {"mean": float(np.mean(list(vals.values())))}
+
+    return {
+        "iou": {t: per_class() for t in THRESHOLDS},
+        "box_acc_iou": {t: {c: float(rng.uniform(0, scale)) for c in CUTOFFS} for t in THRESHOLDS},
+        "box_acc_iobb": {t: {c: float(rng.uniform(0, scale)) for c in CUTOFFS} for t in THRESHOLDS},
+        "pointing": per_class(),
+        "degenerate_fraction": degenerate,
+    }
+
+
+def _localise_json(rng: np.random.Generator, methods: list[str], degenerate: float = 0.0) -> dict:
+    out = {
+        name: _method(
+            rng, 0.1 if name == "RandomCAM" else 0.6, degenerate if name == "GradCAM" else 0.0, "Nodule"
+        )
+        for name in methods
+    }
+    return {"n_boxes": 12, "n_images": 11, "image_size": SIZE, "methods": out}
+
+
+def _dvclive(folder: Path, rng: np.random.Generator, epochs: int) -> None:
+    plots = folder / "plots" / "metrics"
+    plots.mkdir(parents=True)
+    steps = np.arange(1, epochs + 1)
+    val = 0.6 / steps + rng.uniform(0, 0.02, epochs)
+    for name, values in (("val_loss", val), ("train_loss", val * 0.8), ("lr", np.full(epochs, 5e-4))):
+        pd.DataFrame({"step": steps, name: values}).to_csv(plots / f"{name}.tsv", sep="\t", index=False)
+    best = int(np.argmin(val))
+    summary = {
+        "val_loss": float(val[-1]),
+        "step": epochs,
+        "best_epoch": best + 1,
+        "best_val_loss": float(val[best]),
+    }
+    summary |= {
+        "best_val_macro_auc": float(rng.uniform(0.6, 0.9)),
+        "epochs_trained": epochs,
+        "stopped_early": False,
+    }
+    _write_json(folder / "metrics.json", summary)
+
+
+def _roc(path: Path, rng: np.random.Generator) -> None:
+    rows = []
+    for lab in LABELS:
+        fpr = np.r_[0.0, np.sort(rng.uniform(0, 1, 8)), 1.0]
+        tpr = np.maximum.accumulate(np.clip(fpr + rng.uniform(0, 0.3, fpr.size), 0, 1))
+        tpr[0], tpr[-1] = 0.0, 1.0
+        rows.append(pd.DataFrame({"label": lab, "fpr": fpr, "tpr": tpr}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat(rows).to_csv(path, index=False)
+
+
+def _loc_and_images(root: Path, rng: np.random.Generator) -> int:
+    labels = [*BOX_LABELS, "Cardiomegaly", "Effusion", "Mass", "Nodule"]
+    k = len(labels)
+    xs = rng.uniform(2, 14, k)
+    ys = rng.uniform(2, 14, k)
+    loc = pd.DataFrame(
+        {
+            "row": np.arange(k) + 5,
+            "image": [f"{i:08d}_000.png" for i in range(k)],
+            "patient": np.arange(k) // 2,
+            "label": labels,
+            "label_index": [LABELS.index(lab) for lab in labels],
+            "x": xs,
+            "y": ys,
+            "w": rng.uniform(4, 14, k),
+            "h": rng.uniform(4, 14, k),
+        }
+    )
+    (root / "data" / "splits").mkdir(parents=True)
+    loc.to_csv(root / "data" / "splits" / "loc.csv", index=False)
+    (root / "data" / "cache").mkdir(parents=True)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    body = (120 + 80 * np.exp(-((xx - 16) ** 2 + (yy - 16) ** 2) / 120)).astype(np.uint8)
+    images = np.stack([body + rng.integers(0, 30, (SIZE, SIZE), dtype=np.uint8) for _ in range(k + 10)])
+    np.save(root / "data" / "cache" / "images.npy", images)
+    return k
+
+
+def _heatmaps(path: Path, rng: np.random.Generator, k: int, methods: list[str]) -> None:
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    arrays = {}
+    for name in methods:
+        centres = rng.uniform(4, 28, (k, 2))
+        maps = np.exp(-((xx[None] - centres[:, :1, None]) ** 2 + (yy[None] - centres[:, 1:, None]) ** 2) / 40)
+        arrays[name] = np.uint8(255 * maps)
+    arrays["probs"] = rng.uniform(0, 1, (k, len(LABELS))).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+def build_inputs(root: Path, source: str = "synthetic") -> Inputs:
+    """Consistent fake inputs for every file the report reads; swin_small has the higher macro AUC."""
+    rng = np.random.default_rng(7)
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["models"] = MODELS
+    params["cam"]["methods"] = METHODS
+    params["report"]["examples"] = EXAMPLES
+    params["preprocess"]["image_size"] = SIZE
+    params_path = root / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params))
+
+    _write_json(
+        root / "data" / "raw" / "manifest.json", {"source": source, "images": 500, "layout": "official"}
+    )
+    _write_json(root / "metrics" / "split.json", _split_json(rng))
+    tests = {"densenet121": _test_json(rng, 0.0), "swin_small": _test_json(rng, 0.1, undefined=("Hernia",))}
+    locs = {
+        "densenet121": _localise_json(rng, METHODS, degenerate=0.25),
+        "swin_small": _localise_json(rng, ["GradCAM", "RandomCAM"]),  # no EigenCAM: n/a in Table 8
+    }
+    k = _loc_and_images(root, rng)
+    for epochs, m in zip((4, 3), MODELS, strict=True):
+        _write_json(root / "metrics" / "test" / f"{m}.json", tests[m])
+        _write_json(root / "metrics" / "localise" / f"{m}.json", locs[m])
+        _dvclive(root / "metrics" / "train" / m, rng, epochs)
+        _roc(root / "plots" / "roc" / f"{m}.csv", rng)
+        _heatmaps(root / "data" / "heatmaps" / f"{m}.npz", rng, k, METHODS)
+    return Inputs(root, params_path, tests, locs)
+
+
+def run_stage(inputs: Inputs) -> Any:
+    """``python -m stages.report`` with every folder option pointing into the fixture's root."""
+    r = inputs.root
+    args = ["--params", str(inputs.params), "--metrics", str(r / "metrics"), "--plots", str(r / "plots")]
+    args += ["--splits", str(r / "data/splits"), "--cache", str(r / "data/cache")]
+    args += [
+        "--heatmaps",
+        str(r / "data/heatmaps"),
+        "--raw",
+        str(r / "data/raw"),
+        "--out",
+        str(r / "reports"),
+    ]
+    return CliRunner().invoke(report_main, args)
+
+
+@pytest.fixture(scope="module")
+def phantom_report(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
+    inputs = build_inputs(tmp_path_factory.mktemp("report"))
+    result = run_stage(inputs)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return inputs
+
+
+def parse_tables(markdown: str) -> dict[str, dict[str, Any]]:
+    """report.md tables back into {key: {"columns": [...], "rows": {label: [cell text, ...]}}}."""
+    tables: dict[str, dict[str, Any]] = {}
+    key = None
+    for line in markdown.splitlines():
+        if m := re.fullmatch(r"<!-- table: (\S+) -->", line):
+            key = m.group(1)
+            tables[key] = {"columns": None, "rows": {}}
+        elif key and line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if tables[key]["columns"] is None:
+                tables[key]["columns"] = cells[1:]
+            elif not set(cells[0]) <= set("-:"):
+                assert cells[0] not in tables[key]["rows"], f"duplicate row {cells[0]!r} in {key}"
+                tables[key]["rows"][cells[0]] = cells[1:]
+        elif key and line.startswith("#") and tables[key]["columns"] is not None:
+            key = None  # a heading after a table's rows ends it
+    return tables
+
+
+def expected_text(value: Any, kind: str) -> str:
+    """The report's formatting rule, written again: 3 decimals, integers as such, n/a when missing."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return str(int(value)) if kind == "int" else f"{value:.3f}"
+
+
+def literature_from_paper() -> dict[str, list[str]]:
+    return {line.split("\t")[0]: line.split("\t")[1:] for line in PAPER_TABLE6.strip().splitlines()}
+
+
+def resolve(file: str, keys: list[str]) -> Any:
+    """The source value of a provenance row, read afresh from its file (or the paper's table)."""
+    if file == reports.LITERATURE_SOURCE:
+        paper = literature_from_paper()
+        row = {
+            "Original study: DenseNet-169": "DenseNet-169 (ours)",
+            "Guendel et al. [10]": "Gundel et al. [10]",
+        }
+        texts = paper[row.get(keys[0], keys[0])]
+        if keys[1] == "average":
+            return texts[-1]
+        abbrev = next(a for a, n in PAPER_ABBREVIATIONS.items() if n == keys[1])
+        return texts[PAPER_COLUMNS.index(abbrev)]
+    node: Any = json.loads(Path(file).read_text())
+    for k in keys:
+        if isinstance(node, list):
+            node = node[int(k)]
+        elif isinstance(node, dict) and k in node:
+            node = node[k]
+        else:
+            return None
+    return node
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_outputs_exist(phantom_report: Inputs) -> None:
+    r = phantom_report.root
+    for rel in ("reports/report.md", "reports/provenance.csv", "plots/label_counts.csv"):
+        assert (r / rel).is_file(), rel
+    tables = {p.stem for p in (r / "reports" / "tables").glob("*.csv")}
+    assert {"data", "training", "table5_auc", "table6_literature", "iou_GradCAM", "iou_EigenCAM"} <= tables
+    assert {"iou_RandomCAM", "box_accuracy_GradCAM", "pointing_GradCAM", "degenerate"} <= tables
+    for name in (
+        "fig1_label_counts",
+        "fig6_7_val_loss",
+        "roc_curves",
+        "iou_vs_threshold",
+        "heatmap_examples",
+    ):
+        assert (r / "plots" / "figures" / f"{name}.png").is_file(), name
+    for m in MODELS:
+        assert (r / "plots" / "iou_vs_threshold" / f"{m}.csv").is_file()
+
+
+def test_header_says_phantom(phantom_report: Inputs) -> None:
+    text = (phantom_report.root / "reports" / "report.md").read_text()
+    assert text.startswith(f"# {reports.PHANTOM_BANNER}\n")
+    assert "NOT a result on NIH ChestX-ray14" in text
+    head = text.split("<!-- table:")[0]
+    assert f"image size {SIZE} px" in head and "lr 0.0005" in head and "epochs (max) 4" in head
+    assert "loss class_averaged_bce" in head and "pretrained false" in head
+    assert "models densenet121, swin_small" in head
+    assert re.search(r"Generated: \d{4}-\d\d-\d\d \d\d:\d\d UTC; git commit `[0-9a-f]+|unknown`", head)
+
+
+@pytest.mark.parametrize("source", ["nih", "/data/chestxray14"])
+def test_header_real_data_not_phantom(tmp_path: Path, source: str) -> None:
+    inputs = build_inputs(tmp_path, source=source)
+    inputs_params = yaml.safe_load(inputs.params.read_text())
+    inputs_params["report"]["examples"] = 0
+    inputs.params.write_text(yaml.safe_dump(inputs_params))
+    assert run_stage(inputs).exit_code == 0
+    text = (tmp_path / "reports" / "report.md").read_text()
+    assert text.startswith(f"# {reports.NIH_NAME}")
+    assert "PHANTOM" not in text and "phantom" not in text.lower()
+    assert not (tmp_path / "plots" / "figures" / "heatmap_examples.png").exists()
+
+
+def test_every_number_in_report_matches_its_source(phantom_report: Inputs) -> None:
+    text = (phantom_report.root / "reports" / "report.md").read_text()
+    tables = parse_tables(text)
+    prov = pd.read_csv(phantom_report.root / "reports" / "provenance.csv", keep_default_na=False, dtype=str)
+    assert set(prov["table"]) == set(tables)
+    checked = 0
+    for key, table in tables.items():
+        part = prov[prov["table"] == key]
+        for label, cells in table["rows"].items():
+            for column, cell in zip(table["columns"], cells, strict=True):
+                tokens = NUMBER.findall(cell)
+                rows = part[(part["row"] == label) & (part["column"] == column)].sort_values("position")
+                assert tokens == rows["text"].tolist(), (key, label, column, cell)
+                for _, p in rows.iterrows():
+                    source = resolve(p["file"], json.loads(p["keys"]))
+                    want = source if p["kind"] == "literal" else expected_text(source, p["kind"])
+                    assert p["text"] == want, (key, label, column, p["file"], p["keys"])
+                    checked += 1
+    assert checked == len(prov)  # nothing in the side-car that is not printed, nothing printed unchecked
+    assert checked > 1000
+    # every table line of report.md was parsed: no table without an anchor (header + separator + rows)
+    table_lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    assert len(table_lines) == sum(2 + len(t["rows"]) for t in tables.values())
+
+
+def test_table5_cells_sit_under_the_right_model_and_class(phantom_report: Inputs) -> None:
+    """Independent of the side-car's key paths: row = model, column = abbreviation of the class."""
+    tables = parse_tables((phantom_report.root / "reports" / "report.md").read_text())
+    t5 = tables["table5_auc"]
+    by_abbrev = PAPER_ABBREVIATIONS
+    assert t5["columns"] == [*PAPER_COLUMNS, "Macro"]
+    for model in MODELS:
+        cells = t5["rows"][reports.display_name(model)]
+        source = phantom_report.test[model]
+        for column, cell in zip(t5["columns"], cells, strict=True):
+            if column == "Macro":
+                value, (lo, hi) = source["macro_auc"], source["macro_auc_ci"]
+            else:
+                label = by_abbrev[column]
+                value, (lo, hi) = source["auc"][label], source["auc_ci"][label]
+            want = "n/a" if value is None else f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+            assert cell == want, (model, column)
+    assert t5["rows"]["Swin-Small"][t5["columns"].index("Hern")] == "n/a"
+
+
+def test_localisation_cells_have_the_control_beside_them(phantom_report: Inputs) -> None:
+    tables = parse_tables((phantom_report.root / "reports" / "report.md").read_text())
+    t7 = tables["iou_GradCAM"]
+    assert t7["columns"] == PAPER_BOX_HEADER and tables["pointing_GradCAM"]["columns"] == PAPER_BOX_HEADER
+    for row in t7["rows"]:  # every column of a row is the class its header names
+        model, t = row.split(" - ")
+        m = next(x for x in MODELS if reports.display_name(x) == model)
+        src = phantom_report.localise[m]["methods"]["GradCAM"]["iou"][f"t{round(float(t) * 100):03d}"]
+        for column, cell in zip(t7["columns"], t7["rows"][row], strict=True):
+            value = src.get("mean" if column == "Avg" else BOX_ABBREVIATIONS[column])
+            assert cell.split(" (rand")[0] == ("n/a" if value is None else f"{value:.3f}"), (row, column)
+    loc = phantom_report.localise["densenet121"]["methods"]
+    cell = t7["rows"]["DenseNet-121 - 0.25"][t7["columns"].index("Card")]
+    want = loc["GradCAM"]["iou"]["t025"]["Cardiomegaly"], loc["RandomCAM"]["iou"]["t025"]["Cardiomegaly"]
+    assert cell == f"{want[0]:.3f} (rand {want[1]:.3f})"
+    assert t7["rows"]["DenseNet-121 - 0.25"][t7["columns"].index("Nodu")] == "n/a (rand n/a)"
+    pointing = tables["pointing_GradCAM"]["rows"]["Swin-Small"][-1]
+    src = phantom_report.localise["swin_small"]["methods"]
+    assert (
+        pointing
+        == f"{src['GradCAM']['pointing']['mean']:.3f} (rand {src['RandomCAM']['pointing']['mean']:.3f})"
+    )
+    box = tables["box_accuracy_GradCAM"]
+    assert box["columns"] == ["IoU>=0.10", "IoU>=0.25", "IoU>=0.50", "IoBB>=0.10", "IoBB>=0.25", "IoBB>=0.50"]
+    # the control's own table has no "(rand ...)"
+    assert all("rand" not in c for cells in tables["iou_RandomCAM"]["rows"].values() for c in cells)
+
+
+def test_method_missing_for_one_model_is_na(phantom_report: Inputs) -> None:
+    tables = parse_tables((phantom_report.root / "reports" / "report.md").read_text())
+    t8 = tables["iou_EigenCAM"]
+    for t in ("0.10", "0.45"):
+        assert all(
+            c == "n/a (rand n/a)" or c.startswith("n/a (rand ") for c in t8["rows"][f"Swin-Small - {t}"]
+        )
+        assert not any(c.startswith("n/a") for c in t8["rows"][f"DenseNet-121 - {t}"][:4])
+    text = (phantom_report.root / "reports" / "report.md").read_text()
+    assert "### Table 7: GradCAM" in text and "### Table 8: EigenCAM" in text
+
+
+def test_degenerate_methods_are_noted(phantom_report: Inputs) -> None:
+    text = (phantom_report.root / "reports" / "report.md").read_text()
+    assert "GradCAM on DenseNet-121" in text
+    deg = parse_tables(text)["degenerate"]
+    assert deg["rows"]["DenseNet-121"][deg["columns"].index("GradCAM")] == "0.250"
+    assert deg["rows"]["Swin-Small"][deg["columns"].index("EigenCAM")] == "n/a"
+
+
+def test_table6_literature_is_the_papers(phantom_report: Inputs) -> None:
+    paper = literature_from_paper()
+    for row, name in zip(reports.LITERATURE_TABLE6, paper, strict=True):
+        printed = [row.auc[PAPER_ABBREVIATIONS[a]] for a in PAPER_COLUMNS] + [row.average]
+        assert printed == paper[name], row.name
+    t6 = parse_tables((phantom_report.root / "reports" / "report.md").read_text())["table6_literature"]
+    lit_rows = [label for label in t6["rows"] if "[other paper, NIH data]" in label]
+    assert len(lit_rows) == 4 and any("Yan" in r for r in lit_rows) and any("Taslimi" in r for r in lit_rows)
+    by_abbrev = PAPER_ABBREVIATIONS
+    assert t6["columns"] == [*PAPER_COLUMNS, "Average"]
+    yan = next(r for r in reports.LITERATURE_TABLE6 if r.name.startswith("Yan"))
+    cells = t6["rows"][f"{yan.name} [other paper, NIH data]"]
+    for column, cell in zip(t6["columns"], cells, strict=True):
+        assert cell == (yan.average if column == "Average" else yan.auc[by_abbrev[column]])
+    assert "0.8470" in cells and "0.8302" in cells
+    text = (phantom_report.root / "reports" / "report.md").read_text()
+    assert "other studies' AUCs on the real NIH ChestX-ray14" in text
+
+
+def test_best_model_has_the_highest_macro_auc(phantom_report: Inputs) -> None:
+    macro = {m: phantom_report.test[m]["macro_auc"] for m in MODELS}
+    best = max(macro, key=macro.get)
+    assert best == "swin_small"  # not simply the first model
+    t6 = parse_tables((phantom_report.root / "reports" / "report.md").read_text())["table6_literature"]
+    ours = next(iter(t6["rows"]))
+    assert ours.startswith(reports.display_name(best)) and "this run" in ours
+    assert t6["rows"][ours][-1] == f"{macro[best]:.3f}"
+    results = [
+        reports.ModelResults(
+            m, phantom_report.test[m], Path(), {}, Path(), {}, Path(), pd.DataFrame(), pd.DataFrame()
+        )
+        for m in MODELS
+    ]
+    assert reports.best_model(results).name == best
+
+
+def test_figures_are_valid_pngs(phantom_report: Inputs) -> None:
+    for path in (phantom_report.root / "plots" / "figures").glob("*.png"):
+        assert path.stat().st_size > 5_000, path
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            assert img.format == "PNG" and min(img.size) >= 200, (path, img.size)
+            assert np.asarray(img.convert("L")).std() > 5, path  # not a blank canvas
+
+
+def test_plot_data_matches_metrics(phantom_report: Inputs) -> None:
+    r = phantom_report.root
+    iou = pd.read_csv(r / "plots" / "iou_vs_threshold" / "swin_small.csv")
+    assert list(iou.columns) == ["threshold", *METHODS]
+    assert iou["threshold"].tolist() == [0.1, 0.15, 0.25, 0.35, 0.45]
+    src = phantom_report.localise["swin_small"]["methods"]
+    for meth in ("GradCAM", "RandomCAM"):
+        assert np.allclose(iou[meth], [src[meth]["iou"][t]["mean"] for t in THRESHOLDS])
+    assert iou["EigenCAM"].isna().all()  # swin_small has no EigenCAM: an empty column, not a fake line
+    counts = pd.read_csv(r / "plots" / "label_counts.csv").set_index("label")
+    split = json.loads((r / "metrics" / "split.json").read_text())
+    assert counts.loc["Mass", "total"] == sum(split[s]["positives"]["Mass"] for s in ("train", "val", "test"))
+    assert counts.loc["No Finding", "total"] == sum(split[s]["no_finding"] for s in ("train", "val", "test"))
+    t5 = pd.read_csv(r / "reports" / "tables" / "table5_auc.csv").set_index("model")
+    assert t5.loc["DenseNet-121", "Card"] == pytest.approx(
+        phantom_report.test["densenet121"]["auc"]["Cardiomegaly"]
+    )
+    assert t5.loc["DenseNet-121", "Card_ci_low"] == pytest.approx(
+        phantom_report.test["densenet121"]["auc_ci"]["Cardiomegaly"][0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("rel", "stage"),
+    [
+        ("metrics/localise/densenet121.json", "localise@densenet121"),
+        ("metrics/test/swin_small.json", "test@swin_small"),
+        ("metrics/train/swin_small/plots/metrics/val_loss.tsv", "train@swin_small"),
+        ("data/heatmaps/swin_small.npz", "cams@swin_small"),
+    ],
+)
+def test_missing_input_names_file_and_stage(tmp_path: Path, rel: str, stage: str) -> None:
+    inputs = build_inputs(tmp_path)
+    (tmp_path / rel).unlink()
+    result = run_stage(inputs)
+    assert result.exit_code != 0
+    assert str(tmp_path / rel) in result.output and f"'{stage}'" in result.output
+    assert not (tmp_path / "reports" / "report.md").exists()
+
+
+def test_malformed_metrics_are_named(tmp_path: Path) -> None:
+    inputs = build_inputs(tmp_path)
+    path = tmp_path / "metrics" / "test" / "densenet121.json"
+    doc = json.loads(path.read_text())
+    del doc["auc_ci"]
+    path.write_text(json.dumps(doc))
+    result = run_stage(inputs)
+    assert result.exit_code != 0 and str(path) in result.output and "auc_ci" in result.output
+
+
+# --------------------------------------------------------------------------------------------------
+# Small units
+
+
+def test_paper_columns_cover_every_label() -> None:
+    assert sorted(reports.PAPER_AUC_ORDER) == sorted(LABELS)
+    assert [label for label, _ in reports.PAPER_BOX_COLUMNS] == list(BOX_LABELS)
+    assert dict((c, n) for n, c in reports.PAPER_AUC_COLUMNS) == PAPER_ABBREVIATIONS
+
+
+def test_formatting_and_keys() -> None:
+    assert reports.format_value(0.81234) == "0.812"
+    assert reports.format_value(None) == "n/a" and reports.format_value(float("nan")) == "n/a"
+    assert reports.format_value(12.0, "int") == "12"
+    assert reports.key_value("t010") == pytest.approx(0.10) and reports.key_value("T025") == pytest.approx(
+        0.25
+    )
+    assert reports.lookup({"a": [1, {"b": 2}]}, ("a", "1", "b")) == 2
+    assert reports.lookup({"a": None}, ("a", "b")) is None
+
+
+def test_choose_examples_spreads_over_classes() -> None:
+    loc = pd.DataFrame({"label": ["Cardiomegaly"] * 4 + ["Nodule"] * 2 + ["Mass"]})
+    picks = reports.choose_examples(loc, 5)
+    assert picks == [0, 6, 4, 1, 5]  # BOX_LABELS order: Cardiomegaly, Mass, Nodule, then round 2
+    assert len(reports.choose_examples(loc, 20)) == len(loc)
+
+
+def test_git_commit_unknown_outside_a_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert reports.git_commit(tmp_path) == "unknown"
+
+
+def test_method_order_puts_configured_first() -> None:
+    def fake(methods: dict) -> reports.ModelResults:
+        return reports.ModelResults(
+            "m", {}, Path(), {"methods": methods}, Path(), {}, Path(), pd.DataFrame(), pd.DataFrame()
+        )
+
+    models = [fake({"LayerCAM": {}, "GradCAM": {}}), fake({"AblationCAM": {}})]
+    assert reports.method_names(models, ["GradCAM", "EigenCAM"]) == [
+        "GradCAM",
+        "EigenCAM",
+        "AblationCAM",
+        "LayerCAM",
+    ]

@@ -1,0 +1,333 @@
+"""Training recipe: learning, exact resume after a kill, seeded repeatability, schedule logic, stages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cxr_core.batches import CacheBatches, prepare_batch
+from cxr_core.cache import load_cache
+from cxr_core.checkpoints import load_checkpoint, load_model
+from cxr_core.evaluation import roc_points, summarise
+from cxr_core.io import _clean
+from cxr_core.labels import LABELS
+from cxr_core.losses import get_loss
+from cxr_core.models import create_model
+from cxr_core.params import load_params
+from cxr_core.training import (
+    BEST_FILE,
+    LAST_FILE,
+    Progress,
+    SplitArrays,
+    TrainConfig,
+    TrainingError,
+    epoch_seed,
+    evaluate,
+    fit,
+    history_without_timing,
+    infer_logits,
+    make_optimizer,
+    make_scheduler,
+    validation_metrics,
+)
+
+TINY = "test_resnet"  # ~0.4 M parameters: a few seconds per epoch on 2 CPU cores
+EPOCHS = 3
+TRAIN_IMAGES = 32  # a subset: 4 steps of 8 per epoch
+
+
+@pytest.fixture(scope="module")
+def data(phantom_data, single_thread):
+    images, _ = load_cache(phantom_data.cache)
+    table = pd.read_csv(phantom_data.splits / "train.csv")
+    train = SplitArrays.from_table(table)
+    train = SplitArrays(train.rows[:TRAIN_IMAGES], train.targets[:TRAIN_IMAGES])
+    val = SplitArrays.from_table(pd.read_csv(phantom_data.splits / "val.csv"))
+    return images, train, val
+
+
+@pytest.fixture(scope="module")
+def cfg(phantom_data) -> TrainConfig:
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params["train"].update(epochs=EPOCHS, batch_size=8, eval_batch_size=16, device="cpu")
+    return TrainConfig.from_params(params, TINY, image_size=phantom_data.image_size)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cfg, data):
+    """One uninterrupted run, shared by the resume and repeatability tests."""
+    images, train, val = data
+    out = tmp_path_factory.mktemp("reference")
+    result = fit(cfg, images, train, val, out / "model", out / "live")
+    return out, result
+
+
+def _model_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    ta, tb = _model_tensors(a), _model_tensors(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+
+
+# --- learning -------------------------------------------------------------------------------------
+
+
+def test_loss_falls_over_a_few_steps_on_phantom_data(data, cfg) -> None:
+    images, train, _ = data
+    torch.manual_seed(0)
+    model = create_model(TINY, image_size=cfg.image_size)
+    optimizer = make_optimizer(model, 1e-3)
+    loss_fn = get_loss(cfg.loss)
+    x_u8, y = next(iter(CacheBatches(images, train.rows, train.targets, 16)))
+    x = prepare_batch(x_u8, "cpu", train=False)
+    losses = []
+    for _ in range(20):
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_fit_writes_checkpoints_history_and_dvclive(reference, cfg) -> None:
+    out, result = reference
+    assert sorted(p.name for p in (out / "model").iterdir()) == [BEST_FILE, LAST_FILE]
+    assert [row["epoch"] for row in result.history] == list(range(1, EPOCHS + 1))
+    assert result.resumed_from == 0 and not result.stopped_early
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    best = load_checkpoint(out / "model" / BEST_FILE)
+    assert best["epoch"] == result.best_epoch and "optimizer" not in best
+    assert best["val_loss"] == min(row["val_loss"] for row in result.history)
+    assert (
+        best["model_name"] == TINY and best["image_size"] == cfg.image_size and best["labels"] == list(LABELS)
+    )
+    last = load_checkpoint(out / "model" / LAST_FILE)
+    assert {"model", "optimizer", "scheduler", "epoch", "progress", "history", "stopped_early"} <= last.keys()
+    summary = json.loads((out / "live" / "metrics.json").read_text())
+    assert summary["best_epoch"] == result.best_epoch
+    assert summary["best_val_loss"] == pytest.approx(result.best_val_loss)
+    for name in ("train_loss", "val_loss", "val_macro_auc", "lr", "epoch_seconds", "images_per_second"):
+        logged = pd.read_csv(out / "live" / "plots" / "metrics" / f"{name}.tsv", sep="\t")
+        assert logged["step"].tolist() == list(range(1, EPOCHS + 1)), name
+    assert not (out / "live" / "dvc.yaml").exists()
+
+
+# --- resume and repeatability ---------------------------------------------------------------------
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_after(epoch: int) -> Callable[[dict], None]:
+    def callback(row: dict) -> None:
+        if row["epoch"] == epoch:
+            raise Killed(f"killed after epoch {epoch}")
+
+    return callback
+
+
+def test_killed_run_resumes_and_ends_with_identical_weights(tmp_path, reference, cfg, data) -> None:
+    ref_dir, ref = reference
+    images, train, val = data
+    with pytest.raises(Killed):
+        fit(cfg, images, train, val, tmp_path / "model", tmp_path / "live", on_epoch_end=_kill_after(1))
+    assert load_checkpoint(tmp_path / "model" / LAST_FILE)["epoch"] == 1
+    seen: list[int] = []
+    result = fit(
+        cfg,
+        images,
+        train,
+        val,
+        tmp_path / "model",
+        tmp_path / "live",
+        on_epoch_end=lambda r: seen.append(r["epoch"]),
+    )
+    assert result.resumed_from == 1 and seen == list(range(2, EPOCHS + 1))
+    _assert_same_weights(tmp_path / "model" / LAST_FILE, ref_dir / "model" / LAST_FILE)
+    _assert_same_weights(tmp_path / "model" / BEST_FILE, ref_dir / "model" / BEST_FILE)
+    assert history_without_timing(result.history) == history_without_timing(ref.history)
+    logged = pd.read_csv(tmp_path / "live" / "plots" / "metrics" / "val_loss.tsv", sep="\t")
+    assert logged["step"].tolist() == list(range(1, EPOCHS + 1))  # no gap, no duplicate after the kill
+
+    again = fit(cfg, images, train, val, tmp_path / "model", tmp_path / "live")  # finished: nothing to do
+    assert again.resumed_from == EPOCHS and len(again.history) == EPOCHS
+
+
+def test_same_seed_same_history_other_settings_restart(tmp_path, reference, cfg, data) -> None:
+    ref_dir, ref = reference
+    images, train, val = data
+    short = fit(replace(cfg, epochs=2), images, train, val, tmp_path / "model")
+    assert history_without_timing(short.history) == history_without_timing(ref.history[:2])
+    # a longer run continues a shorter one exactly (epochs is not part of the resume key)
+    longer = fit(cfg, images, train, val, tmp_path / "model")
+    assert longer.resumed_from == 2
+    _assert_same_weights(tmp_path / "model" / LAST_FILE, ref_dir / "model" / LAST_FILE)
+    # other settings: last.pt is not resumed
+    other = fit(replace(cfg, epochs=1, seed=1), images, train, val, tmp_path / "model")
+    assert other.resumed_from == 0
+    assert other.history[0]["train_loss"] != ref.history[0]["train_loss"]
+
+
+def test_epoch_seeds_depend_only_on_their_inputs() -> None:
+    assert epoch_seed(0, 3, 1) == epoch_seed(0, 3, 1)
+    seeds = {epoch_seed(s, e, k, r) for s in (0, 1) for e in (1, 2) for k in (1, 2) for r in (0, 1)}
+    assert len(seeds) == 16 and all(0 <= s < 2**63 for s in seeds)
+
+
+# --- schedule logic -------------------------------------------------------------------------------
+
+
+def _run_schedule(val_losses: list[float], plateau_patience: int, early_stop_patience: int):
+    """The loop's bookkeeping on a constructed val-loss sequence: lr used per epoch, stop epoch."""
+    optimizer = make_optimizer(torch.nn.Linear(1, 1), 5e-4)
+    scheduler = make_scheduler(optimizer, 0.5, plateau_patience)
+    progress = Progress()
+    lrs = []
+    for epoch, loss in enumerate(val_losses, start=1):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        progress.update(epoch, loss, 0.5)
+        scheduler.step(loss)
+        if progress.should_stop(early_stop_patience):
+            return lrs, epoch, progress
+    return lrs, None, progress
+
+
+def test_plateau_halves_lr_and_early_stop_fires_on_a_constructed_sequence() -> None:
+    # paper settings: halve after 3 epochs without improvement, stop after 5
+    lrs, stop, progress = _run_schedule([1.0, 0.8, 0.9, 0.85, 0.81, 0.9, 0.95, 0.99], 3, 5)
+    assert lrs == [5e-4] * 6 + [2.5e-4]  # bad epochs 3, 4, 5, 6: the 4th (> patience) halves
+    assert stop == 7 and progress.best_epoch == 2 and progress.best_loss == 0.8
+    # an improvement resets both counters
+    lrs, stop, progress = _run_schedule([1.0, 1.1, 1.2, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], 3, 5)
+    assert stop == 9 and progress.best_epoch == 4 and lrs[-1] == 2.5e-4 and lrs[-2] == 5e-4
+    # equal is not better (strict), and patience 1 stops at the first non-improvement
+    _, stop, _ = _run_schedule([1.0, 1.0], 3, 1)
+    assert stop == 2
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def test_evaluate_is_batch_size_independent_and_restores_mode(data, cfg) -> None:
+    images, _, val = data
+    torch.manual_seed(0)
+    model = create_model(TINY, image_size=cfg.image_size).train()
+    a = evaluate(model, images, val.rows, batch_size=5)
+    b = evaluate(model, images, val.rows, batch_size=64, channels_last=True)
+    assert model.training and a.dtype == np.float32 and a.shape == (len(val.rows), len(LABELS))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    loss, auc = validation_metrics(
+        infer_logits(model, images, val.rows, batch_size=7), val.targets, get_loss("bce")
+    )
+    assert np.isfinite(loss) and 0.0 <= auc <= 1.0
+
+
+def test_fit_rejects_impossible_settings(tmp_path, cfg, data) -> None:
+    images, train, val = data
+    with pytest.raises(TrainingError, match="lower train.batch_size"):
+        fit(replace(cfg, batch_size=64), images, train, val, tmp_path)
+    with pytest.raises(TrainingError, match="validation split is empty"):
+        fit(cfg, images, train, SplitArrays(val.rows[:0], val.targets[:0]), tmp_path)
+
+
+# --- stages ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stage_run(tmp_path_factory, phantom_data, single_thread):
+    """train + test stages through their click commands, one epoch of the tiny model."""
+    import yaml
+
+    from stages import test as test_stage
+    from stages import train as train_stage
+
+    root = tmp_path_factory.mktemp("stages")
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["models"] = [TINY]
+    params["train"].update(epochs=1, batch_size=8, device="cpu")
+    params["test"].update(bootstrap=50, roc_points=20)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    p = {
+        "params": root / "params.yaml",
+        "model_dir": root / "data" / "models" / TINY,
+        "metrics": root / "metrics" / "test" / f"{TINY}.json",
+        "roc": root / "plots" / "roc" / f"{TINY}.csv",
+        "predictions": root / "data" / "predictions" / TINY / "test.npz",
+    }
+    common = ["--model", TINY, "--params", str(p["params"]), "--cache", str(phantom_data.cache)]
+    common += ["--splits", str(phantom_data.splits)]
+    runner = CliRunner()
+    out = runner.invoke(
+        train_stage.main,
+        [*common, "--out", str(p["model_dir"]), "--live", str(root / "metrics" / "train" / TINY)],
+        catch_exceptions=False,
+    )
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(
+        test_stage.main,
+        [
+            *common,
+            "--checkpoint",
+            str(p["model_dir"] / BEST_FILE),
+            "--metrics",
+            str(p["metrics"]),
+            "--roc",
+            str(p["roc"]),
+            "--predictions",
+            str(p["predictions"]),
+        ],
+        catch_exceptions=False,
+    )
+    assert out.exit_code == 0, out.output
+    return p
+
+
+def test_test_stage_json_matches_summarise_on_saved_probabilities(stage_run, phantom_data) -> None:
+    params = load_params(stage_run["params"])
+    saved = np.load(stage_run["predictions"], allow_pickle=False)
+    test_table = pd.read_csv(phantom_data.splits / "test.csv", dtype={"image": str})
+    assert saved["probs"].dtype == np.float32 and saved["probs"].shape == (len(test_table), len(LABELS))
+    assert saved["images"].tolist() == test_table["image"].tolist()
+    np.testing.assert_array_equal(saved["rows"], test_table["row"].to_numpy())
+    np.testing.assert_array_equal(saved["targets"], test_table[list(LABELS)].to_numpy())
+
+    expected = summarise(
+        saved["targets"],
+        saved["probs"],
+        test_table["patient"].to_numpy(),
+        n_boot=params["test"]["bootstrap"],
+        ci=params["test"]["ci"],
+        seed=params["seed"],
+    )
+    assert json.loads(stage_run["metrics"].read_text()) == json.loads(json.dumps(_clean(expected)))
+
+    images, _ = load_cache(phantom_data.cache)
+    model, meta = load_model(stage_run["model_dir"] / BEST_FILE, model_name=TINY)
+    probs = evaluate(model, images, saved["rows"], batch_size=64)
+    np.testing.assert_allclose(saved["probs"], probs, rtol=1e-5, atol=1e-6)
+
+    roc = pd.read_csv(stage_run["roc"])
+    assert list(roc.columns) == ["label", "fpr", "tpr"]
+    curves = roc_points(saved["targets"], saved["probs"], max_points=params["test"]["roc_points"])
+    assert roc["label"].unique().tolist() == list(curves)
+    for name, (fpr, _tpr) in curves.items():
+        np.testing.assert_allclose(roc.loc[roc["label"] == name, "fpr"], fpr, atol=1e-6)
+
+
+def test_train_stage_writes_one_checkpoint_pair(stage_run) -> None:
+    assert sorted(p.name for p in stage_run["model_dir"].iterdir()) == [BEST_FILE, LAST_FILE]
+    assert load_checkpoint(stage_run["model_dir"] / LAST_FILE)["resume_key"]["world_size"] == 1
