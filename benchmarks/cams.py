@@ -70,11 +70,17 @@ def pgc_plain(
     return np.stack(maps)
 
 
+def default_batch_size(device: torch.device) -> int:
+    """4 on a CPU (DenseNet's concatenations fall out of cache at larger batches: bs 16 measured
+    ~20% slower than bs 4 at 224), 32 on a GPU."""
+    return 32 if device.type == "cuda" else 4
+
+
 def run(
     model: str = "densenet121",
     images: int = 16,
     size: int = 224,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     device: str = "cpu",
     seed: int = 0,
     threads: int | None = None,
@@ -88,6 +94,8 @@ def run(
     # one warning per timed call would only clutter the output
     logging.getLogger("cxr_core.cams").setLevel(logging.ERROR)
     dev = torch.device(device)
+    if batch_size is None:
+        batch_size = default_batch_size(dev)
     torch.manual_seed(seed)
     spec = get_spec(model)
     net = create_model(model, image_size=size).eval().to(dev)
@@ -190,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", default="densenet121")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 4 on CPU, 32 on GPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -417,6 +417,14 @@ class LayerCAM(BaseCAM):
         return (features.gradients.clamp_min(0) * features.activations).sum(dim=1)
 
 
+def _single_threaded_blas() -> AbstractContextManager[object]:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 EIGEN_SIGNS = ("pytorch-grad-cam", "peak", "activation", "none")
 
 
@@ -443,7 +451,8 @@ def first_principal_projection(activations: Tensor, *, sign: str = "pytorch-grad
     if sign == "pytorch-grad-cam":
         xn = x.float().cpu().numpy()
         xn = xn - xn.mean(axis=1, keepdims=True)
-        _, _, vt = np.linalg.svd(xn, full_matrices=False)
+        with _single_threaded_blas():  # OpenBLAS threads fighting torch's for the cores: 10-100x slower
+            _, _, vt = np.linalg.svd(xn, full_matrices=False)
         proj = np.einsum("bnc,bc->bn", xn, vt[:, 0, :])
         return torch.from_numpy(proj.reshape(b, h, w).astype(np.float32)).to(activations.device)
     x = x.double()

@@ -281,14 +281,19 @@ def summarise(
 ) -> dict[str, Any]:
     """Everything ``metrics/test/<model>.json`` needs, as a JSON-ready dict (NaN -> ``None``).
 
-    Macro values are the mean over the classes that are defined on these data.
+    Macro values are the mean over the classes that are defined on these data; ``n_boot=0``
+    skips the bootstrap (intervals are ``None``).
     """
     t, p = _check_scores(targets, probs)
     if len(labels) != t.shape[1]:
         raise ValueError(f"labels has {len(labels)} names for {t.shape[1]} classes")
     auc = per_class_auc(t, p)
     auprc = per_class_auprc(t, p)
-    low, high, macro_low, macro_high = bootstrap_auc_ci(t, p, groups, n_boot=n_boot, ci=ci, seed=seed)
+    if n_boot > 0:
+        low, high, macro_low, macro_high = bootstrap_auc_ci(t, p, groups, n_boot=n_boot, ci=ci, seed=seed)
+    else:  # test.bootstrap: 0 means "no intervals"
+        low = high = np.full(t.shape[1], np.nan)
+        macro_low = macro_high = float("nan")
     return {
         "auc": {name: _json_float(auc[c]) for c, name in enumerate(labels)},
         "auc_ci": {name: [_json_float(low[c]), _json_float(high[c])] for c, name in enumerate(labels)},

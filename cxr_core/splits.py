@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cxr_core import metadata as md
 from cxr_core.labels import BOX_LABELS, LABEL_INDEX, LABELS
 from cxr_core.metadata import BOX_SPACE, labels_matrix
 
@@ -151,6 +153,32 @@ def make_splits(
         test=_table(cached, test_names),
         loc=localisation_set(boxes, cached, image_size),
     )
+
+
+def splits_from_raw(
+    raw_dir: Path, index: pd.DataFrame, *, val_fraction: float, group_by: str, seed: int, image_size: int
+) -> Splits:
+    """:func:`make_splits` on the metadata files of a raw folder in the official layout."""
+    raw_dir = Path(raw_dir)
+    return make_splits(
+        md.read_data_entry(raw_dir / md.DATA_ENTRY),
+        index,
+        md.read_image_list(raw_dir / md.TRAIN_VAL_LIST),
+        md.read_image_list(raw_dir / md.TEST_LIST),
+        md.read_bbox_list(raw_dir / md.BBOX_LIST),
+        val_fraction=val_fraction,
+        group_by=group_by,
+        seed=seed,
+        image_size=image_size,
+    )
+
+
+def write_splits(splits: Splits, out_dir: Path) -> None:
+    """``train.csv``, ``val.csv``, ``test.csv`` and ``loc.csv`` (the files later stages read)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "val", "test", "loc"):
+        getattr(splits, name).to_csv(out_dir / f"{name}.csv", index=False)
 
 
 def split_stats(splits: Splits) -> dict:

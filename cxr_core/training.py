@@ -339,8 +339,20 @@ def _resume_key(
         train_data=train.digest(),
         val_data=val.digest(),
         cache_shape=list(images.shape),
+        cache_pixels=pixel_digest(images, np.concatenate([train.rows, val.rows])),
     )
     return key
+
+
+def pixel_digest(images: np.ndarray, rows: np.ndarray, sample: int = 256) -> str:
+    """Hash of the pixels of up to ``sample`` evenly spread cache rows.
+
+    A re-generated or re-preprocessed cache keeps its shape and row order, so the resume check
+    must look at pixels; a sample catches a changed cache without reading 5 GB at every start.
+    """
+    rows = np.unique(np.asarray(rows))
+    picked = rows[np.linspace(0, len(rows) - 1, min(sample, len(rows))).astype(int)] if len(rows) else rows
+    return hashlib.sha256(np.ascontiguousarray(images[picked]).tobytes()).hexdigest()[:16]
 
 
 def _load_resumable(out_dir: Path, key: dict, epochs: int, *, verbose: bool = True) -> dict[str, Any] | None:

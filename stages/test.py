@@ -69,7 +69,6 @@ def main(
     from cxr_core.cache import load_cache
     from cxr_core.checkpoints import load_model
     from cxr_core.evaluation import roc_points, summarise
-    from cxr_core.labels import LABELS
     from cxr_core.models import get_spec
     from cxr_core.training import SplitArrays, evaluate, resolve_device
 
@@ -102,13 +101,9 @@ def main(
     )
     tmp.replace(predictions_path)
 
-    n_boot = test_cfg["bootstrap"]
     metrics = summarise(
-        targets, probs, patients, n_boot=max(n_boot, 1), ci=test_cfg["ci"], seed=params["seed"]
+        targets, probs, patients, n_boot=test_cfg["bootstrap"], ci=test_cfg["ci"], seed=params["seed"]
     )
-    if n_boot == 0:  # test.bootstrap: 0 means "no intervals"
-        metrics["auc_ci"] = {name: [None, None] for name in LABELS}
-        metrics["macro_auc_ci"] = [None, None]
     write_json(metrics_path, metrics)
 
     curves = roc_points(targets, probs, max_points=test_cfg["roc_points"])

@@ -42,7 +42,7 @@ def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> PhantomData:
     from cxr_core import metadata as md
     from cxr_core.cache import build_cache, load_cache
     from cxr_core.phantom import PhantomConfig, generate
-    from cxr_core.splits import make_splits
+    from cxr_core.splits import splits_from_raw, write_splits
 
     root = tmp_path_factory.mktemp("phantom")
     raw, cache, splits_dir = root / "raw", root / "cache", root / "splits"
@@ -58,20 +58,10 @@ def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> PhantomData:
         progress=False,
     )
     images, index = load_cache(cache)
-    splits = make_splits(
-        md.read_data_entry(raw / md.DATA_ENTRY),
-        index,
-        md.read_image_list(raw / md.TRAIN_VAL_LIST),
-        md.read_image_list(raw / md.TEST_LIST),
-        md.read_bbox_list(raw / md.BBOX_LIST),
-        val_fraction=VAL_FRACTION,
-        group_by="patient",
-        seed=0,
-        image_size=int(images.shape[1]),
+    splits = splits_from_raw(
+        raw, index, val_fraction=VAL_FRACTION, group_by="patient", seed=0, image_size=int(images.shape[1])
     )
-    splits_dir.mkdir()
-    for name in ("train", "val", "test", "loc"):
-        getattr(splits, name).to_csv(splits_dir / f"{name}.csv", index=False)
+    write_splits(splits, splits_dir)
     return PhantomData(root=root, raw=raw, cache=cache, splits=splits_dir, image_size=CACHE_PX)
 
 

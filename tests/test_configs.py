@@ -13,7 +13,7 @@ DOCUMENTED_DIFFERENCES = {
     "data.source": ("synthetic", "nih"),
     "preprocess.image_size": (128, 224),
     "train.pretrained": (False, True),
-    "train.epochs": (4, 30),
+    "train.epochs": (3, 30),
     "train.batch_size": (16, 32),
 }
 

@@ -233,3 +233,12 @@ def test_summarise_is_json_ready():
     assert lo < out["macro_auc"] < hi
     with pytest.raises(ValueError, match="labels"):
         summarise(targets, probs, groups, labels=LABELS[:8], n_boot=10)
+
+
+def test_summarise_without_bootstrap_has_null_intervals():
+    rng = np.random.default_rng(0)
+    targets = (rng.random((40, 14)) < 0.3).astype(np.uint8)
+    out = summarise(targets, rng.random((40, 14)), np.arange(40) // 2, n_boot=0)
+    assert out["macro_auc_ci"] == [None, None]
+    assert all(ci == [None, None] for ci in out["auc_ci"].values())
+    assert out["macro_auc"] is not None

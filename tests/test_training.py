@@ -331,3 +331,16 @@ def test_test_stage_json_matches_summarise_on_saved_probabilities(stage_run, pha
 def test_train_stage_writes_one_checkpoint_pair(stage_run) -> None:
     assert sorted(p.name for p in stage_run["model_dir"].iterdir()) == [BEST_FILE, LAST_FILE]
     assert load_checkpoint(stage_run["model_dir"] / LAST_FILE)["resume_key"]["world_size"] == 1
+
+
+def test_pixel_digest_sees_a_regenerated_cache():
+    """A cache rebuilt with other pixels (same shape and rows) must not be resumed from."""
+    from cxr_core.training import pixel_digest
+
+    images = np.random.default_rng(0).integers(0, 255, (50, 8, 8), dtype=np.uint8)
+    rows = np.arange(50)
+    before = pixel_digest(images, rows)
+    assert pixel_digest(images.copy(), rows[::-1]) == before  # order of rows does not matter
+    changed = images.copy()
+    changed[rows[-1]] += 1
+    assert pixel_digest(changed, rows) != before

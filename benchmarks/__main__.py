@@ -1,0 +1,190 @@
+"""``python -m benchmarks all [--quick] [--out benchmarks/results]``: every benchmark, one report.
+
+Sub-commands ``loader``, ``models``, ``preprocess``, ``cams`` run one section each. ``all`` writes
+``results.json`` and ``results.md`` in ``--out``; a sub-command writes ``<name>.json`` / ``<name>.md``
+there, so a single-section run never overwrites the full report. Every section times its
+contenders against a baseline in the same process and prints the ratios.
+
+``--quick`` (a few minutes on a 2-core CPU) uses fewer images, models, steps and repeats, still at
+224 px.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from benchmarks import cams as cams_bench
+from benchmarks import loader as loader_bench
+from benchmarks import models as models_bench
+from benchmarks import preprocess as preprocess_bench
+from benchmarks.report import machine_info, section_md, to_markdown, write_json
+from benchmarks.timing import pick_device
+
+SHARED_NOTE = (
+    "Numbers come from the machine above; when it is shared with other jobs (the 2-core dev VM is) "
+    "absolute images/s move with their load: compare the ratios, each measured against its "
+    "baseline in the same process with interleaved repeats."
+)
+
+QUICK_MODELS = ("efficientnet_b0", "densenet121")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Sizes of every section for one run."""
+
+    loader: loader_bench.LoaderSettings
+    models: models_bench.ModelSettings
+    preprocess: dict[str, int]
+    cams: dict[str, Any]
+
+
+def make_plan(quick: bool, models: tuple[str, ...] | None, compile_: str, cam_model: str) -> Plan:
+    """Quick: small counts and 2 models; full: the paper's batch of 16 and all six models."""
+    if quick:
+        return Plan(
+            loader=loader_bench.LoaderSettings(images=64, repeats=3),
+            models=models_bench.ModelSettings(
+                models=models or QUICK_MODELS, batch_size=8, steps=2, repeats=3, compile=compile_
+            ),
+            preprocess={"images": 32, "workers": 2, "size": 224, "repeat": 2},
+            cams={"model": cam_model, "images": 8, "size": 224, "batch_size": 8, "repeats": 2},
+        )
+    return Plan(
+        loader=loader_bench.LoaderSettings(images=256, repeats=5),
+        models=models_bench.ModelSettings(
+            models=models or models_bench.ModelSettings.models,
+            batch_size=16,
+            steps=3,
+            repeats=5,
+            compile=compile_,
+        ),
+        preprocess={"images": 200, "workers": 2, "size": 224, "repeat": 3},
+        cams={"model": cam_model, "images": 32, "size": 224, "batch_size": 16, "repeats": 3},
+    )
+
+
+def _run_sections(names: tuple[str, ...], plan: Plan, device: torch.device) -> dict[str, Any]:
+    """Run the named sections in order, printing each one's table as soon as it is done."""
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "loader": lambda: loader_bench.run(plan.loader, device, progress=True),
+        "models": lambda: models_bench.run(plan.models, device, progress=True),
+        "preprocess": lambda: preprocess_bench.run(**plan.preprocess),
+        "cams": lambda: cams_bench.run(**plan.cams, device=str(device), threads=torch.get_num_threads()),
+    }
+    shown = {
+        "loader": ("loader",),
+        "models": ("efficiency", "models"),
+        "preprocess": ("preprocess",),
+        "cams": ("cams",),
+    }
+    sections: dict[str, Any] = {}
+    for name in names:
+        click.echo(f"\n== {name} ==", err=True)
+        t0 = time.perf_counter()
+        sections[name] = runners[name]()
+        sections[name]["section_seconds"] = time.perf_counter() - t0
+        for key in shown[name]:
+            click.echo(section_md(key, sections))
+    return sections
+
+
+def _execute(command: str, names: tuple[str, ...], opts: dict[str, Any]) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    device = pick_device(opts["device"])
+    models = tuple(m.strip() for m in opts["models"].split(",") if m.strip()) if opts["models"] else None
+    plan = make_plan(opts["quick"], models, opts["compile"], opts["cam_model"])
+    machine = machine_info(device)
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    sections = _run_sections(names, plan, device)
+    results = {
+        "command": command,
+        "quick": opts["quick"],
+        "started": started,
+        "seconds": time.perf_counter() - t0,
+        "machine": machine,
+        "note": SHARED_NOTE,
+        "plan": dataclasses.asdict(plan),
+        "sections": sections,
+    }
+    out = Path(opts["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "results" if command == "all" else command
+    write_json(out / f"{stem}.json", results)
+    (out / f"{stem}.md").write_text(to_markdown(results))
+    click.echo(
+        f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'} ({results['seconds']:.0f} s)", err=True
+    )
+
+
+def common_options(fn: Callable[..., None]) -> Callable[..., None]:
+    options = [
+        click.option("--quick", is_flag=True, help="small counts, 2 models: a few minutes on a 2-core CPU"),
+        click.option(
+            "--out", default="benchmarks/results", show_default=True, type=click.Path(file_okay=False)
+        ),
+        click.option(
+            "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
+        ),
+        click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"),
+        click.option(
+            "--models", "models", default=None, help="comma-separated model names (default: quick 2, full 6)"
+        ),
+        click.option(
+            "--compile",
+            "compile",
+            default="auto",
+            show_default=True,
+            type=click.Choice(["auto", "on", "off"]),
+            help="time torch.compile (auto: on CUDA only)",
+        ),
+        click.option(
+            "--cam-model", default="densenet121", show_default=True, help="model for the CAM benchmark"
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.group()
+def cli() -> None:
+    """Speed benchmarks of the pipeline (DESIGN "Speed"): loader, models, preprocess, CAMs."""
+
+
+@cli.command("all")
+@common_options
+def all_(**opts: Any) -> None:
+    """Every section; writes results.json and results.md."""
+    _execute("all", ("loader", "models", "preprocess", "cams"), opts)
+
+
+def _single(name: str, doc: str) -> None:
+    @common_options
+    def command(**opts: Any) -> None:
+        _execute(name, (name,), opts)
+
+    command.__doc__ = doc
+    cli.command(name)(command)
+
+
+_single("loader", "Cache loader vs the paper-style PNG DataLoader (images/s, ratio).")
+_single("models", "Train / inference images/s per model and the input-pipeline efficiency.")
+_single("preprocess", "build_cache vs the decode-only limit (benchmarks.preprocess).")
+_single("cams", "Heatmaps/s per CAM method vs pytorch-grad-cam (benchmarks.cams).")
+
+
+if __name__ == "__main__":
+    cli()
