@@ -190,13 +190,19 @@ def run(
             if fn() != s.images:
                 raise RuntimeError("a loader did not serve every image once per epoch")
         seconds: dict[str, list[float]] = {name: [] for name in LOADERS}
-        for _ in tqdm(range(s.repeats), desc="loader repeats", unit="repeat", disable=not progress):
-            for name in LOADERS:  # interleaved: machine load hits every loader alike
+        for repeat in tqdm(range(s.repeats), desc="loader repeats", unit="repeat", disable=not progress):
+            # interleaved (machine load hits every loader alike), every other repeat in reverse order
+            for name in LOADERS if repeat % 2 == 0 else LOADERS[::-1]:
                 seconds[name].append(timed(epoch_fns[name], dev))
         epoch_fns.clear()
         del paper, batches, images  # stop the persistent workers, close the memmap before cleanup
 
-    result: dict[str, Any] = {"settings": asdict(s), "device": str(dev), "mean_png_kb": png_kb}
+    result: dict[str, Any] = {
+        "settings": asdict(s),
+        "device": str(dev),
+        "mean_png_kb": png_kb,
+        "cache_torch_threads": torch.get_num_threads(),  # the cache path runs in this process
+    }
     result["loaders"] = {name: rates(s.images, seconds[name]) for name in LOADERS}
     base = result["loaders"]["paper"]
     for name in LOADERS[1:]:

@@ -134,7 +134,9 @@ class _Bench:
         self.compiled: nn.Module | None = None
         labels = (np.random.default_rng(s.seed).random((len(cache), NUM_CLASSES)) < 0.2).astype(np.float32)
         self.x = {
-            fmt: prepare_batch(np.array(cache[: s.batch_size]), device, train=False, channels_last=fmt == "cl")
+            fmt: prepare_batch(
+                np.array(cache[: s.batch_size]), device, train=False, channels_last=fmt == "cl"
+            )
             for fmt in ("nchw", "cl")
         }
         self.y = to_device(labels[: s.batch_size], device)
@@ -302,8 +304,10 @@ def bench_model(
     plan, skipped, baselines = _plan(b, s)
     plan = _warm_up(plan, skipped, device)
     seconds: dict[str, list[float]] = {v.name: [] for v in plan}
-    for _ in range(s.repeats):
-        for v in plan:  # interleaved: machine load hits every variant alike
+    for repeat in range(s.repeats):
+        # interleaved, so machine load hits every variant alike; every other repeat runs backwards,
+        # so no variant always follows the same neighbour (warm caches, a model copy just evicted)
+        for v in plan if repeat % 2 == 0 else plan[::-1]:
             v.setup()
             seconds[v.name].append(timed(lambda v=v: [v.step() for _ in range(s.steps)], device))
         if bar is not None:

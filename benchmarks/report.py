@@ -146,7 +146,9 @@ def loader_md(r: Mapping[str, Any]) -> list[str]:
     return [
         f"{s['images']} synthetic {s['source_side']}x{s['source_side']} PNGs (mean {r['mean_png_kb']:.0f} KB) "
         f"-> {s['size']}x{s['size']} training batches of {s['batch_size']} on {r['device']}, flip + rotation "
-        f"augmentation on both sides; best (median) of {s['repeats']} interleaved epochs after a warm-up epoch.",
+        f"augmentation on both sides; best (median) of {s['repeats']} interleaved epochs after a warm-up epoch. "
+        f"The paper-style loader uses {s['workers']} worker processes; the cache path runs in the main "
+        f"process on {r.get('cache_torch_threads', '?')} torch thread(s).",
         "",
         *_table(["loader", "images/s", "vs paper-style"], rows),
         "",
@@ -231,6 +233,18 @@ def models_md(r: Mapping[str, Any]) -> list[str]:
         ]
         header = ["model", "pref.", "NCHW fp32", "CL fp32", "CL effect", "bf16", "bf16 effect"]
         lines += ["", f"### {title}, images/s", "", *_table([*header, "compile", "compile effect"], rows)]
+    compiled = [
+        f"{name}: "
+        + ", ".join(
+            f"{k} {m['variants'][f'{k}_compile']['warmup_s']:.0f} s"
+            for k in ("train", "infer")
+            if f"{k}_compile" in m["variants"]
+        )
+        for name, m in r["models"].items()
+        if any(f"{k}_compile" in m["variants"] for k in ("train", "infer"))
+    ]
+    if compiled:
+        lines += ["", "torch.compile warm-up, compilation included: " + "; ".join(compiled)]
     reasons: dict[str, set[str]] = {}
     for m in r["models"].values():
         for variant, why in m["skipped"].items():
@@ -337,7 +351,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         f"{results['started']}, {results['seconds']:.0f} s in all.",
         "",
         f"- Machine: {m['cpu']}, {m['logical_cores']} logical cores ({m['usable_cores']} usable), "
-        f"{m['torch_threads']} torch threads, 1-min load average {m['load_average_1m']:.1f} at the start",
+        f"{m['torch_threads']} torch threads ({m.get('threads_choice', 'torch default')}), 1-min load average {m['load_average_1m']:.1f} at the start",
         f"- Device: {device}",
         f"- Software: Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, timm {m['timm']}",
         f"- {results['note']}",

@@ -51,25 +51,34 @@ def flip_rotate(
 ) -> torch.Tensor:
     """Flip (where ``flips``) then rotate by ``angles`` degrees (counter-clockwise on screen) about the centre.
 
-    Deterministic core of :func:`augment`, one ``grid_sample`` for the batch. Images with angle 0
-    come back bit-exact (they bypass the resampling), and so does a flip alone.
-    Returns float32 ``B x C x H x W`` in the input's value range; outside the image is 0.
+    Deterministic core of :func:`augment`. The per-image decisions are read on the host (they come
+    from a CPU generator, so no device sync), and only the images drawn for a flip or a rotation
+    are touched: one ``grid_sample`` for the rotated subset. Images with angle 0 come back
+    bit-exact, and so does a flip alone. Returns float32 ``B x C x H x W`` in the input's value
+    range; outside the image is 0.
     """
-    x = _as_nchw(x).float()
+    x = _as_nchw(x)
     b, c, h, w = x.shape
-    flips = flips.to(device=x.device, dtype=torch.bool).reshape(b)
-    angles = angles.to(device=x.device, dtype=torch.float32).reshape(b)
-    x = torch.where(flips.view(b, 1, 1, 1), x.flip(-1), x)
-    rad = torch.deg2rad(angles)
-    cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
-    # output -> input sampling in normalised coordinates (y down), aspect-corrected for h != w
-    theta = torch.stack(
-        (torch.stack((cos, -sin * (h / w), zero), dim=1), torch.stack((sin * (w / h), cos, zero), dim=1)),
-        dim=1,
-    )
-    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
-    rotated = F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
-    return torch.where((angles != 0).view(b, 1, 1, 1), rotated, x)
+    flips = flips.detach().to("cpu", torch.bool).reshape(b)
+    angles = angles.detach().to("cpu", torch.float32).reshape(b)
+    out = x.to(torch.float32, copy=True)
+    flipped = flips.nonzero().flatten()
+    if len(flipped):
+        index = flipped.to(x.device)
+        out[index] = out[index].flip(-1)
+    rotated = (angles != 0).nonzero().flatten()
+    if len(rotated):
+        rad = torch.deg2rad(angles[rotated])
+        cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
+        # output -> input sampling in normalised coordinates (y down), aspect-corrected for h != w
+        theta = torch.stack(
+            (torch.stack((cos, -sin * (h / w), zero), dim=1), torch.stack((sin * (w / h), cos, zero), dim=1)),
+            dim=1,
+        ).to(x.device)
+        index = rotated.to(x.device)
+        grid = F.affine_grid(theta, [len(rotated), c, h, w], align_corners=False)
+        out[index] = F.grid_sample(out[index], grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return out
 
 
 def _check_probability(key: str, value: float) -> None:
@@ -98,7 +107,7 @@ def augment(
         )
     x = _as_nchw(x)
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    u = torch.rand(3, x.shape[0], generator=generator, device=gen_device).to(x.device, non_blocking=True)
+    u = torch.rand(3, x.shape[0], generator=generator, device=gen_device).cpu()  # decisions stay on the host
     flips = u[0] < hflip_p
     angles = torch.where(u[1] < rotate_p, (2.0 * u[2] - 1.0) * max_degrees, torch.zeros_like(u[2]))
     return flip_rotate(x, flips, angles)

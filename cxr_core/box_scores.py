@@ -14,12 +14,45 @@ threshold, with three families of numbers:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxr_core.labels import BOX_LABELS
 from cxr_core.localisation import best_box_scores, box_masks, paper_iou, pointing_hit
+
+
+@dataclass(frozen=True)
+class SavedHeatmaps:
+    """What ``cams@<model>`` saves: per method uint8 ``K x S x S`` maps and degeneracy flags, one
+    per row of ``loc.csv``, plus the model's probabilities for those images (``K x 14``)."""
+
+    maps: dict[str, np.ndarray]
+    degenerate: dict[str, np.ndarray]
+    probs: np.ndarray
+
+    def save(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            path,
+            probs=self.probs,
+            methods=np.array(list(self.maps)),
+            **{f"maps_{m}": v for m, v in self.maps.items()},
+            **{f"degenerate_{m}": v for m, v in self.degenerate.items()},
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> SavedHeatmaps:
+        with np.load(path, allow_pickle=False) as saved:
+            methods = [str(m) for m in saved["methods"]]
+            return cls(
+                maps={m: saved[f"maps_{m}"] for m in methods},
+                degenerate={m: saved[f"degenerate_{m}"] for m in methods},
+                probs=saved["probs"],
+            )
+
 
 #: Records keep these loc.csv columns.
 RECORD_KEYS = ["image", "row", "label"]

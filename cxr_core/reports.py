@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr_core.box_scores import SavedHeatmaps
 from cxr_core.labels import ABBREVIATIONS, BOX_LABELS, LABELS, NO_FINDING
 
 logger = logging.getLogger(__name__)
@@ -1108,8 +1109,8 @@ def load_examples(paths: ReportPaths, model: str) -> tuple[pd.DataFrame, np.ndar
     """loc.csv, the image cache (memmap) and the model's heatmaps, checked to line up."""
     loc = pd.read_csv(paths.loc_csv, dtype={"image": str})
     images = np.load(paths.images_npy, mmap_mode="r")
-    with np.load(paths.heatmaps_npz(model)) as npz:
-        heatmaps = {k: npz[k] for k in npz.files}
+    saved = SavedHeatmaps.load(paths.heatmaps_npz(model))
+    heatmaps = {**saved.maps, "probs": saved.probs}
     for name, arr in heatmaps.items():
         if len(arr) != len(loc):
             raise InputFormatError(

@@ -36,6 +36,7 @@ def main(
     from tqdm import tqdm
 
     from cxr_core.batches import normalise, to_device
+    from cxr_core.box_scores import SavedHeatmaps
     from cxr_core.cache import load_cache
     from cxr_core.cams import compute_heatmaps, degenerate_maps
     from cxr_core.checkpoints import load_model
@@ -74,14 +75,7 @@ def main(
             bad = degenerate_maps(h)
             degenerate[method][start:stop] = bad
             maps[method][start:stop] = to_uint8(np.where(bad[:, None, None], 0.0, np.nan_to_num(h)))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        out_path,
-        probs=probs,
-        methods=np.array(cam["methods"]),
-        **{f"maps_{m}": v for m, v in maps.items()},
-        **{f"degenerate_{m}": v for m, v in degenerate.items()},
-    )
+    SavedHeatmaps(maps, degenerate, probs).save(out_path)
 
 
 if __name__ == "__main__":

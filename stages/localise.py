@@ -29,19 +29,19 @@ def main(
 ) -> None:
     setup_logging()
     cam = load_params(params_path)["cam"]
-    import numpy as np
     import pandas as pd
 
-    from cxr_core.box_scores import score_heatmaps
+    from cxr_core.box_scores import SavedHeatmaps, score_heatmaps
 
     loc = pd.read_csv(splits_dir / "loc.csv")
-    with np.load(heatmaps, allow_pickle=False) as saved:
-        methods = [str(m) for m in saved["methods"]]
-        maps = {m: saved[f"maps_{m}"] for m in methods}
-        degenerate = {m: saved[f"degenerate_{m}"] for m in methods}
-        probs = saved["probs"]
+    saved = SavedHeatmaps.load(heatmaps)
     records, summary = score_heatmaps(
-        maps, degenerate, loc, probs, thresholds=cam["thresholds"], box_thresholds=cam["box_thresholds"]
+        saved.maps,
+        saved.degenerate,
+        loc,
+        saved.probs,
+        thresholds=cam["thresholds"],
+        box_thresholds=cam["box_thresholds"],
     )
     records_path.parent.mkdir(parents=True, exist_ok=True)
     records.to_csv(records_path, index=False, float_format="%.6g")

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cxr_core import reports
+from cxr_core.box_scores import SavedHeatmaps
 from cxr_core.labels import BOX_LABELS, LABELS
 from stages.report import main as report_main
 
@@ -208,9 +209,11 @@ def _heatmaps(path: Path, rng: np.random.Generator, k: int, methods: list[str]) 
         centres = rng.uniform(4, 28, (k, 2))
         maps = np.exp(-((xx[None] - centres[:, :1, None]) ** 2 + (yy[None] - centres[:, 1:, None]) ** 2) / 40)
         arrays[name] = np.uint8(255 * maps)
-    arrays["probs"] = rng.uniform(0, 1, (k, len(LABELS))).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
+    probs = rng.uniform(0, 1, (k, len(LABELS))).astype(np.float32)
+    SavedHeatmaps(arrays, {name: np.zeros(k, bool) for name in methods}, probs).save(path)
+
+
+EPOCHS = 7  # set in the fake params, so the header test does not depend on the shipped value
 
 
 def build_inputs(root: Path, source: str = "synthetic") -> Inputs:
@@ -221,6 +224,7 @@ def build_inputs(root: Path, source: str = "synthetic") -> Inputs:
     params["cam"]["methods"] = METHODS
     params["report"]["examples"] = EXAMPLES
     params["preprocess"]["image_size"] = SIZE
+    params["train"]["epochs"] = EPOCHS
     params_path = root / "params.yaml"
     params_path.write_text(yaml.safe_dump(params))
 
@@ -349,7 +353,7 @@ def test_header_says_phantom(phantom_report: Inputs) -> None:
     assert text.startswith(f"# {reports.PHANTOM_BANNER}\n")
     assert "NOT a result on NIH ChestX-ray14" in text
     head = text.split("<!-- table:")[0]
-    assert f"image size {SIZE} px" in head and "lr 0.0005" in head and "epochs (max) 4" in head
+    assert f"image size {SIZE} px" in head and "lr 0.0005" in head and f"epochs (max) {EPOCHS}" in head
     assert "loss class_averaged_bce" in head and "pretrained false" in head
     assert "models densenet121, swin_small" in head
     assert re.search(r"Generated: \d{4}-\d\d-\d\d \d\d:\d\d UTC; git commit `[0-9a-f]+|unknown`", head)
