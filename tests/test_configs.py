@@ -46,11 +46,20 @@ def test_readme_lists_the_same_keys():
 
 def test_paper_values_are_the_papers_recipe():
     raw = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
-    raw["data"]["source"] = "synthetic"  # validation checks a path source exists; the rest must validate as is
+    raw["data"]["source"] = (
+        "synthetic"  # validation checks a path source exists; the rest must validate as is
+    )
     paper = validate(raw)
     assert paper["lr"] == 0.0005 and paper["train"]["epochs"] == 30
     assert paper["train"]["plateau_factor"] == 0.5 and paper["train"]["plateau_patience"] == 3
     assert paper["train"]["early_stop_patience"] == 5
     assert paper["train"]["augment"] == {"hflip_p": 0.5, "rotate_p": 0.5, "max_degrees": 15.0}
     assert paper["preprocess"]["image_size"] == 224 and paper["train"]["loss"] == "class_averaged_bce"
-    assert paper["models"] == ["densenet121", "densenet169", "efficientnet_b0", "efficientnet_b1", "swin_small", "swin_base"]
+    assert paper["models"] == [
+        "densenet121",
+        "densenet169",
+        "efficientnet_b0",
+        "efficientnet_b1",
+        "swin_small",
+        "swin_base",
+    ]
