@@ -160,7 +160,7 @@ def run(
 ) -> dict[str, Any]:
     """Time every loader in ``LOADERS`` over the same images; images/s and ratios to ``paper``."""
     s = settings or LoaderSettings()
-    dev = pick_device(device) if isinstance(device, str) else torch.device(device)
+    dev = pick_device(device)
     labels = (np.random.default_rng(s.seed).random((s.images, NUM_CLASSES)) < 0.2).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="cxr-bench-loader-") as tmp:
         folder = Path(tmp)

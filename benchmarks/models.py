@@ -346,7 +346,7 @@ def run(
 ) -> dict[str, Any]:
     """Time every model of ``settings.models``; one entry per model under ``"models"``."""
     s = settings or ModelSettings()
-    dev = pick_device(device) if isinstance(device, str) else torch.device(device)
+    dev = pick_device(device)
     for name in s.models:
         get_spec(name)  # unknown names fail before any timing
     if dev.type == "cuda":

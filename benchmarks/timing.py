@@ -17,9 +17,10 @@ import torch
 from cxr_core.training import resolve_device
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> the GPU when CUDA is available, else the CPU (the training stage's rule)."""
-    return resolve_device(name)
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> the GPU when CUDA is available, else the CPU (the training stage's rule);
+    a ``torch.device`` is taken as it is."""
+    return resolve_device(name) if isinstance(name, str) else torch.device(name)
 
 
 def sync(device: torch.device) -> None:

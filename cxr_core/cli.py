@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -47,6 +47,22 @@ def _default_checkpoint(model: str | None, checkpoint: Path | None) -> Path:
     return Path("data/models") / model / "best.pt"
 
 
+#: ``--device`` of every command: the CLI default falls back to params' ``train.device``.
+DEVICE_OPTION = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: train.device, else auto]"
+)
+
+
+def params_option(reads: str) -> Callable:
+    """``--params`` of a command that reads ``reads`` from params.yaml (optional: ./params.yaml if present)."""
+    return click.option(
+        "--params",
+        "params_path",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help=f"params.yaml for {reads} [default: ./params.yaml if present]",
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def main(verbose: bool) -> None:
@@ -62,15 +78,8 @@ def main(verbose: bool) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="trained weights [default: data/models/<model>/best.pt]",
 )
-@click.option(
-    "--params",
-    "params_path",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="params.yaml for train.device and cam.batch_size [default: ./params.yaml if present]",
-)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: train.device, else auto]"
-)
+@params_option("train.device and cam.batch_size")
+@DEVICE_OPTION
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -238,15 +247,8 @@ def _write_overlays(
     type=click.Path(path_type=Path, file_okay=False),
     help="loc.csv there gives the radiologist boxes",
 )
-@click.option(
-    "--params",
-    "params_path",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="params.yaml for train.device and cam.methods [default: ./params.yaml if present]",
-)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: train.device, else auto]"
-)
+@params_option("train.device and cam.methods")
+@DEVICE_OPTION
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to serve the network")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--max-mb", default=50.0, show_default=True, type=click.FloatRange(0, min_open=True))
