@@ -1,4 +1,4 @@
-"""Heatmaps per second: ``cxr_core.cams.compute_heatmaps`` vs pytorch-grad-cam used the plain way.
+"""Heatmaps per second: ``cxr_core.explain.methods.compute_heatmaps`` vs pytorch-grad-cam used the plain way.
 
     python -m benchmarks.cams --model densenet121 --images 16 --size 224
 
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxr_core.cams import compute_heatmaps, degeneracy_summary
-from cxr_core.models import cam_target_layer, create_model, get_spec, swin_reshape_transform
+from cxr_core.explain.methods import compute_heatmaps, degeneracy_summary
+from cxr_core.models.registry import cam_target_layer, create_model, get_spec, swin_reshape_transform
 
 ALL_METHODS = ("GradCAM", "GradCAMPlusPlus", "EigenCAM", "RandomCAM")
 #: methods pytorch-grad-cam is timed on for "all methods" (its RandomCAM is a different method).
@@ -92,7 +92,7 @@ def run(
         torch.set_num_threads(threads)
     # random weights make some Grad-CAM maps all-zero (reported below as degenerate_fraction);
     # one warning per timed call would only clutter the output
-    logging.getLogger("cxr_core.cams").setLevel(logging.ERROR)
+    logging.getLogger("cxr_core.explain.methods").setLevel(logging.ERROR)
     dev = torch.device(device)
     if batch_size is None:
         batch_size = default_batch_size(dev)

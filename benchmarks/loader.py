@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 from benchmarks.preprocess import SIDE, chest_like
 from benchmarks.timing import pick_device, rates, ratio, timed
-from cxr_core.batches import IMAGENET_MEAN, IMAGENET_STD, CacheBatches, prepare_batch, to_device
-from cxr_core.cache import build_cache, load_cache, pool_context
+from cxr_core.data.batches import IMAGENET_MEAN, IMAGENET_STD, CacheBatches, prepare_batch, to_device
+from cxr_core.data.cache import build_cache, load_cache, pool_context
 from cxr_core.labels import NUM_CLASSES
 
 #: The cache loader must beat the paper-style loader by this factor (DESIGN "Speed").

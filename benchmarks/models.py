@@ -3,7 +3,7 @@
 For each model, every variant below runs in the same process on the same weights, in interleaved
 repeats (best and median over repeats), after an untimed warm-up step:
 
-* ``train_nchw`` / ``train_cl``: the training step of ``cxr_core.training`` (forward, the
+* ``train_nchw`` / ``train_cl``: the training step of ``cxr_core.train.loop`` (forward, the
   class-averaged BCE, backward, Adam) on a batch already on the device, in the default memory
   format / ``channels_last``, float32.
 * ``train_bf16``: the same under bf16 autocast, in the model's preferred memory format
@@ -37,10 +37,10 @@ from torch import nn
 from tqdm import tqdm
 
 from benchmarks.timing import pick_device, rates, ratio, sync, timed
-from cxr_core.batches import CacheBatches, prepare_batch, to_device
+from cxr_core.data.batches import CacheBatches, prepare_batch, to_device
 from cxr_core.labels import NUM_CLASSES
-from cxr_core.losses import LossFn, get_loss
-from cxr_core.models import MODEL_TABLE, create_model, get_spec
+from cxr_core.models.registry import MODEL_TABLE, create_model, get_spec
+from cxr_core.train.losses import LossFn, get_loss
 
 #: The loader-fed train step must reach this fraction of the in-memory step (DESIGN "Speed").
 TARGET_EFFICIENCY = 0.9

@@ -6,7 +6,7 @@ times, on the same files and cores, in interleaved rounds (best of ``--repeat``)
 
 * ``decode_only``: the same pool and chunking as build_cache, just ``Image.open(p).load()``:
   the floor for any loader that reads these PNGs.
-* ``build_cache``: :func:`cxr_core.cache.build_cache` (stat pass, decode, grey, resize, memmap
+* ``build_cache``: :func:`cxr_core.data.cache.build_cache` (stat pass, decode, grey, resize, memmap
   write, index and report, rename), paid once per pipeline run.
 * ``paper_single`` / ``paper_pool``: the typical CheXNet per-image pipeline
   ``Image.open(p).convert("RGB").resize((S, S))`` + ``ToTensor`` + ``Normalize`` equivalent
@@ -28,7 +28,7 @@ import click
 import numpy as np
 from PIL import Image
 
-from cxr_core.cache import build_cache, chunk_bounds, pool_context
+from cxr_core.data.cache import build_cache, chunk_bounds, pool_context
 
 logger = logging.getLogger(__name__)
 

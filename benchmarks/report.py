@@ -293,7 +293,7 @@ def cams_md(r: Mapping[str, Any]) -> list[str]:
     return [
         f"{r.get('model')} at {r.get('size')} px, {n} images, batch {r.get('batch_size')}, {r.get('device')}; "
         f"heatmaps/s, best (median) of {r.get('repeats')} interleaved repeats. Baseline: pytorch-grad-cam "
-        "used the README way (one CAM object and one image at a time); ours: cxr_core.cams batched.",
+        "used the README way (one CAM object and one image at a time); ours: cxr_core.explain.methods batched.",
         "",
         *_table(["method", "ours heatmaps/s", "pytorch-grad-cam heatmaps/s", "speed-up"], rows),
         "",

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from cxr_core.training import resolve_device
+from cxr_core.train.loop import resolve_device
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:

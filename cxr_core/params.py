@@ -152,13 +152,13 @@ class Section:
 
 
 def _check_model(name: str) -> None:
-    from cxr_core.models import get_spec  # timm import: only when a models list is validated
+    from cxr_core.models.registry import get_spec  # timm import: only when a models list is validated
 
     get_spec(name)
 
 
 def _check_cam_method(name: str) -> None:
-    from cxr_core.cams import get_cam_method
+    from cxr_core.explain.methods import get_cam_method
 
     get_cam_method(name)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from cxr_core.io import setup_logging
+from cxr_core.files import setup_logging
 from cxr_core.params import load_params
 
 
@@ -35,14 +35,14 @@ def main(
     import torch
     from tqdm import tqdm
 
-    from cxr_core.batches import normalise, to_device
-    from cxr_core.box_scores import SavedHeatmaps
-    from cxr_core.cache import load_cache
-    from cxr_core.cams import compute_heatmaps, degenerate_maps
-    from cxr_core.checkpoints import load_model
-    from cxr_core.localisation import to_uint8
-    from cxr_core.models import get_spec
-    from cxr_core.training import evaluate, resolve_device
+    from cxr_core.data.batches import normalise, to_device
+    from cxr_core.data.cache import load_cache
+    from cxr_core.explain.geometry import to_uint8
+    from cxr_core.explain.methods import compute_heatmaps, degenerate_maps
+    from cxr_core.explain.scoring import SavedHeatmaps
+    from cxr_core.models.checkpoints import load_model
+    from cxr_core.models.registry import get_spec
+    from cxr_core.train.loop import evaluate, resolve_device
 
     cam, train = params["cam"], params["train"]
     device = resolve_device(train["device"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from cxr_core.io import setup_logging
+from cxr_core.files import setup_logging
 from cxr_core.params import load_params
 
 
@@ -23,16 +23,16 @@ def main(params_path: str, raw_dir: Path) -> None:
     data = load_params(params_path)["data"]
     source = data["source"]
     raw_dir.mkdir(parents=True, exist_ok=True)
-    from cxr_core import rawdata
+    from cxr_core.data import rawdata
 
     if source == "synthetic":
-        from cxr_core.phantom import PhantomConfig, generate
+        from cxr_core.data.sources.phantom import PhantomConfig, generate
 
         shutil.rmtree(raw_dir / "images", ignore_errors=True)  # no stale PNGs from a larger phantom
         generate(PhantomConfig(**data["phantom"]), raw_dir)
         rawdata.write_manifest(raw_dir, source, raw_dir)
     elif source == "nih":
-        from cxr_core.download import download_nih
+        from cxr_core.data.sources.nih import download_nih
 
         nih = data["nih"]
         download_nih(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cxr_core.io import setup_logging, write_json
+from cxr_core.files import setup_logging, write_json
 from cxr_core.params import load_params
 
 
@@ -31,7 +31,7 @@ def main(
     cam = load_params(params_path)["cam"]
     import pandas as pd
 
-    from cxr_core.box_scores import SavedHeatmaps, score_heatmaps
+    from cxr_core.explain.scoring import SavedHeatmaps, score_heatmaps
 
     loc = pd.read_csv(splits_dir / "loc.csv")
     saved = SavedHeatmaps.load(heatmaps)

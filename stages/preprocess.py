@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cxr_core.io import setup_logging
+from cxr_core.files import setup_logging
 from cxr_core.params import load_params
 
 
@@ -17,9 +17,9 @@ from cxr_core.params import load_params
 def main(params_path: str, raw_dir: Path, out_dir: Path) -> None:
     setup_logging()
     cfg = load_params(params_path)["preprocess"]
-    from cxr_core.cache import build_cache
-    from cxr_core.metadata import DATA_ENTRY, read_data_entry
-    from cxr_core.rawdata import locate_images
+    from cxr_core.data.cache import build_cache
+    from cxr_core.data.metadata import DATA_ENTRY, read_data_entry
+    from cxr_core.data.rawdata import locate_images
 
     names = read_data_entry(raw_dir / DATA_ENTRY)["image"].tolist()
     paths = locate_images(raw_dir, names)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from cxr_core.io import setup_logging
+from cxr_core.files import setup_logging
 from cxr_core.params import load_params
 
 logger = logging.getLogger("stages.report")
@@ -53,7 +53,7 @@ def main(
 ) -> None:
     setup_logging()
     params = load_params(params_path)
-    from cxr_core.reports import InputFormatError, MissingInputError, ReportPaths, make_report
+    from cxr_core.report.build import InputFormatError, MissingInputError, ReportPaths, make_report
 
     paths = ReportPaths(
         metrics=metrics_dir,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cxr_core.io import setup_logging, write_json
+from cxr_core.files import setup_logging, write_json
 from cxr_core.params import load_params
 
 
@@ -21,8 +21,8 @@ from cxr_core.params import load_params
 def main(params_path: str, raw_dir: Path, cache_dir: Path, out_dir: Path, metrics_path: str) -> None:
     setup_logging()
     cfg = load_params(params_path)["split"]
-    from cxr_core.cache import load_cache
-    from cxr_core.splits import split_stats, splits_from_raw, write_splits
+    from cxr_core.data.cache import load_cache
+    from cxr_core.data.splits import split_stats, splits_from_raw, write_splits
 
     images, index = load_cache(cache_dir)
     splits = splits_from_raw(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from cxr_core.io import setup_logging, write_json
+from cxr_core.files import setup_logging, write_json
 from cxr_core.params import load_params
 
 logger = logging.getLogger("stages.test")
@@ -66,11 +66,11 @@ def main(
     import numpy as np
     import pandas as pd
 
-    from cxr_core.cache import load_cache
-    from cxr_core.checkpoints import load_model
-    from cxr_core.evaluation import roc_points, summarise
-    from cxr_core.models import get_spec
-    from cxr_core.training import SplitArrays, evaluate, resolve_device
+    from cxr_core.data.cache import load_cache
+    from cxr_core.evaluate.metrics import roc_points, summarise
+    from cxr_core.models.checkpoints import load_model
+    from cxr_core.models.registry import get_spec
+    from cxr_core.train.loop import SplitArrays, evaluate, resolve_device
 
     t, test_cfg = params["train"], params["test"]
     model, meta = load_model(checkpoint, model_name=model_name)

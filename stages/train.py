@@ -1,7 +1,7 @@
 """train@model: the paper's recipe on the uint8 cache -> ``best.pt`` + ``last.pt`` and a DVCLive log.
 
 Re-running after a kill resumes from ``last.pt``. With ``train.nproc_per_node`` > 1 the stage
-re-launches itself under torchrun (DDP); everything else lives in ``cxr_core.training``.
+re-launches itself under torchrun (DDP); everything else lives in ``cxr_core.train.loop``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from cxr_core.io import setup_logging
+from cxr_core.files import setup_logging
 from cxr_core.params import load_params
 
 logger = logging.getLogger("stages.train")
@@ -37,7 +37,7 @@ def main(
 ) -> None:
     setup_logging()
     params = load_params(params_path)  # every key checked before any work
-    from cxr_core.models import get_spec
+    from cxr_core.models.registry import get_spec
 
     get_spec(model_name)  # an unknown --model fails here, with suggestions
     nproc = params["train"]["nproc_per_node"]
@@ -61,8 +61,8 @@ def main(
 
     import pandas as pd
 
-    from cxr_core.cache import load_cache
-    from cxr_core.training import SplitArrays, TrainConfig, fit
+    from cxr_core.data.cache import load_cache
+    from cxr_core.train.loop import SplitArrays, TrainConfig, fit
 
     images, _ = load_cache(cache_dir)
     train, val = (

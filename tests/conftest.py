@@ -39,10 +39,10 @@ class PhantomData:
 @pytest.fixture(scope="session")
 def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> PhantomData:
     """A tiny phantom set (160 images; ~90 train / ~20 val / ~50 test) through cache and splits."""
-    from cxr_core import metadata as md
-    from cxr_core.cache import build_cache, load_cache
-    from cxr_core.phantom import PhantomConfig, generate
-    from cxr_core.splits import splits_from_raw, write_splits
+    from cxr_core.data import metadata as md
+    from cxr_core.data.cache import build_cache, load_cache
+    from cxr_core.data.sources.phantom import PhantomConfig, generate
+    from cxr_core.data.splits import splits_from_raw, write_splits
 
     root = tmp_path_factory.mktemp("phantom")
     raw, cache, splits_dir = root / "raw", root / "cache", root / "splits"

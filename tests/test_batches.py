@@ -1,4 +1,4 @@
-"""cxr_core.batches: device-side augmentation and normalisation, and memmap batches."""
+"""cxr_core.data.batches: device-side augmentation and normalisation, and memmap batches."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_core.batches import (
+from cxr_core.data.batches import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CacheBatches,

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_core.box_scores import as_unit_maps, score_heatmaps, threshold_key
-from cxr_core.localisation import to_uint8
+from cxr_core.explain.geometry import to_uint8
+from cxr_core.explain.scoring import as_unit_maps, score_heatmaps, threshold_key
 
 
 def _loc(boxes, labels):

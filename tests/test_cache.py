@@ -1,4 +1,4 @@
-"""Tests for cxr_core.cache: known-answer decoding of each pixel format, bad files, and the cache files."""
+"""Tests for cxr_core.data.cache: known-answer decoding of each pixel format, bad files, and the cache files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFile
 
-from cxr_core.cache import (
+from cxr_core.data.cache import (
     CacheError,
     ImageDecodeError,
     build_cache,
@@ -249,7 +249,7 @@ def test_fail_message_lists_first_files_and_the_total(tmp_path: Path) -> None:
 
 def test_skip_leaves_bad_files_out_in_order(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     names, paths, bad = mixed_inputs(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="cxr_core.cache"):
+    with caplog.at_level(logging.WARNING, logger="cxr_core.data.cache"):
         report = build_cache(
             names, paths, tmp_path / "cache", size=OUT, workers=1, on_error="skip", progress=False
         )

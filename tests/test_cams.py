@@ -1,4 +1,4 @@
-"""Batched CAMs (cxr_core.cams): agreement with pytorch-grad-cam, one target per image, no parameter
+"""Batched CAMs (cxr_core.explain.methods): agreement with pytorch-grad-cam, one target per image, no parameter
 gradients, Swin NHWC, the random control and degenerate-map detection. CPU, random weights."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pytorch_grad_cam.utils.svd_on_activations import (
     get_2d_projection_with_sign_correction,
 )
 
-from cxr_core.cams import (
+from cxr_core.explain.methods import (
     CAM_METHODS,
     EigenCAM,
     FeatureExtractor,
@@ -26,7 +26,7 @@ from cxr_core.cams import (
     get_cam_method,
     normalise_maps,
 )
-from cxr_core.models import cam_target_layer, create_model, get_spec, swin_reshape_transform
+from cxr_core.models.registry import cam_target_layer, create_model, get_spec, swin_reshape_transform
 
 ATOL = 2e-5
 GRADIENT_METHODS = ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM"]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_core import checkpoints
-from cxr_core.checkpoints import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from cxr_core.models import create_model
+from cxr_core.models import checkpoints
+from cxr_core.models.checkpoints import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from cxr_core.models.registry import create_model
 
 
 def _touch(path: str) -> None:

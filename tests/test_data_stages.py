@@ -11,7 +11,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from cxr_core import metadata as md
+from cxr_core.data import metadata as md
 from stages import download, preprocess, split
 
 ROOT = Path(__file__).parents[1]

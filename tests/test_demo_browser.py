@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 import torch
 
-from cxr_core.checkpoints import save_checkpoint
 from cxr_core.labels import LABELS
-from cxr_core.models import create_model, get_spec
+from cxr_core.models.checkpoints import save_checkpoint
+from cxr_core.models.registry import create_model, get_spec
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -88,7 +88,7 @@ def _checkpoint(path: Path, image_size: int) -> None:
 def server(phantom_data, tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> Iterator[str]:
     """The demo on 127.0.0.1 (a free port) in this process, with a tiny checkpoint; closed afterwards."""
     _require("gradio")
-    from cxr_core.demo import build_app, launch
+    from cxr_core.app.demo import build_app, launch
 
     models = tmp_path_factory.mktemp("models")
     _checkpoint(models / MODEL / "best.pt", phantom_data.image_size)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxr_core.cache import load_cache
-from cxr_core.checkpoints import load_checkpoint, load_model
-from cxr_core.losses import get_loss
-from cxr_core.training import BEST_FILE, LAST_FILE, SplitArrays, infer_logits, validation_metrics
+from cxr_core.data.cache import load_cache
+from cxr_core.models.checkpoints import load_checkpoint, load_model
+from cxr_core.train.loop import BEST_FILE, LAST_FILE, SplitArrays, infer_logits, validation_metrics
+from cxr_core.train.losses import get_loss
 
 TINY = "test_resnet"
 EPOCHS = 3

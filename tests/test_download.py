@@ -1,4 +1,4 @@
-"""Offline tests of cxr_core.download against a loopback HTTP server with switchable misbehaviour.
+"""Offline tests of cxr_core.data.sources.nih against a loopback HTTP server with switchable misbehaviour.
 
 The server (127.0.0.1, port 0, one thread) serves small tar.gz archives and metadata files made in
 ``tmp_path``; it honours ``Range`` and can truncate an answer, corrupt it, answer with an HTML page,
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from cxr_core import download
-from cxr_core.download import (
+from cxr_core.data.metadata import BBOX_LIST, DATA_ENTRY, METADATA_FILES, TEST_LIST, TRAIN_VAL_LIST
+from cxr_core.data.sources import nih as download
+from cxr_core.data.sources.nih import (
     KAGGLE_DATASET,
     METADATA_URLS,
     NIH_ARCHIVES,
@@ -36,7 +37,6 @@ from cxr_core.download import (
     fetch,
     safe_extract,
 )
-from cxr_core.metadata import BBOX_LIST, DATA_ENTRY, METADATA_FILES, TEST_LIST, TRAIN_VAL_LIST
 
 HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Box</title></head><body>Sign in</body></html>\n"
 

@@ -1,4 +1,4 @@
-"""Known-answer tests for cxr_core.evaluation (AUC, AUPRC, patient bootstrap, ROC points, summary)."""
+"""Known-answer tests for cxr_core.evaluate.metrics (AUC, AUPRC, patient bootstrap, ROC points, summary)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr_core.evaluation import (
+from cxr_core.evaluate.metrics import (
     bootstrap_auc_ci,
     bootstrap_auc_replicates,
     patient_multiplicities,
@@ -149,7 +149,7 @@ def test_bootstrap_ci_contains_point_and_is_seeded():
 
 
 def test_bootstrap_chunking_does_not_change_results(monkeypatch):
-    import cxr_core.evaluation as ev
+    import cxr_core.evaluate.metrics as ev
 
     targets, probs, groups = _realistic(n_patients=40)
     whole = bootstrap_auc_replicates(targets, probs, groups, n_boot=50, seed=4)

@@ -12,11 +12,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from cxr_core.batches import normalise
-from cxr_core.cache import ImageDecodeError, decode_image
-from cxr_core.checkpoints import load_model, save_checkpoint
-from cxr_core.cli import main
-from cxr_core.inference import (
+from cxr_core.app.cli import main
+from cxr_core.app.predictor import (
     ImageLimits,
     ImageTooLargeError,
     Predictor,
@@ -27,8 +24,11 @@ from cxr_core.inference import (
     read_image,
     window,
 )
+from cxr_core.data.batches import normalise
+from cxr_core.data.cache import ImageDecodeError, decode_image
 from cxr_core.labels import LABELS
-from cxr_core.models import create_model, get_spec
+from cxr_core.models.checkpoints import load_model, save_checkpoint
+from cxr_core.models.registry import create_model, get_spec
 
 pydicom = pytest.importorskip("pydicom", reason="DICOM support needs pydicom (pip install -e '.[demo]')")
 
@@ -410,7 +410,7 @@ def test_cli_predict_usage_errors(checkpoint: Path, tmp_path: Path, monkeypatch:
 
 
 def test_demo_backend_messages_and_boxes(checkpoint: Path, tmp_path: Path, single_thread: None) -> None:
-    from cxr_core.demo import TOP_FINDING, DemoBackend
+    from cxr_core.app.demo import TOP_FINDING, DemoBackend
 
     splits = tmp_path / "splits"
     splits.mkdir()
@@ -444,7 +444,7 @@ def test_demo_backend_messages_and_boxes(checkpoint: Path, tmp_path: Path, singl
 def test_demo_backend_reads_dicom_and_refuses_large_files(
     checkpoint: Path, tmp_path: Path, single_thread: None
 ) -> None:
-    from cxr_core.demo import DemoBackend
+    from cxr_core.app.demo import DemoBackend
 
     dcm = write_dicom(tmp_path / "scan.dcm", (4095 - anatomy(128, 128)).astype(np.uint16), "MONOCHROME1")
     result = DemoBackend(checkpoint.parent.parent, tmp_path / "no-splits", display_px=96).analyse(

@@ -1,11 +1,11 @@
-"""Known-answer tests for cxr_core.localisation, each worked out by hand in the comments."""
+"""Known-answer tests for cxr_core.explain.geometry, each worked out by hand in the comments."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cxr_core.localisation import (
+from cxr_core.explain.geometry import (
     ACCURACY_THRESHOLDS,
     PAPER_THRESHOLDS,
     accuracy_at,
@@ -122,7 +122,7 @@ def test_paper_iou_strict_threshold_and_truncation():
 
 
 def test_paper_iou_empty_union_is_zero_and_matches_reference_in_chunks(monkeypatch):
-    import cxr_core.localisation as loc
+    import cxr_core.explain.geometry as loc
 
     assert paper_iou(np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool), [0.1]).tolist() == [[0.0]]
     rng = np.random.default_rng(0)

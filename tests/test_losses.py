@@ -1,4 +1,4 @@
-"""cxr_core.losses: known answers, empty halves, torch parity, extreme logits, bf16 autocast."""
+"""cxr_core.train.losses: known answers, empty halves, torch parity, extreme logits, bf16 autocast."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cxr_core.losses import LOSSES, bce, class_averaged_bce, get_loss
+from cxr_core.train.losses import LOSSES, bce, class_averaged_bce, get_loss
 
 LN3 = math.log(3.0)
 # BCE(z, y) = log(1 + e^-z) for y = 1, log(1 + e^z) for y = 0. With z in {0, ln 3, -ln 3}:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_core import metadata as md
+from cxr_core.data import metadata as md
 from cxr_core.labels import LABELS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nih"

@@ -1,4 +1,4 @@
-"""cxr_core.models: the table, any timm name, weights from files / cache / hub, CAM layers."""
+"""cxr_core.models.registry: the table, any timm name, weights from files / cache / hub, CAM layers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from cxr_core import models
-from cxr_core.models import (
+from cxr_core.models import registry as models
+from cxr_core.models.registry import (
     FAMILY_DEFAULTS,
     MODEL_TABLE,
     WeightsUnavailableError,

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_core import metadata as md
-from cxr_core.labels import BOX_LABELS, LABELS, REAL_COUNTS
-from cxr_core.phantom import (
+from cxr_core.data import metadata as md
+from cxr_core.data.sources.phantom import (
     BBOX_HEADER,
     DATA_ENTRY_HEADER,
     ImageSpec,
@@ -18,6 +17,7 @@ from cxr_core.phantom import (
     prevalences,
     render,
 )
+from cxr_core.labels import BOX_LABELS, LABELS, REAL_COUNTS
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_core import metadata as md
-from cxr_core.rawdata import RawDataError, detect_layout, link_local_copy, locate_images, read_manifest
+from cxr_core.data import metadata as md
+from cxr_core.data.rawdata import RawDataError, detect_layout, link_local_copy, locate_images, read_manifest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nih"
 

@@ -20,9 +20,9 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from cxr_core import reports
-from cxr_core.box_scores import SavedHeatmaps
+from cxr_core.explain.scoring import SavedHeatmaps
 from cxr_core.labels import BOX_LABELS, LABELS
+from cxr_core.report import build as reports
 from stages.report import main as report_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ SIZE = 32
 EXAMPLES = 3
 
 #: The paper's Table 6, transcribed again here (paper/paper.txt lines 603-608) independently of
-#: cxr_core.reports: columns Atel Cons Infi Pneu1 Edem Emph Fibr Effu Pneu2 Pleu Card Nodu Hern Mass Average.
+#: cxr_core.report.build: columns Atel Cons Infi Pneu1 Edem Emph Fibr Effu Pneu2 Pleu Card Nodu Hern Mass Average.
 PAPER_TABLE6 = """\
 DenseNet-169 (ours)\t0.76\t0.74\t0.69\t0.84\t0.84\t0.90\t0.81\t0.83\t0.71\t0.76\t0.89\t0.74\t0.91\t0.81\t0.8024
 Yan et al. [36] (SOTA)\t0.792\t0.7598\t0.7095\t0.8759\t0.8478\t0.9422\t0.8326\t0.8415\t0.7397\t0.8083\t0.8814\t0.8105\t0.9341\t0.8470\t0.8302

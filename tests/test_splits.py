@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_core import metadata as md
+from cxr_core.data import metadata as md
+from cxr_core.data.splits import make_splits, split_stats, stratified_group_split
 from cxr_core.labels import LABELS
-from cxr_core.splits import make_splits, split_stats, stratified_group_split
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nih"
 REAL_META = Path(__file__).parents[2] / "shared" / "nih-meta"

@@ -13,16 +13,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cxr_core.batches import CacheBatches, prepare_batch
-from cxr_core.cache import load_cache
-from cxr_core.checkpoints import load_checkpoint, load_model
-from cxr_core.evaluation import roc_points, summarise
-from cxr_core.io import _clean
+from cxr_core.data.batches import CacheBatches, prepare_batch
+from cxr_core.data.cache import load_cache
+from cxr_core.evaluate.metrics import roc_points, summarise
+from cxr_core.files import _clean
 from cxr_core.labels import LABELS
-from cxr_core.losses import get_loss
-from cxr_core.models import create_model
+from cxr_core.models.checkpoints import load_checkpoint, load_model
+from cxr_core.models.registry import create_model
 from cxr_core.params import load_params
-from cxr_core.training import (
+from cxr_core.train.loop import (
     BEST_FILE,
     LAST_FILE,
     Progress,
@@ -38,6 +37,7 @@ from cxr_core.training import (
     make_scheduler,
     validation_metrics,
 )
+from cxr_core.train.losses import get_loss
 
 TINY = "test_resnet"  # ~0.4 M parameters: a few seconds per epoch on 2 CPU cores
 EPOCHS = 3
@@ -335,7 +335,7 @@ def test_train_stage_writes_one_checkpoint_pair(stage_run) -> None:
 
 def test_pixel_digest_sees_a_regenerated_cache():
     """A cache rebuilt with other pixels (same shape and rows) must not be resumed from."""
-    from cxr_core.training import pixel_digest
+    from cxr_core.train.loop import pixel_digest
 
     images = np.random.default_rng(0).integers(0, 255, (50, 8, 8), dtype=np.uint8)
     rows = np.arange(50)

@@ -14,7 +14,7 @@ Why it looks the way it does:
   weights to a run that was never interrupted. ``last.pt`` also records the settings it was
   trained with; a ``last.pt`` from other settings (``dvc exp run -S lr=...``) is not resumed.
 * Fast. uint8 batches from the memmap cache are augmented and normalised on the device
-  (``cxr_core.batches``). The loss is summed on the device and read once per epoch, so there is
+  (``cxr_core.data.batches``). The loss is summed on the device and read once per epoch, so there is
   no host synchronisation per step. On CUDA: bf16 autocast, pinned memory, optional
   ``torch.compile``; channels_last for the CNNs.
 * Validation loss is the loss of the whole validation set computed at once from its logits. The
@@ -46,12 +46,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from cxr_core.batches import CacheBatches, prepare_batch, to_device
-from cxr_core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from cxr_core.evaluation import per_class_auc
+from cxr_core.data.batches import CacheBatches, prepare_batch, to_device
+from cxr_core.evaluate.metrics import per_class_auc
 from cxr_core.labels import LABELS, NUM_CLASSES
-from cxr_core.losses import LossFn, get_loss
-from cxr_core.models import create_model, get_spec
+from cxr_core.models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from cxr_core.models.registry import create_model, get_spec
+from cxr_core.train.losses import LossFn, get_loss
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ Why it is written this way:
 * A tar archive can name members outside the target folder (``../x``, absolute paths, links):
   every member is checked before anything is written.
 * Box sometimes answers with an HTML page instead of a file: metadata files are checked with
-  :func:`cxr_core.metadata.check_metadata_file` right after download.
+  :func:`cxr_core.data.metadata.check_metadata_file` right after download.
 * An offline machine must fail at once and say what to do instead (download by hand, point
   ``data.source`` at the copy), not retry for minutes.
 """
@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from tqdm import tqdm
 
-from cxr_core.metadata import (
+from cxr_core.data.metadata import (
     BBOX_LIST,
     DATA_ENTRY,
     METADATA_FILES,

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_core.box_scores import SavedHeatmaps
+from cxr_core.explain.scoring import SavedHeatmaps
 from cxr_core.labels import ABBREVIATIONS, BOX_LABELS, LABELS, NO_FINDING
 
 logger = logging.getLogger(__name__)

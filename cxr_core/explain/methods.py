@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from cxr_core.models import ModelSpec
+    from cxr_core.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _to_nchw(t: Tensor, reshape_transform: ReshapeTransform | None, check_layout
     elif check_layout and _looks_nhwc(t.shape):
         raise ValueError(
             f"CAM target layer output {tuple(t.shape)} looks channels-last (B, h, w, C), as timm's Swin "
-            "blocks give: pass reshape_transform=cxr_core.models.swin_reshape_transform (without it the "
+            "blocks give: pass reshape_transform=cxr_core.models.registry.swin_reshape_transform (without it the "
             "maps would be computed over (h, C) instead of (h, w)), or check_layout=False if it is NCHW"
         )
     if t.ndim != 4:
@@ -611,10 +611,10 @@ def compute_heatmaps(
 
     One forward (plus the head-only backward when a gradient method is asked for) per batch feeds
     every method. Returns ``{method: float32 (B, S, S) in [0, 1]}`` (NaN maps stay NaN: see
-    :func:`degeneracy_summary`). ``spec`` picks the target layer (``cxr_core.models.cam_target_layer``)
+    :func:`degeneracy_summary`). ``spec`` picks the target layer (``cxr_core.models.registry.cam_target_layer``)
     and the NHWC -> NCHW transform for Swin; ``target_layer`` overrides the layer.
     """
-    from cxr_core.models import cam_target_layer, swin_reshape_transform
+    from cxr_core.models.registry import cam_target_layer, swin_reshape_transform
 
     names = _check_methods(methods)
     if batch_size < 1:

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_core import metadata as md
+from cxr_core.data import metadata as md
 from cxr_core.labels import BOX_LABELS, LABEL_INDEX, LABELS
-from cxr_core.metadata import BOX_SPACE, labels_matrix
+from cxr_core.data.metadata import BOX_SPACE, labels_matrix
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from cxr_core.cache import pool_context
+from cxr_core.data.cache import pool_context
 from cxr_core.labels import BOX_LABELS, LABELS, REAL_COUNTS, REAL_IMAGES, decode
-from cxr_core.metadata import BBOX_LIST, BOX_SPACE, DATA_ENTRY, TEST_LIST, TRAIN_VAL_LIST, write_image_list
+from cxr_core.data.metadata import BBOX_LIST, BOX_SPACE, DATA_ENTRY, TEST_LIST, TRAIN_VAL_LIST, write_image_list
 
 log = logging.getLogger(__name__)
 

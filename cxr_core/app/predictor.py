@@ -7,7 +7,7 @@ input the cache would have produced, or the probabilities would drift from the t
 
 Reading rules:
 
-* PNG / JPEG (and the cache's other formats): the model input is :func:`cxr_core.cache.decode_image`
+* PNG / JPEG (and the cache's other formats): the model input is :func:`cxr_core.data.cache.decode_image`
   itself, so an image gives the same ``S x S`` uint8 as its cache row.
 * DICOM (detected by the ``DICM`` magic, whatever the file name): pixel data -> Modality LUT
   (Rescale Slope / Intercept, or a Modality LUT Sequence) -> VOI (a VOI LUT Sequence if present,
@@ -19,7 +19,7 @@ Reading rules:
 * Limits (:class:`ImageLimits`, default 50 MB and 10,000 px a side) are checked from the file size
   and the header before any pixel is decoded: :class:`ImageTooLargeError`.
 
-All errors are :class:`cxr_core.cache.ImageDecodeError` subclasses (``.path``, ``.reason``), so one
+All errors are :class:`cxr_core.data.cache.ImageDecodeError` subclasses (``.path``, ``.reason``), so one
 ``except ImageDecodeError`` catches every bad file.
 """
 
@@ -37,13 +37,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from cxr_core.cache import ALLOWED_FORMATS, DECODE_ERRORS, SIXTEEN_BIT_MODES, ImageDecodeError, decode_image
+from cxr_core.data.cache import (
+    ALLOWED_FORMATS,
+    DECODE_ERRORS,
+    SIXTEEN_BIT_MODES,
+    ImageDecodeError,
+    decode_image,
+)
 from cxr_core.labels import LABEL_INDEX, LABELS
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from cxr_core.models import ModelSpec
+    from cxr_core.models.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +172,7 @@ def resize_grey(arr: np.ndarray, size: int) -> np.ndarray:
 
     Delegates to the cache's own converter so a DICOM is resized exactly like a 16-bit PNG would be.
     """
-    from cxr_core.cache import to_grey
+    from cxr_core.data.cache import to_grey
 
     arr = np.asarray(arr)
     if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
@@ -372,7 +378,7 @@ def finding_index(finding: str) -> int:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else the CPU (the train stage's rule, for one process)."""
-    from cxr_core.training import resolve_device as train_resolve
+    from cxr_core.train.loop import resolve_device as train_resolve
 
     return train_resolve(name)
 
@@ -412,8 +418,8 @@ class Predictor:
         limits: ImageLimits = DEFAULT_LIMITS,
     ) -> Predictor:
         """Load ``best.pt`` (``weights_only=True``); architecture and image size come from the file."""
-        from cxr_core.checkpoints import load_model
-        from cxr_core.models import get_spec
+        from cxr_core.models.checkpoints import load_model
+        from cxr_core.models.registry import get_spec
 
         model, meta = load_model(checkpoint, model_name=model_name, map_location="cpu")
         name = str(meta["model_name"])
@@ -442,7 +448,7 @@ class Predictor:
         return read_image(path, self.image_size, limits=self.limits)
 
     def _inputs(self, images: np.ndarray) -> torch.Tensor:
-        from cxr_core.batches import prepare_batch
+        from cxr_core.data.batches import prepare_batch
 
         batch = np.array(images, dtype=np.uint8)  # a writable copy: decoded images are read-only views
         if batch.ndim == 2:
@@ -470,7 +476,7 @@ class Predictor:
         self, images: np.ndarray, finding: str | Sequence[str], method: str = "GradCAM", batch_size: int = 16
     ) -> np.ndarray:
         """float32 ``(B, S, S)`` maps in [0, 1] for ``finding`` (one name, or one per image) by ``method``."""
-        from cxr_core.cams import compute_heatmaps
+        from cxr_core.explain.methods import compute_heatmaps
 
         batch = np.asarray(images, dtype=np.uint8)
         if batch.ndim == 2:

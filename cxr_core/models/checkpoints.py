@@ -118,7 +118,7 @@ def load_model(
     stage's ``--model``) is checked against it so a checkpoint of another model is not scored
     under the wrong name.
     """
-    from cxr_core.models import create_model
+    from cxr_core.models.registry import create_model
 
     state = load_checkpoint(path, map_location=map_location)
     missing = [k for k in ("model", "model_name", "image_size") if k not in state]

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_core.cache import ImageDecodeError
-from cxr_core.inference import (
+from cxr_core.app.predictor import (
     DEFAULT_LIMITS,
     ImageLimits,
     Predictor,
@@ -32,6 +31,7 @@ from cxr_core.inference import (
     read_image,
     resize_grey,
 )
+from cxr_core.data.cache import ImageDecodeError
 from cxr_core.labels import LABELS
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cxr_core.metadata import BOX_SPACE  # side of the images in which BBox_List_2017.csv gives its boxes
+from cxr_core.data.metadata import BOX_SPACE  # side of the images in which BBox_List_2017.csv gives its boxes
 
 #: The paper's IoU thresholds (section 4.1): A = H > a * 255.
 PAPER_THRESHOLDS: tuple[float, ...] = (0.1, 0.15, 0.25, 0.35, 0.45)

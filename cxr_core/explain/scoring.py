@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_core.explain.geometry import best_box_scores, box_masks, paper_iou, pointing_hit
 from cxr_core.labels import BOX_LABELS
-from cxr_core.localisation import best_box_scores, box_masks, paper_iou, pointing_hit
 
 
 @dataclass(frozen=True)

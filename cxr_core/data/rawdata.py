@@ -16,7 +16,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cxr_core.metadata import DATA_ENTRY, METADATA_FILES, check_metadata_file, read_data_entry
+from cxr_core.data.metadata import DATA_ENTRY, METADATA_FILES, check_metadata_file, read_data_entry
 
 log = logging.getLogger(__name__)
 

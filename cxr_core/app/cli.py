@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import click
 
-from cxr_core.io import setup_logging
+from cxr_core.files import setup_logging
 
 logger = logging.getLogger("cxr")
 
@@ -127,10 +127,10 @@ def predict(
     read are named on stderr and skipped; the exit code is then 1. Folders are searched recursively
     for .png/.jpg/.jpeg/.dcm/.dicom files and extension-less DICOMs.
     """
-    from cxr_core.cams import get_cam_method
-    from cxr_core.checkpoints import CheckpointError
-    from cxr_core.inference import ImageLimits, Predictor, collect_files, finding_index, predict_files
+    from cxr_core.app.predictor import ImageLimits, Predictor, collect_files, finding_index, predict_files
+    from cxr_core.explain.methods import get_cam_method
     from cxr_core.labels import LABELS
+    from cxr_core.models.checkpoints import CheckpointError
 
     if heatmap_dir is not None:
         try:
@@ -142,7 +142,7 @@ def predict(
     params = _load_params(params_path)
     device_name = device or (params["train"]["device"] if params else "auto")
     cam_batch = int(params["cam"]["batch_size"]) if params else 16
-    from cxr_core.inference import resolve_device
+    from cxr_core.app.predictor import resolve_device
 
     try:
         predictor = Predictor.from_checkpoint(
@@ -213,7 +213,7 @@ def _write_overlays(
     import numpy as np
     from PIL import Image
 
-    from cxr_core.inference import overlay, read_image
+    from cxr_core.app.predictor import overlay, read_image
     from cxr_core.labels import LABELS
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -267,8 +267,8 @@ def demo(
     max_px: int,
 ) -> None:
     """Web app: upload an X-ray, see the 14 probabilities and a heatmap (needs the demo extra)."""
-    from cxr_core.demo import DemoError, build_app, default_methods, launch
-    from cxr_core.inference import ImageLimits, resolve_device
+    from cxr_core.app.demo import DemoError, build_app, default_methods, launch
+    from cxr_core.app.predictor import ImageLimits, resolve_device
 
     params = _load_params(params_path)
     device_name = device or (params["train"]["device"] if params else "auto")

@@ -1,0 +1,1 @@
+"""What users run outside the DAG: ``cxr predict`` and the Gradio demo."""

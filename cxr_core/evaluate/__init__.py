@@ -1,0 +1,1 @@
+"""Scoring a trained model: batched inference and the classification metrics."""

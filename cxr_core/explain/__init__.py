@@ -1,0 +1,1 @@
+"""Heatmaps and their scoring: CAM methods, box geometry, localisation metrics."""

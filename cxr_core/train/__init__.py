@@ -1,0 +1,1 @@
+"""The paper's training recipe: losses and the resumable, reproducible loop."""
