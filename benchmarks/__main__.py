@@ -27,8 +27,10 @@ from benchmarks import cams as cams_bench
 from benchmarks import loader as loader_bench
 from benchmarks import models as models_bench
 from benchmarks import preprocess as preprocess_bench
-from benchmarks.report import machine_info, section_md, to_markdown, write_json
+from benchmarks.report import machine_info, section_md, to_markdown
 from benchmarks.timing import pick_device
+from cxr_core.files import write_json
+from cxr_core.runtime import DEVICES
 
 SHARED_NOTE = (
     "Numbers come from the machine above; when it is shared with other jobs (the 2-core dev VM is) "
@@ -154,9 +156,7 @@ def common_options(fn: Callable[..., None]) -> Callable[..., None]:
         click.option(
             "--out", default="benchmarks/results", show_default=True, type=click.Path(file_okay=False)
         ),
-        click.option(
-            "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])
-        ),
+        click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES)),
         click.option(
             "--threads",
             type=click.IntRange(min=1),
@@ -185,7 +185,7 @@ def common_options(fn: Callable[..., None]) -> Callable[..., None]:
 
 @click.group()
 def cli() -> None:
-    """Speed benchmarks of the pipeline (DESIGN "Speed"): loader, models, preprocess, CAMs."""
+    """Speed benchmarks of the pipeline: loader, models, preprocess, CAMs."""
 
 
 @cli.command("all")

@@ -21,32 +21,19 @@ import argparse
 import json
 import logging
 import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks.timing import timed_call
+from cxr_core.explain.layers import cam_target_layer, reshape_transform
 from cxr_core.explain.methods import compute_heatmaps, degeneracy_summary
-from cxr_core.models.registry import cam_target_layer, create_model, get_spec, swin_reshape_transform
+from cxr_core.models.registry import create_model, get_spec
 
 ALL_METHODS = ("GradCAM", "GradCAMPlusPlus", "EigenCAM", "RandomCAM")
 #: methods pytorch-grad-cam is timed on for "all methods" (its RandomCAM is a different method).
 PGC_METHODS = ("GradCAM", "GradCAMPlusPlus", "EigenCAM")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    _sync(device)
-    start = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - start, out
 
 
 def pgc_plain(
@@ -100,7 +87,7 @@ def run(
     spec = get_spec(model)
     net = create_model(model, image_size=size).eval().to(dev)
     layer = cam_target_layer(net, spec)
-    reshape = swin_reshape_transform if spec.nhwc_features else None
+    reshape = reshape_transform(spec)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(images, 3, size, size, generator=gen).to(dev)
     classes = np.random.default_rng(seed).integers(0, 14, size=images)
@@ -128,19 +115,19 @@ def run(
     ref = np.zeros(0)
     # interleaved repeats, so that load from other processes hits both sides alike
     for _ in range(repeats):
-        t, ours = _timed(
+        t, ours = timed_call(
             lambda: compute_heatmaps(net, spec, x, classes, ["GradCAM"], batch_size=batch_size), dev
         )
         times["ours_gradcam"].append(t)
-        t, ref = _timed(lambda: pgc_plain(net, layer, reshape, x, classes, "GradCAM"), dev)
+        t, ref = timed_call(lambda: pgc_plain(net, layer, reshape, x, classes, "GradCAM"), dev)
         times["pgc_gradcam"].append(t)
-        t, ours_all = _timed(
+        t, ours_all = timed_call(
             lambda: compute_heatmaps(net, spec, x, classes, list(ALL_METHODS), batch_size=batch_size), dev
         )
         times["ours_all"].append(t)
         if include_pgc_all:
             for method in PGC_METHODS[1:]:
-                t, _ = _timed(lambda m=method: pgc_plain(net, layer, reshape, x, classes, m), dev)
+                t, _ = timed_call(lambda m=method: pgc_plain(net, layer, reshape, x, classes, m), dev)
                 times[f"pgc_{method}"].append(t)
 
     for stat, fn in (("min", min), ("median", statistics.median)):

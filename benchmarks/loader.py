@@ -8,13 +8,13 @@ Both loaders serve the same images with the same training augmentations (flip p 
   ``RandomApply([RandomRotation(15)])`` / ``ToTensor`` / ``Normalize``, in a ``DataLoader`` with
   ``workers`` processes. Workers are persistent and warmed up, which favours this side (by default
   a DataLoader restarts its workers every epoch).
-* ``cache``: ``CacheBatches`` over the uint8 memmap that ``cache.build_cache`` made from the same
+* ``cache``: ``CacheBatches`` over the uint8 memmap that ``build_cache`` made from the same
   PNGs, then ``prepare_batch(train=True)`` (augment + normalise on the device, channels_last as
   the CNNs train); ``cache_nchw`` is the same without channels_last, ``cache_read`` only reads the
   uint8 batches (the floor of the cache path).
 
-The PNGs are synthetic radiograph-like images written to a temporary folder (so they sit in the
-page cache: this measures CPU work, not the disk).
+The PNGs are :mod:`benchmarks.synthetic` images in a temporary folder (so they sit in the page
+cache: this measures CPU work, not the disk).
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from tqdm import tqdm
 
-from benchmarks.preprocess import SIDE, chest_like
+from benchmarks.synthetic import SIDE, write_pngs
 from benchmarks.timing import pick_device, rates, ratio, timed
 from cxr_core.data.batches import IMAGENET_MEAN, IMAGENET_STD, CacheBatches, prepare_batch, to_device
-from cxr_core.data.cache import build_cache, load_cache, pool_context
+from cxr_core.data.cache import load_cache
+from cxr_core.data.preprocess import build_cache
 from cxr_core.labels import NUM_CLASSES
 
-#: The cache loader must beat the paper-style loader by this factor (DESIGN "Speed").
+#: The cache loader must beat the paper-style loader by this factor (the project's speed target).
 TARGET_SPEEDUP = 20.0
 #: Contenders, in the order they are timed within a repeat.
 LOADERS: tuple[str, ...] = ("paper", "cache", "cache_nchw", "cache_read")
@@ -57,28 +58,6 @@ class LoaderSettings:
     workers: int = 2
     repeats: int = 3
     seed: int = 0
-
-
-def _write_png(job: tuple[int, str, int]) -> int:
-    seed, path, side = job
-    image = Image.fromarray(chest_like(seed))
-    if side != SIDE:
-        image = image.resize((side, side), Image.Resampling.BILINEAR)
-    image.save(path, "PNG")
-    return Path(path).stat().st_size
-
-
-def write_pngs(folder: Path, n: int, side: int = SIDE, workers: int = 2) -> list[Path]:
-    """``n`` synthetic ``side`` x ``side`` 8-bit PNGs named like NIH's, written in parallel."""
-    paths = [folder / f"{k:08d}_000.png" for k in range(n)]
-    jobs = [(k, str(p), side) for k, p in enumerate(paths)]
-    if workers <= 1 or n < 4:
-        for job in jobs:
-            _write_png(job)
-    else:
-        with pool_context().Pool(workers) as pool:
-            pool.map(_write_png, jobs, chunksize=4)
-    return paths
 
 
 def paper_transform(size: int) -> transforms.Compose:

@@ -42,7 +42,7 @@ from cxr_core.labels import NUM_CLASSES
 from cxr_core.models.registry import MODEL_TABLE, create_model, get_spec
 from cxr_core.train.losses import LossFn, get_loss
 
-#: The loader-fed train step must reach this fraction of the in-memory step (DESIGN "Speed").
+#: The loader-fed train step must reach this fraction of the in-memory step (the project's speed target).
 TARGET_EFFICIENCY = 0.9
 COMPILE_CPU_REASON = (
     "CPU: inductor compiles for minutes per model on a few cores (efficientnet_b0 on the 2-core "

@@ -1,12 +1,12 @@
 """Benchmark the preprocess stage: build_cache vs the decode-only limit vs paper-style loading.
 
 ``python -m benchmarks.preprocess --images 200 --workers 2`` writes N synthetic 1024 x 1024 8-bit
-chest-like PNGs (noisy, so they compress like real NIH files, ~0.6 MB) to a temporary folder and
-times, on the same files and cores, in interleaved rounds (best of ``--repeat``):
+chest-like PNGs (:mod:`benchmarks.synthetic`) to a temporary folder and times, on the same files
+and cores, in interleaved rounds (best of ``--repeat``):
 
 * ``decode_only``: the same pool and chunking as build_cache, just ``Image.open(p).load()``:
   the floor for any loader that reads these PNGs.
-* ``build_cache``: :func:`cxr_core.data.cache.build_cache` (stat pass, decode, grey, resize, memmap
+* ``build_cache``: :func:`cxr_core.data.preprocess.build_cache` (stat pass, decode, grey, resize, memmap
   write, index and report, rename), paid once per pipeline run.
 * ``paper_single`` / ``paper_pool``: the typical CheXNet per-image pipeline
   ``Image.open(p).convert("RGB").resize((S, S))`` + ``ToTensor`` + ``Normalize`` equivalent
@@ -28,44 +28,16 @@ import click
 import numpy as np
 from PIL import Image
 
-from cxr_core.data.cache import build_cache, chunk_bounds, pool_context
+from benchmarks.synthetic import write_pngs
+from cxr_core.data.batches import IMAGENET_MEAN, IMAGENET_STD
+from cxr_core.data.pool import chunk_bounds, pool_context
+from cxr_core.data.preprocess import build_cache
 
 logger = logging.getLogger(__name__)
 
-SIDE = 1024
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
-
-
-def chest_like(seed: int) -> np.ndarray:
-    """A 1024 x 1024 uint8 radiograph-like image: body, two dark lungs, ribs, mediastinum, noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:SIDE, 0:SIDE].astype(np.float32) / SIDE
-    cx = 0.5 + rng.uniform(-0.03, 0.03)
-    img = 40 + 140 * (((x - cx) / 0.42) ** 2 + ((y - 0.55) / 0.55) ** 2 < 1)
-    for side in (-1, 1):
-        lung = ((x - cx - side * 0.17) / 0.13) ** 2 + ((y - 0.45) / 0.3) ** 2 < 1
-        img = np.where(lung, img - 90 + 15 * np.sin(y * 70 + side * x * 8), img)
-    img += 50 * np.exp(-(((x - cx) / 0.06) ** 2))  # mediastinum
-    img += 25 * (y - 0.5)  # exposure gradient
-    img += rng.normal(0, 6, img.shape).astype(np.float32)  # quantum noise: what makes PNGs big
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _write_png(job: tuple[int, str]) -> int:
-    seed, path = job
-    Image.fromarray(chest_like(seed)).save(path, "PNG")  # default zlib level, like most writers
-    return Path(path).stat().st_size
-
-
-def make_images(folder: Path, n: int, workers: int) -> list[Path]:
-    """Write ``n`` synthetic PNGs named like NIH's (``00000000_000.png``)."""
-    paths = [folder / f"{k:08d}_000.png" for k in range(n)]
-    jobs = [(k, str(p)) for k, p in enumerate(paths)]
-    with pool_context().Pool(workers) as pool:
-        sizes = pool.map(_write_png, jobs, chunksize=4)
-    logger.info("wrote %d PNGs, mean %.0f KB", n, np.mean(sizes) / 1024)
-    return paths
+#: ``Normalize``'s constants as C x 1 x 1 arrays, for the numpy version of the paper's transform.
+_MEAN = np.array(IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
+_STD = np.array(IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
 
 
 def _decode_only_chunk(paths: list[str]) -> int:
@@ -80,7 +52,7 @@ def _paper_chunk(task: tuple[list[str], int]) -> int:
     for p in paths:
         img = Image.open(p).convert("RGB").resize((size, size))
         x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0  # ToTensor
-        x = (x - IMAGENET_MEAN) / IMAGENET_STD  # Normalize
+        x = (x - _MEAN) / _STD  # Normalize
     return len(paths)
 
 
@@ -100,7 +72,7 @@ def run(images: int = 200, workers: int = 2, size: int = 224, repeat: int = 3) -
     """Time the four loaders on the same synthetic files; return images/s and ratios."""
     with tempfile.TemporaryDirectory(prefix="cxr-bench-preprocess-") as tmp:
         folder = Path(tmp)
-        paths = make_images(folder, images, workers)
+        paths = write_pngs(folder, images, workers=workers)
         names = [p.name for p in paths]
         strs = [str(p) for p in paths]
         bounds = chunk_bounds(len(strs), workers, 64)

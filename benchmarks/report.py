@@ -7,7 +7,6 @@ less.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -15,7 +14,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 #: Section key -> Markdown heading (the tests look for these).
@@ -62,25 +60,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
-
-
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON types: numpy scalars unwrapped, NaN / inf -> None, tuples -> lists."""
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def write_json(path: Path, results: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(to_jsonable(results), indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,11 +10,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from cxr_core.train.loop import resolve_device
+from cxr_core.runtime import resolve_device
+
+T = TypeVar("T")
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:
@@ -29,13 +31,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds ``fn()`` takes including the device work it queues."""
+def timed_call(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
+    """Seconds ``fn()`` takes including the device work it queues, and what it returned."""
     sync(device)
     start = time.perf_counter()
-    fn()
+    out = fn()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, out
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds ``fn()`` takes including the device work it queues."""
+    return timed_call(fn, device)[0]
 
 
 def rates(items: int, seconds: Sequence[float]) -> dict[str, Any]:

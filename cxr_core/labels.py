@@ -63,7 +63,6 @@ REAL_COUNTS: dict[str, int] = dict(
         strict=True,
     )
 )
-REAL_NO_FINDING = 60361
 REAL_IMAGES = 112120
 
 

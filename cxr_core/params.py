@@ -1,8 +1,13 @@
 """Load and validate ``params.yaml`` before any stage does work.
 
 The schema below is the single list of every knob: an unknown key or a bad value stops with a
-message naming the key, the value and what is allowed (DESIGN "Bad input"). Stages read the
-validated dict; defaults live in ``params.yaml`` itself, not in code.
+message naming the key, the value and what is allowed. Stages read the validated dict; defaults
+live in ``params.yaml`` itself, not in code.
+
+Names that live in a registry next to their code (models, losses, CAM methods, devices...) are
+:class:`Named` fields: the schema checks their shape, and a stage passes the lookups of the
+registries it uses to :func:`load_params`. So this module imports no other layer, and a stage's
+import graph (its DVC ``deps:``) holds only the code it runs.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from typing import Any
 
 import yaml
 
+from cxr_core.errors import CxrError
+
 DEFAULT_PATH = Path("params.yaml")
 
 
-class ParamsError(ValueError):
+class ParamsError(CxrError, ValueError):
     """A key or value in params.yaml is not allowed."""
 
 
@@ -49,6 +56,7 @@ class Float:
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
+    decimals: int | None = None  # at most this many decimals (values that become metric keys)
 
     def check(self, value: Any, path: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -56,13 +64,16 @@ class Float:
         too_low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
         if too_low or (self.hi is not None and value > self.hi):
             raise _fail(path, value, self.describe())
+        if self.decimals is not None and not math.isclose(value, round(value, self.decimals), abs_tol=1e-12):
+            raise _fail(path, value, self.describe())
         return float(value)
 
     def describe(self) -> str:
         left = "(" if self.lo_open else "["
         lo = "-inf" if self.lo is None else self.lo
         hi = "inf" if self.hi is None else self.hi
-        return f"a number in {left}{lo}, {hi}]"
+        places = f" with at most {self.decimals} decimals" if self.decimals is not None else ""
+        return f"a number in {left}{lo}, {hi}]{places}"
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,21 @@ class Text:
 
 
 @dataclass(frozen=True)
+class Named:
+    """A name from a registry that lives with its code (``"model"``, ``"loss"``, ``"cam method"``...).
+
+    The schema checks the shape (a non-empty string); :func:`load_params` looks the name up when
+    the calling stage passes that registry's lookup (a function that raises ``ValueError`` naming
+    what is allowed).
+    """
+
+    registry: str
+
+    def check(self, value: Any, path: str) -> str:
+        return Text().check(value, path)
+
+
+@dataclass(frozen=True)
 class DataSource:
     """``synthetic``, ``nih``, or a folder holding an official or Kaggle copy of the dataset."""
 
@@ -115,7 +141,6 @@ class ListOf:
     item: Any
     min_len: int = 1
     unique: bool = True
-    validate: Callable[[str], Any] | None = None  # extra check per item (e.g. a registry lookup)
 
     def check(self, value: Any, path: str) -> list:
         if not isinstance(value, list) or len(value) < self.min_len:
@@ -123,12 +148,6 @@ class ListOf:
         items = [self.item.check(v, f"{path}[{i}]") for i, v in enumerate(value)]
         if self.unique and len(set(map(str, items))) != len(items):
             raise _fail(path, value, "a list without repeated items")
-        if self.validate is not None:
-            for i, v in enumerate(items):
-                try:
-                    self.validate(v)
-                except ValueError as exc:
-                    raise ParamsError(f"params.yaml: {path}[{i}] = {v!r}: {exc}") from exc
         return items
 
 
@@ -151,25 +170,13 @@ class Section:
         return {k: spec.check(value[k], f"{path}.{k}" if path else k) for k, spec in self.fields.items()}
 
 
-def _check_model(name: str) -> None:
-    from cxr_core.models.registry import get_spec  # timm import: only when a models list is validated
-
-    get_spec(name)
-
-
-def _check_cam_method(name: str) -> None:
-    from cxr_core.explain.methods import get_cam_method
-
-    get_cam_method(name)
-
-
 PROB = Float(0.0, 1.0)
 
 SCHEMA = Section(
     {
         "lr": Float(0.0, 10.0, lo_open=True),
         "seed": Int(0),
-        "models": ListOf(Text(), validate=_check_model),
+        "models": ListOf(Named("model")),
         "data": Section(
             {
                 "source": DataSource(),
@@ -216,13 +223,13 @@ SCHEMA = Section(
                 "weights": Text(nullable=True),
                 "epochs": Int(1, 1000),
                 "batch_size": Int(1, 4096),
-                "loss": Choice(("class_averaged_bce", "bce")),
+                "loss": Named("loss"),
                 "plateau_factor": Float(0.0, 1.0, lo_open=True),
                 "plateau_patience": Int(0, 1000),
                 "early_stop_patience": Int(1, 1000),
                 "augment": Section({"hflip_p": PROB, "rotate_p": PROB, "max_degrees": Float(0.0, 180.0)}),
-                "device": Choice(("auto", "cpu", "cuda")),
-                "amp": Choice(("bf16", "none")),
+                "device": Named("device"),
+                "amp": Named("amp"),
                 "channels_last": Bool(),
                 "compile": Bool(),
                 "nproc_per_node": Int(1, 64),
@@ -238,24 +245,79 @@ SCHEMA = Section(
         ),
         "cam": Section(
             {
-                "methods": ListOf(Text(), validate=_check_cam_method),
-                "thresholds": ListOf(Float(0.0, 1.0)),
-                "box_thresholds": ListOf(Float(0.0, 1.0)),
+                "methods": ListOf(Named("cam method")),
+                # metric keys are t + round(100 a): two decimals keep them distinct
+                "thresholds": ListOf(Float(0.0, 1.0, decimals=2)),
+                "box_thresholds": ListOf(Float(0.0, 1.0, decimals=2)),
                 "batch_size": Int(1, 4096),
+                "eigen_sign": Named("eigen sign"),
+                "random_stride": Int(1, 1024),
+                "positive_threshold": PROB,
             }
         ),
-        "report": Section({"examples": Int(0, 100)}),
+        "report": Section(
+            {"examples": Int(0, 100), "example_methods": ListOf(Named("cam method"), min_len=0)}
+        ),
     }
 )
 
 
-def validate(raw: Any) -> dict:
-    """Validate a parsed params mapping against :data:`SCHEMA`; returns the checked dict."""
-    return SCHEMA.check(raw, "")
+#: A registry lookup: returns (or raises ``ValueError`` naming what is allowed) for one name.
+Lookup = Callable[[str], Any]
 
 
-def load_params(path: str | Path = DEFAULT_PATH) -> dict:
-    """Read and validate a params file; every error names the file, the key and the value."""
+def _named_fields(spec: Any, value: Any, path: str) -> list[tuple[str, str, str]]:
+    """(registry, dotted key, value) of every :class:`Named` value in a checked params dict."""
+    if isinstance(spec, Named):
+        return [(spec.registry, path, value)]
+    if isinstance(spec, ListOf):
+        return [hit for i, v in enumerate(value) for hit in _named_fields(spec.item, v, f"{path}[{i}]")]
+    if isinstance(spec, Section):
+        return [
+            hit
+            for k, sub in spec.fields.items()
+            for hit in _named_fields(sub, value[k], f"{path}.{k}" if path else k)
+        ]
+    return []
+
+
+def registries(spec: Any = None) -> set[str]:
+    """Names of the registries the schema refers to."""
+    spec = SCHEMA if spec is None else spec
+    if isinstance(spec, Named):
+        return {spec.registry}
+    if isinstance(spec, ListOf):
+        return registries(spec.item)
+    if isinstance(spec, Section):
+        return set().union(*(registries(s) for s in spec.fields.values()))
+    return set()
+
+
+def validate(raw: Any, lookups: Mapping[str, Lookup] | None = None) -> dict:
+    """Validate a parsed params mapping against :data:`SCHEMA`, then look up its registry names.
+
+    ``lookups`` maps registry names (``"model"``, ``"cam method"``...) to their lookup; names of
+    other registries are only checked for shape.
+    """
+    lookups = dict(lookups or {})
+    unknown = sorted(set(lookups) - registries())
+    if unknown:
+        raise ValueError(f"no params field refers to registr{'y' if len(unknown) == 1 else 'ies'} {unknown}")
+    checked = SCHEMA.check(raw, "")
+    for registry, key, value in _named_fields(SCHEMA, checked, ""):
+        if registry in lookups:
+            try:
+                lookups[registry](value)
+            except ValueError as exc:
+                raise ParamsError(f"params.yaml: {key} = {value!r}: {exc}") from None
+    return checked
+
+
+def load_params(path: str | Path = DEFAULT_PATH, lookups: Mapping[str, Lookup] | None = None) -> dict:
+    """Read and validate a params file; every error names the file, the key and the value.
+
+    ``lookups``: the registries the caller uses (see :func:`validate`).
+    """
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the project root, or pass --params)")
@@ -264,6 +326,6 @@ def load_params(path: str | Path = DEFAULT_PATH) -> dict:
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
     try:
-        return validate(raw)
+        return validate(raw, lookups)
     except ParamsError as exc:
         raise ParamsError(str(exc).replace("params.yaml:", f"{path}:", 1)) from None

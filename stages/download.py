@@ -6,46 +6,19 @@ path links an existing official / Kaggle copy in place.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import click
-
-from cxr_core.files import setup_logging
+from cxr_core.data.sources import fill_raw
 from cxr_core.params import load_params
+from stages._common import params_option, path_option, stage_command
 
 
-@click.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path())
-@click.option("--out", "raw_dir", default="data/raw", show_default=True, type=click.Path(path_type=Path))
-def main(params_path: str, raw_dir: Path) -> None:
-    setup_logging()
-    data = load_params(params_path)["data"]
-    source = data["source"]
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    from cxr_core.data import rawdata
-
-    if source == "synthetic":
-        from cxr_core.data.sources.phantom import PhantomConfig, generate
-
-        shutil.rmtree(raw_dir / "images", ignore_errors=True)  # no stale PNGs from a larger phantom
-        generate(PhantomConfig(**data["phantom"]), raw_dir)
-        rawdata.write_manifest(raw_dir, source, raw_dir)
-    elif source == "nih":
-        from cxr_core.data.sources.nih import download_nih
-
-        nih = data["nih"]
-        download_nih(
-            raw_dir,
-            archives=nih["archives"],
-            urls={"BBox_List_2017.csv": nih["bbox_url"]},
-            timeout=nih["timeout_s"],
-            retries=nih["retries"],
-            keep_archives=nih["keep_archives"],
-        )
-        rawdata.write_manifest(raw_dir, source, raw_dir)
-    else:
-        rawdata.link_local_copy(Path(source), raw_dir)
+@stage_command()
+@params_option
+@path_option("out", "data/raw", "the raw folder (official layout + manifest.json)")
+def main(params: Path, out: Path) -> None:
+    data = load_params(params)["data"]
+    fill_raw(data, out)
 
 
 if __name__ == "__main__":

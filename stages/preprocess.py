@@ -4,33 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
-
-from cxr_core.files import setup_logging
+from cxr_core.data.preprocess import build_cache_from_raw
 from cxr_core.params import load_params
+from stages._common import params_option, path_option, stage_command
 
 
-@click.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path())
-@click.option("--raw", "raw_dir", default="data/raw", show_default=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", default="data/cache", show_default=True, type=click.Path(path_type=Path))
-def main(params_path: str, raw_dir: Path, out_dir: Path) -> None:
-    setup_logging()
-    cfg = load_params(params_path)["preprocess"]
-    from cxr_core.data.cache import build_cache
-    from cxr_core.data.metadata import DATA_ENTRY, read_data_entry
-    from cxr_core.data.rawdata import locate_images
-
-    names = read_data_entry(raw_dir / DATA_ENTRY)["image"].tolist()
-    paths = locate_images(raw_dir, names)
-    build_cache(
-        names,
-        [p if p is not None else raw_dir / "images" / n for n, p in zip(names, paths, strict=True)],
-        out_dir,
-        size=cfg["image_size"],
-        workers=cfg["workers"],
-        on_error=cfg["on_error"],
-    )
+@stage_command()
+@params_option
+@path_option("raw", "data/raw", "the raw folder (download stage)")
+@path_option("out", "data/cache", "the cache folder: images.npy, index.csv, report.json")
+def main(params: Path, raw: Path, out: Path) -> None:
+    cfg = load_params(params)["preprocess"]
+    build_cache_from_raw(raw, out, size=cfg["image_size"], workers=cfg["workers"], on_error=cfg["on_error"])
 
 
 if __name__ == "__main__":

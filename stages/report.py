@@ -13,64 +13,33 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import click
-
-from cxr_core.files import setup_logging
 from cxr_core.params import load_params
+from cxr_core.report import ReportPaths, make_report
+from stages._common import cache_option, params_option, path_option, splits_option, stage_command
 
 logger = logging.getLogger("stages.report")
 
 
-def _dir(name: str, default: str, help_text: str) -> click.Option:
-    return click.option(
-        f"--{name}",
-        f"{name}_dir",
-        default=default,
-        show_default=True,
-        type=click.Path(path_type=Path),
-        help=help_text,
-    )
-
-
-@click.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path())
-@_dir("metrics", "metrics", "split.json, test/<m>.json, localise/<m>.json, train/<m>/ (DVCLive)")
-@_dir("plots", "plots", "reads roc/<m>.csv; writes figures/*.png, label_counts.csv, iou_vs_threshold/")
-@_dir("splits", "data/splits", "loc.csv (example grid)")
-@_dir("cache", "data/cache", "images.npy (example grid)")
-@_dir("heatmaps", "data/heatmaps", "<m>.npz of the best model (example grid)")
-@_dir("raw", "data/raw", "manifest.json: which data the numbers came from")
-@_dir("out", "reports", "report.md, tables/*.csv, provenance.csv")
+@stage_command()
+@params_option
+@path_option("metrics", "metrics", "split.json, test/<m>.json, localise/<m>.json, train/<m>/ (DVCLive)")
+@path_option("plots", "plots", "reads roc/<m>.csv; writes figures/*.png, label_counts.csv, iou_vs_threshold/")
+@splits_option
+@cache_option
+@path_option("heatmaps", "data/heatmaps", "<m>.npz of the best model (example grid)")
+@path_option("raw", "data/raw", "manifest.json: which data the numbers came from")
+@path_option("out", "reports", "report.md, tables/*.csv, provenance.csv")
 def main(
-    params_path: str,
-    metrics_dir: Path,
-    plots_dir: Path,
-    splits_dir: Path,
-    cache_dir: Path,
-    heatmaps_dir: Path,
-    raw_dir: Path,
-    out_dir: Path,
+    params: Path, metrics: Path, plots: Path, splits: Path, cache: Path, heatmaps: Path, raw: Path, out: Path
 ) -> None:
-    setup_logging()
-    params = load_params(params_path)
-    from cxr_core.report.build import InputFormatError, MissingInputError, ReportPaths, make_report
-
+    cfg = load_params(params)
     paths = ReportPaths(
-        metrics=metrics_dir,
-        plots=plots_dir,
-        splits=splits_dir,
-        cache=cache_dir,
-        heatmaps=heatmaps_dir,
-        raw=raw_dir,
-        out=out_dir,
+        metrics=metrics, plots=plots, splits=splits, cache=cache, heatmaps=heatmaps, raw=raw, out=out
     )
-    try:
-        report = make_report(params, paths)
-    except (MissingInputError, InputFormatError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    report = make_report(cfg, paths)
     logger.info(
         "report for %d model(s) on %s data; best model %s",
-        len(params["models"]),
+        len(cfg["models"]),
         "PHANTOM" if report.phantom else "real",
         report.best,
     )

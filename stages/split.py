@@ -4,37 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
-
-from cxr_core.files import setup_logging, write_json
+from cxr_core.data.cache import load_cache
+from cxr_core.data.splits import SplitStats, splits_from_raw, write_splits
 from cxr_core.params import load_params
+from stages._common import cache_option, params_option, path_option, stage_command
 
 
-@click.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path())
-@click.option("--raw", "raw_dir", default="data/raw", show_default=True, type=click.Path(path_type=Path))
-@click.option(
-    "--cache", "cache_dir", default="data/cache", show_default=True, type=click.Path(path_type=Path)
-)
-@click.option("--out", "out_dir", default="data/splits", show_default=True, type=click.Path(path_type=Path))
-@click.option("--metrics", "metrics_path", default="metrics/split.json", show_default=True, type=click.Path())
-def main(params_path: str, raw_dir: Path, cache_dir: Path, out_dir: Path, metrics_path: str) -> None:
-    setup_logging()
-    cfg = load_params(params_path)["split"]
-    from cxr_core.data.cache import load_cache
-    from cxr_core.data.splits import split_stats, splits_from_raw, write_splits
-
-    images, index = load_cache(cache_dir)
+@stage_command()
+@params_option
+@path_option("raw", "data/raw", "the raw folder (download stage)")
+@cache_option
+@path_option("out", "data/splits", "train.csv, val.csv, test.csv, loc.csv")
+@path_option("metrics", "metrics/split.json", "images, patients and prevalence per split")
+def main(params: Path, raw: Path, cache: Path, out: Path, metrics: Path) -> None:
+    cfg = load_params(params)["split"]
+    images, index = load_cache(cache)
     splits = splits_from_raw(
-        raw_dir,
+        raw,
         index,
         val_fraction=cfg["val_fraction"],
         group_by=cfg["group_by"],
         seed=cfg["seed"],
         image_size=int(images.shape[1]),
     )
-    write_splits(splits, out_dir)
-    write_json(metrics_path, split_stats(splits))
+    write_splits(splits, out)
+    SplitStats.write(metrics, splits)
 
 
 if __name__ == "__main__":

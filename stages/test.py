@@ -1,8 +1,7 @@
 """test@model: score a checkpoint on the official test split.
 
-Writes the test-set probabilities (``.npz``), the per-class AUC / bootstrap CI / AUPRC metrics
-JSON (``evaluation.summarise``, patients as bootstrap groups) and the ROC points as a long CSV
-``label,fpr,tpr`` for ``dvc plots``.
+Writes the test-set probabilities (``Predictions``), the per-class AUC / bootstrap CI / AUPRC
+metrics (patients as bootstrap groups) and the ROC points as a long CSV for ``dvc plots``.
 """
 
 from __future__ import annotations
@@ -10,118 +9,69 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import click
-
-from cxr_core.files import setup_logging, write_json
+from cxr_core.data.cache import load_cache
+from cxr_core.data.tables import SplitTable
+from cxr_core.evaluate.metrics import RocTable, TestMetrics, roc_points, summarise
+from cxr_core.evaluate.predict import Predictions, predict_probs
+from cxr_core.models.checkpoints import load_model
+from cxr_core.models.registry import get_spec
 from cxr_core.params import load_params
+from cxr_core.runtime import Runtime, check_amp, check_device
+from stages._common import (
+    cache_option,
+    model_option,
+    params_option,
+    path_option,
+    splits_option,
+    stage_command,
+)
 
 logger = logging.getLogger("stages.test")
 
 
-@click.command()
-@click.option("--model", "model_name", required=True, help="params name (densenet121, ...) or timm name")
-@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path())
-@click.option(
-    "--checkpoint",
-    "checkpoint",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="data/models/<model>/best.pt",
-)
-@click.option(
-    "--cache", "cache_dir", default="data/cache", show_default=True, type=click.Path(path_type=Path)
-)
-@click.option(
-    "--splits", "splits_dir", default="data/splits", show_default=True, type=click.Path(path_type=Path)
-)
-@click.option(
-    "--metrics",
-    "metrics_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="metrics/test/<model>.json",
-)
-@click.option(
-    "--roc", "roc_path", required=True, type=click.Path(path_type=Path), help="plots/roc/<model>.csv"
-)
-@click.option(
-    "--predictions",
-    "predictions_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="data/predictions/<model>/test.npz",
-)
+@stage_command()
+@model_option
+@params_option
+@path_option("checkpoint", help="data/models/<model>/best.pt")
+@cache_option
+@splits_option
+@path_option("metrics", help="metrics/test/<model>.json")
+@path_option("roc", help="plots/roc/<model>.csv")
+@path_option("predictions", help="data/predictions/<model>/test.npz")
 def main(
     model_name: str,
-    params_path: str,
+    params: Path,
     checkpoint: Path,
-    cache_dir: Path,
-    splits_dir: Path,
-    metrics_path: Path,
-    roc_path: Path,
-    predictions_path: Path,
+    cache: Path,
+    splits: Path,
+    metrics: Path,
+    roc: Path,
+    predictions: Path,
 ) -> None:
-    setup_logging()
-    params = load_params(params_path)
-    import numpy as np
-    import pandas as pd
-
-    from cxr_core.data.cache import load_cache
-    from cxr_core.evaluate.metrics import roc_points, summarise
-    from cxr_core.models.checkpoints import load_model
-    from cxr_core.models.registry import get_spec
-    from cxr_core.train.loop import SplitArrays, evaluate, resolve_device
-
-    t, test_cfg = params["train"], params["test"]
+    cfg = load_params(params, {"device": check_device, "amp": check_amp})
+    train, test_cfg = cfg["train"], cfg["test"]
     model, meta = load_model(checkpoint, model_name=model_name)
-    images, _ = load_cache(cache_dir, expected_size=int(meta["image_size"]))
-    table = pd.read_csv(splits_dir / "test.csv", dtype={"image": str})
-    test = SplitArrays.from_table(table)
-    probs = evaluate(
-        model,
-        images,
-        test.rows,
-        batch_size=t["eval_batch_size"],
-        device=resolve_device(t["device"]),
-        amp=t["amp"] == "bf16",
-        channels_last=t["channels_last"] and get_spec(model_name).channels_last,
-    )
-    targets = test.targets.astype(np.uint8)
-    patients = table["patient"].to_numpy()
+    runtime = Runtime.from_params(train, get_spec(model_name))
+    images, _ = load_cache(cache, expected_size=int(meta["image_size"]))
+    test = SplitTable.read(splits, "test")
+    probs = predict_probs(model, images, test.rows, runtime=runtime, batch_size=train["eval_batch_size"])
+    targets = test.targets.astype("uint8")
+    Predictions(test.images, test.rows, test.patients, probs, targets).save(predictions)
 
-    predictions_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = predictions_path.with_name(predictions_path.name + ".tmp.npz")
-    np.savez_compressed(
-        tmp,
-        images=table["image"].to_numpy(dtype=str),
-        rows=test.rows,
-        patients=patients,
-        probs=probs,
-        targets=targets,
+    summary = summarise(
+        targets, probs, test.patients, n_boot=test_cfg["bootstrap"], ci=test_cfg["ci"], seed=cfg["seed"]
     )
-    tmp.replace(predictions_path)
-
-    metrics = summarise(
-        targets, probs, patients, n_boot=test_cfg["bootstrap"], ci=test_cfg["ci"], seed=params["seed"]
-    )
-    write_json(metrics_path, metrics)
-
-    curves = roc_points(targets, probs, max_points=test_cfg["roc_points"])
-    roc = pd.concat(
-        [pd.DataFrame({"label": name, "fpr": fpr, "tpr": tpr}) for name, (fpr, tpr) in curves.items()]
-        or [pd.DataFrame(columns=["label", "fpr", "tpr"])]
-    )
-    roc_path.parent.mkdir(parents=True, exist_ok=True)
-    roc.to_csv(roc_path, index=False, float_format="%.6g")
+    TestMetrics.write(metrics, summary)
+    RocTable.write(roc, RocTable.from_curves(roc_points(targets, probs, max_points=test_cfg["roc_points"])))
     logger.info(
-        "%s (epoch %s): test macro AUC %.3f on %d images; %s, %s, %s",
+        "%s (epoch %s): test macro AUC %s on %d images -> %s, %s, %s",
         model_name,
         meta.get("epoch"),
-        metrics["macro_auc"] if metrics["macro_auc"] is not None else float("nan"),
+        summary["macro_auc"],
         len(test.rows),
-        metrics_path,
-        roc_path,
-        predictions_path,
+        metrics,
+        roc,
+        predictions,
     )
 
 

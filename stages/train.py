@@ -1,7 +1,8 @@
 """train@model: the paper's recipe on the uint8 cache -> ``best.pt`` + ``last.pt`` and a DVCLive log.
 
 Re-running after a kill resumes from ``last.pt``. With ``train.nproc_per_node`` > 1 the stage
-re-launches itself under torchrun (DDP); everything else lives in ``cxr_core.train.loop``.
+re-launches itself under torchrun (DDP) with its own arguments; everything else lives in
+``cxr_core.train``.
 """
 
 from __future__ import annotations
@@ -11,76 +12,70 @@ import os
 import sys
 from pathlib import Path
 
-import click
-
-from cxr_core.files import setup_logging
+from cxr_core.data.cache import load_cache
+from cxr_core.data.tables import SplitTable
+from cxr_core.models.registry import get_spec
 from cxr_core.params import load_params
+from cxr_core.runtime import check_amp, check_device
+from cxr_core.train.config import TrainConfig
+from cxr_core.train.distributed import dist_env_from_environ
+from cxr_core.train.loop import fit
+from cxr_core.train.losses import get_loss
+from stages._common import (
+    cache_option,
+    model_option,
+    params_option,
+    path_option,
+    splits_option,
+    stage_command,
+)
 
 logger = logging.getLogger("stages.train")
 
+LOOKUPS = {"model": get_spec, "loss": get_loss, "device": check_device, "amp": check_amp}
 
-@click.command()
-@click.option("--model", "model_name", required=True, help="params name (densenet121, ...) or timm name")
-@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path())
-@click.option(
-    "--cache", "cache_dir", default="data/cache", show_default=True, type=click.Path(path_type=Path)
-)
-@click.option(
-    "--splits", "splits_dir", default="data/splits", show_default=True, type=click.Path(path_type=Path)
-)
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="data/models/<model>")
-@click.option(
-    "--live", "live_dir", required=True, type=click.Path(path_type=Path), help="metrics/train/<model>"
-)
+
+@stage_command()
+@model_option
+@params_option
+@cache_option
+@splits_option
+@path_option("out", help="data/models/<model>: best.pt and last.pt")
+@path_option("live", help="metrics/train/<model>: the DVCLive log")
+@path_option("timings", "logs/train/timings.tsv", "untracked per-epoch seconds and images/s")
 def main(
-    model_name: str, params_path: str, cache_dir: Path, splits_dir: Path, out_dir: Path, live_dir: Path
+    model_name: str, params: Path, cache: Path, splits: Path, out: Path, live: Path, timings: Path
 ) -> None:
-    setup_logging()
-    params = load_params(params_path)  # every key checked before any work
-    from cxr_core.models.registry import get_spec
-
+    cfg = load_params(params, LOOKUPS)  # every key checked before any work
     get_spec(model_name)  # an unknown --model fails here, with suggestions
-    nproc = params["train"]["nproc_per_node"]
+    nproc = cfg["train"]["nproc_per_node"]
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-        argv += ["-m", "stages.train", "--model", model_name, "--params", str(params_path)]
-        argv += [
-            "--cache",
-            str(cache_dir),
-            "--splits",
-            str(splits_dir),
-            "--out",
-            str(out_dir),
-            "--live",
-            str(live_dir),
-        ]
         logger.info("train.nproc_per_node = %d: relaunching under torchrun", nproc)
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, argv)
+        torchrun = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+        ]
+        os.execv(sys.executable, [*torchrun, "-m", "stages.train", *sys.argv[1:]])
 
-    import pandas as pd
-
-    from cxr_core.data.cache import load_cache
-    from cxr_core.train.loop import SplitArrays, TrainConfig, fit
-
-    images, _ = load_cache(cache_dir)
-    train, val = (
-        SplitArrays.from_table(pd.read_csv(splits_dir / f"{name}.csv", dtype={"image": str}))
-        for name in ("train", "val")
-    )
-    cfg = TrainConfig.from_params(params, model_name, image_size=int(images.shape[1]))
-    result = fit(cfg, images, train, val, out_dir, live_dir)
-    if os.environ.get("RANK", "0") != "0":
-        return
-    logger.info(
-        "%s: best epoch %d, val loss %.4f, val macro AUC %.3f (%s)",
-        model_name,
-        result.best_epoch,
-        result.best_val_loss,
-        result.best_val_macro_auc,
-        out_dir / "best.pt",
-    )
+    images, _ = load_cache(cache)
+    train, val = SplitTable.read(splits, "train"), SplitTable.read(splits, "val")
+    config = TrainConfig.from_params(cfg, model_name, image_size=int(images.shape[1]))
+    result = fit(config, images, train, val, out, live, timing_log=timings)
+    if dist_env_from_environ().is_main:
+        logger.info(
+            "%s: best epoch %d, val loss %.4f, val macro AUC %.3f (%s)",
+            model_name,
+            result.best_epoch,
+            result.best_val_loss,
+            result.best_val_macro_auc,
+            out / "best.pt",
+        )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,14 @@ CACHE_PX = 64
 VAL_FRACTION = 0.2
 
 
+def phantom_config(**overrides: Any) -> Any:
+    """``PhantomConfig`` of the shipped ``data.phantom`` section with some keys overridden."""
+    from cxr_core.data.sources.phantom import PhantomConfig
+
+    shipped = yaml.safe_load(PARAMS_FILE.read_text())["data"]["phantom"]
+    return PhantomConfig(**{**shipped, **overrides})
+
+
 @dataclass(frozen=True)
 class PhantomData:
     """Folders of the session's tiny data set, in the pipeline's layout."""
@@ -40,13 +48,14 @@ class PhantomData:
 def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> PhantomData:
     """A tiny phantom set (160 images; ~90 train / ~20 val / ~50 test) through cache and splits."""
     from cxr_core.data import metadata as md
-    from cxr_core.data.cache import build_cache, load_cache
-    from cxr_core.data.sources.phantom import PhantomConfig, generate
+    from cxr_core.data.cache import load_cache
+    from cxr_core.data.preprocess import build_cache
+    from cxr_core.data.sources.phantom import generate
     from cxr_core.data.splits import splits_from_raw, write_splits
 
     root = tmp_path_factory.mktemp("phantom")
     raw, cache, splits_dir = root / "raw", root / "cache", root / "splits"
-    generate(PhantomConfig(images=PHANTOM_IMAGES, image_px=PHANTOM_PX, workers=1), raw, progress=False)
+    generate(phantom_config(images=PHANTOM_IMAGES, image_px=PHANTOM_PX, workers=1), raw, progress=False)
     names = md.read_data_entry(raw / md.DATA_ENTRY)["image"].tolist()
     build_cache(
         names,

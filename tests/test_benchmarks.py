@@ -1,20 +1,22 @@
 """Smoke tests of the benchmark suite at toy size: the numbers are there and consistent.
 
-No speed is asserted (DESIGN "Speed": measure in a benchmark, never with a timed assertion); what
-can fail is a broken code path, a missing number, or a ratio that is not the ratio of the numbers
-it claims to compare.
+No speed is asserted (speed is measured in a benchmark, never with a timed assertion); what can
+fail is a broken code path, a missing number, or a ratio that is not the ratio of the numbers it
+claims to compare.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks import loader, models
-from benchmarks.report import SECTION_TITLES, machine_info, to_jsonable, to_markdown
+from benchmarks.report import SECTION_TITLES, machine_info, to_markdown
+from cxr_core.files import write_json
 
 TINY_MODEL = "test_efficientnet"
 
@@ -99,7 +101,13 @@ def test_models_rejects_unknown_names_before_timing() -> None:
         models.run(models.ModelSettings(models=("no_such_net",)), device="cpu")
 
 
-def test_markdown_and_json_cover_every_section_run(loader_result: dict, models_result: dict) -> None:
+def _refuse_constant(name: str) -> None:
+    raise AssertionError(f"{name} in the results JSON")
+
+
+def test_markdown_and_json_cover_every_section_run(
+    loader_result: dict, models_result: dict, tmp_path: Path
+) -> None:
     results = {
         "command": "all",
         "quick": True,
@@ -119,7 +127,8 @@ def test_markdown_and_json_cover_every_section_run(loader_result: dict, models_r
     assert f"x{speedup:.2f}" in md
     assert results["machine"]["cpu"] in md
     assert "torch " + torch.__version__ in md
-    json.loads(json.dumps(to_jsonable(results), allow_nan=False))  # strict JSON: NaN became null
+    write_json(tmp_path / "results.json", results)  # what `python -m benchmarks` writes
+    json.loads((tmp_path / "results.json").read_text(), parse_constant=_refuse_constant)  # NaN -> null
 
 
 def test_cams_and_preprocess_sections_render_from_their_run_results() -> None:

@@ -47,6 +47,7 @@ def test_known_answers_for_one_box():
         probs,
         thresholds=[0.25, 0.45],
         box_thresholds=[0.5],
+        positive_threshold=0.5,
     )
     row = records.iloc[0]
     assert row["iou_t025"] == pytest.approx(0.4) and row["iou_t045"] == pytest.approx(0.5)
@@ -72,6 +73,7 @@ def test_class_mean_and_degenerate_maps():
         np.full((2, 2), 0.2),
         thresholds=[0.1],
         box_thresholds=[0.1, 0.5],
+        positive_threshold=0.5,
     )
     method = summary["methods"]["EigenCAM"]
     assert method["iou"]["t010"] == {"Atelectasis": 1.0, "Cardiomegaly": 0.0, "mean": 0.5}
@@ -94,4 +96,15 @@ def test_threshold_keys_and_size_mismatch():
             np.zeros((1, 2)),
             thresholds=[0.1],
             box_thresholds=[0.5],
+            positive_threshold=0.5,
         )
+
+
+def test_positive_pred_uses_the_configured_cut():
+    heat = np.zeros((1, 8, 8), np.uint8)
+    loc = _loc([(2.0, 2.0, 4.0, 4.0)], ["Atelectasis"])
+    common = {"thresholds": [0.1], "box_thresholds": [0.5]}
+    args = ({"GradCAM": heat}, {"GradCAM": np.array([False])}, loc, np.array([[0.4, 0.1]]))
+    low, _ = score_heatmaps(*args, positive_threshold=0.3, **common)
+    high, _ = score_heatmaps(*args, positive_threshold=0.5, **common)
+    assert bool(low.iloc[0]["positive_pred"]) and not bool(high.iloc[0]["positive_pred"])

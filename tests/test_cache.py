@@ -1,4 +1,4 @@
-"""Tests for cxr_core.data.cache: known-answer decoding of each pixel format, bad files, and the cache files."""
+"""Decode rules (known answers per pixel format), bad files, and the cache build and reader."""
 
 from __future__ import annotations
 
@@ -11,14 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFile
 
-from cxr_core.data.cache import (
-    CacheError,
-    ImageDecodeError,
-    build_cache,
-    chunk_bounds,
-    decode_image,
-    load_cache,
-)
+from cxr_core.data.cache import CacheError, load_cache
+from cxr_core.data.decode import ImageDecodeError, decode_image
+from cxr_core.data.pool import chunk_bounds
+from cxr_core.data.preprocess import build_cache
 
 SRC = 64  # side of the test images
 OUT = 32  # cache side
@@ -249,7 +245,7 @@ def test_fail_message_lists_first_files_and_the_total(tmp_path: Path) -> None:
 
 def test_skip_leaves_bad_files_out_in_order(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     names, paths, bad = mixed_inputs(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="cxr_core.data.cache"):
+    with caplog.at_level(logging.WARNING, logger="cxr_core.data.preprocess"):
         report = build_cache(
             names, paths, tmp_path / "cache", size=OUT, workers=1, on_error="skip", progress=False
         )

@@ -13,6 +13,7 @@ from pytorch_grad_cam.utils.svd_on_activations import (
     get_2d_projection_with_sign_correction,
 )
 
+from cxr_core.explain.layers import cam_layer, cam_target_layer, reshape_transform, swin_reshape_transform
 from cxr_core.explain.methods import (
     CAM_METHODS,
     EigenCAM,
@@ -26,7 +27,7 @@ from cxr_core.explain.methods import (
     get_cam_method,
     normalise_maps,
 )
-from cxr_core.models.registry import cam_target_layer, create_model, get_spec, swin_reshape_transform
+from cxr_core.models.registry import create_model, get_spec
 
 ATOL = 2e-5
 GRADIENT_METHODS = ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM"]
@@ -349,7 +350,7 @@ def test_real_architectures_at_224(name):
     assert all(row["degenerate_fraction"] == 0.0 for row in summary.values())
     # image 1 explained for its own class: batched equals alone
     layer = cam_target_layer(model, spec)
-    reshape = swin_reshape_transform if spec.nhwc_features else None
+    reshape = reshape_transform(spec)
     alone = GradCAM(model, layer, reshape)(images[1:], classes[1:])
     np.testing.assert_allclose(maps["GradCAM"][1], alone[0], atol=1e-4)
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
@@ -357,9 +358,9 @@ def test_real_architectures_at_224(name):
 
 def test_swin_features_are_nchw_7x7_and_match_pytorch_grad_cam():
     torch.manual_seed(0)
-    assert get_spec("swin_small").nhwc_features and get_spec("swin_base").nhwc_features
+    assert cam_layer(get_spec("swin_small")).nhwc and cam_layer(get_spec("swin_base")).nhwc
     spec = get_spec("swin_tiny_patch4_window7_224")  # same layout as the table's Swins, cheaper
-    assert spec.nhwc_features and spec.cam_layer == get_spec("swin_small").cam_layer
+    assert cam_layer(spec).nhwc and cam_layer(spec).path == cam_layer(get_spec("swin_small")).path
     model = create_model(spec.name, image_size=224).eval()
     layer = cam_target_layer(model, spec)
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))

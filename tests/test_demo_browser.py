@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
+from app_files import MODEL, tiny_checkpoint
 
 from cxr_core.labels import LABELS
-from cxr_core.models.checkpoints import save_checkpoint
-from cxr_core.models.registry import create_model, get_spec
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -38,7 +36,6 @@ CHROME_FLAGS = (
     "--disable-dev-shm-usage",
     "--window-size=1500,1100",
 )
-MODEL = "test_efficientnet"
 WAIT_S = 90  # upper bound for every wait (first inference includes loading the model)
 
 pytestmark = [
@@ -66,24 +63,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _checkpoint(path: Path, image_size: int) -> None:
-    torch.manual_seed(0)
-    model = create_model(MODEL, image_size=image_size)
-    save_checkpoint(
-        path,
-        {
-            "format": 1,
-            "model_name": MODEL,
-            "timm_name": get_spec(MODEL).timm_name,
-            "image_size": image_size,
-            "labels": list(LABELS),
-            "num_classes": len(LABELS),
-            "model": model.state_dict(),
-            "epoch": 1,
-        },
-    )
-
-
 @pytest.fixture(scope="module")
 def server(phantom_data, tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> Iterator[str]:
     """The demo on 127.0.0.1 (a free port) in this process, with a tiny checkpoint; closed afterwards."""
@@ -91,7 +70,7 @@ def server(phantom_data, tmp_path_factory: pytest.TempPathFactory, single_thread
     from cxr_core.app.demo import build_app, launch
 
     models = tmp_path_factory.mktemp("models")
-    _checkpoint(models / MODEL / "best.pt", phantom_data.image_size)
+    tiny_checkpoint(models / MODEL / "best.pt", phantom_data.image_size)
     app = build_app(models, phantom_data.splits, methods=["EigenCAM", "GradCAM", "GradCAMPlusPlus"])
     port = _free_port()
     launch(app, host="127.0.0.1", port=port, block=False)
@@ -151,7 +130,7 @@ def _wait_for(driver: object, condition, what: str) -> object:
 
 def _save_screenshot(driver: object, path: Path) -> Path:
     driver.save_screenshot(str(path))
-    print(f"demo screenshot: {path}")  # the brief: print where it is (pytest -s / -rP shows it)
+    print(f"demo screenshot: {path}")  # pytest -s / -rP shows where it is
     artifacts = os.environ.get("CXR_ARTIFACTS")
     if artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)

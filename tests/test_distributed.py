@@ -12,9 +12,13 @@ import pandas as pd
 import pytest
 
 from cxr_core.data.cache import load_cache
+from cxr_core.data.tables import SplitTable
+from cxr_core.evaluate.predict import infer_logits
 from cxr_core.models.checkpoints import load_checkpoint, load_model
-from cxr_core.train.loop import BEST_FILE, LAST_FILE, SplitArrays, infer_logits, validation_metrics
+from cxr_core.runtime import Runtime
+from cxr_core.train.loop import validation_metrics
 from cxr_core.train.losses import get_loss
+from cxr_core.train.resume import BEST_FILE, LAST_FILE
 
 TINY = "test_resnet"
 EPOCHS = 3
@@ -55,11 +59,10 @@ def test_train_stage_under_torchrun_matches_single_process_evaluation(
     # the val metrics logged for the best epoch equal a single-process evaluation of best.pt
     summary = json.loads((live / "metrics.json").read_text())
     images, _ = load_cache(phantom_data.cache)
-    val = SplitArrays.from_table(pd.read_csv(phantom_data.splits / "val.csv"))
+    val = SplitTable.read(phantom_data.splits, "val")
     model, meta = load_model(out / BEST_FILE, model_name=TINY)
-    loss, auc = validation_metrics(
-        infer_logits(model, images, val.rows, batch_size=64), val.targets, get_loss(last["config"]["loss"])
-    )
+    logits = infer_logits(model, images, val.rows, runtime=Runtime.cpu(), batch_size=64)
+    loss, auc = validation_metrics(logits, val.targets, get_loss(last["config"]["loss"]))
     assert meta["epoch"] == summary["best_epoch"]
     assert summary["best_val_loss"] == pytest.approx(loss, rel=1e-5)
     assert summary["best_val_macro_auc"] == pytest.approx(auc, rel=1e-5)

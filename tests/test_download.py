@@ -1,4 +1,4 @@
-"""Offline tests of cxr_core.data.sources.nih against a loopback HTTP server with switchable misbehaviour.
+"""Offline tests of the NIH download (http fetch, safe tar extraction, orchestration) on a loopback server.
 
 The server (127.0.0.1, port 0, one thread) serves small tar.gz archives and metadata files made in
 ``tmp_path``; it honours ``Range`` and can truncate an answer, corrupt it, answer with an HTML page,
@@ -25,18 +25,18 @@ from pathlib import Path
 import pytest
 
 from cxr_core.data.metadata import BBOX_LIST, DATA_ENTRY, METADATA_FILES, TEST_LIST, TRAIN_VAL_LIST
-from cxr_core.data.sources import nih as download
+from cxr_core.data.sources import http
+from cxr_core.data.sources.http import DownloadError, fetch
 from cxr_core.data.sources.nih import (
     KAGGLE_DATASET,
+    MANUAL_HINT,
     METADATA_URLS,
     NIH_ARCHIVES,
     NIH_PAGE,
     Archive,
-    DownloadError,
     download_nih,
-    fetch,
-    safe_extract,
 )
+from cxr_core.data.sources.tarsafe import ArchiveError, safe_extract
 
 HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Box</title></head><body>Sign in</body></html>\n"
 
@@ -146,7 +146,7 @@ def server() -> Iterator[Served]:
 def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record retry waits instead of sleeping (keeps tests fast; lets them assert 'no retry loop')."""
     calls: list[int] = []
-    monkeypatch.setattr(download, "_backoff", calls.append)
+    monkeypatch.setattr(http, "_backoff", calls.append)
     return calls
 
 
@@ -413,7 +413,7 @@ def test_unreachable_host_fails_fast_with_the_manual_route(tmp_path: Path, backo
     url = f"http://127.0.0.1:{_closed_port()}/images_001.tar.gz"
     start = time.monotonic()
     with pytest.raises(DownloadError) as info:
-        fetch(url, tmp_path / "images_001.tar.gz", timeout=30, retries=5, progress=False)
+        fetch(url, tmp_path / "images_001.tar.gz", timeout=30, retries=5, progress=False, hint=MANUAL_HINT)
     elapsed = time.monotonic() - start
     message = str(info.value)
     assert "cannot reach 127.0.0.1" in message
@@ -465,7 +465,7 @@ def test_safe_extract_refuses_unsafe_members(tmp_path: Path, kind: str) -> None:
     archive = tmp_path / "evil.tar.gz"
     archive.write_bytes(data)
     before = _tree(tmp_path)
-    with pytest.raises(DownloadError) as info:
+    with pytest.raises(ArchiveError) as info:
         safe_extract(archive, target, progress=False)
     message = str(info.value)
     assert str(archive) in message and repr(bad_name) in message and "nothing was extracted" in message
@@ -476,7 +476,7 @@ def test_safe_extract_refuses_unsafe_members(tmp_path: Path, kind: str) -> None:
 def test_safe_extract_refuses_a_broken_archive(tmp_path: Path) -> None:
     archive = tmp_path / "broken.tar.gz"
     archive.write_bytes(_targz({"images/00000001_000.png": _png(1)})[:200])
-    with pytest.raises(DownloadError, match="broken.tar.gz"):
+    with pytest.raises(ArchiveError, match="broken.tar.gz"):
         safe_extract(archive, tmp_path / "raw", progress=False)
 
 
@@ -545,6 +545,15 @@ def test_download_nih_replaces_a_stale_html_metadata_file(server: Served, tmp_pa
     (raw / BBOX_LIST).write_bytes(HTML_PAGE)
     download_nih(raw, archives=[], urls=urls, timeout=5, retries=1, keep_archives=False, archive_table=table)
     assert (raw / BBOX_LIST).read_bytes() == server.state.files[f"/meta/{BBOX_LIST}"]
+
+
+def test_download_nih_offline_names_the_manual_route(tmp_path: Path, backoffs: list[int]) -> None:
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    urls = {name: f"{closed}/meta/{name}" for name in METADATA_FILES}
+    with pytest.raises(DownloadError, match="cannot reach 127.0.0.1") as info:
+        download_nih(tmp_path, archives=[1], urls=urls, timeout=5, retries=3, keep_archives=False)
+    assert NIH_PAGE in str(info.value) and "data.source" in str(info.value)
+    assert backoffs == []
 
 
 def test_download_nih_checks_its_arguments(tmp_path: Path) -> None:

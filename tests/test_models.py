@@ -1,4 +1,4 @@
-"""cxr_core.models.registry: the table, any timm name, weights from files / cache / hub, CAM layers."""
+"""The model table, any timm name, weights from files / cache / hub, and each family's CAM layer."""
 
 from __future__ import annotations
 
@@ -9,17 +9,20 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from cxr_core.explain.layers import (
+    cam_layer,
+    cam_target_layer,
+    get_module,
+    reshape_transform,
+    swin_reshape_transform,
+)
 from cxr_core.models import registry as models
 from cxr_core.models.registry import (
     FAMILY_DEFAULTS,
     MODEL_TABLE,
     WeightsUnavailableError,
-    cam_target_layer,
     create_model,
-    get_module,
     get_spec,
-    reshape_transform,
-    swin_reshape_transform,
 )
 
 TINY = "test_efficientnet"  # timm's tiny test model (an EfficientNet, family "other" by name)
@@ -34,25 +37,29 @@ def test_table_is_the_papers_six_models() -> None:
         "swin_small": "swin_small_patch4_window7_224.ms_in1k",
         "swin_base": "swin_base_patch4_window7_224.ms_in1k",
     }
-    assert MODEL_TABLE["densenet121"].cam_layer == "features.-1"
-    assert MODEL_TABLE["efficientnet_b1"].cam_layer == "conv_head"
+    assert cam_layer(MODEL_TABLE["densenet121"]).path == "features.-1"
+    assert cam_layer(MODEL_TABLE["efficientnet_b1"]).path == "conv_head"
     swin = MODEL_TABLE["swin_base"]
-    assert (swin.family, swin.cam_layer, swin.channels_last, swin.nhwc_features) == (
+    assert (swin.family, cam_layer(swin).path, swin.channels_last, cam_layer(swin).nhwc) == (
         "swin",
         "layers.-1.blocks.-1.norm1",
         False,
         True,
     )
     assert all(
-        spec.channels_last and not spec.nhwc_features
+        spec.channels_last and not cam_layer(spec).nhwc
         for spec in MODEL_TABLE.values()
         if spec.family != "swin"
+    )
+    assert (
+        MODEL_TABLE["densenet121"].display_name == "DenseNet-121"
+        and get_spec("resnet18").display_name == "resnet18"
     )
     assert all(timm.is_model(spec.timm_name) for spec in MODEL_TABLE.values())
 
 
 @pytest.mark.parametrize(
-    ("name", "family", "cam_layer"),
+    ("name", "family", "layer"),
     [
         ("test_efficientnet", "other", "blocks.4"),  # families go by prefix: timm's test model is "other"
         ("tf_efficientnet_b0", "efficientnet", "conv_head"),
@@ -62,9 +69,9 @@ def test_table_is_the_papers_six_models() -> None:
         ("resnet18.a1_in1k", "other", "layer4"),
     ],
 )
-def test_any_timm_name_gets_a_family_spec(name: str, family: str, cam_layer: str) -> None:
+def test_any_timm_name_gets_a_family_spec(name: str, family: str, layer: str) -> None:
     spec = get_spec(name)
-    assert (spec.name, spec.timm_name, spec.family, spec.cam_layer) == (name, name, family, cam_layer)
+    assert (spec.name, spec.timm_name, spec.family, cam_layer(spec).path) == (name, name, family, layer)
     assert spec.channels_last == FAMILY_DEFAULTS[family].channels_last
 
 
@@ -104,7 +111,7 @@ def test_get_module_follows_names_and_negative_indices() -> None:
 
 
 def test_cam_target_layer_without_a_path_is_a_clear_error() -> None:
-    spec = models.ModelSpec("x", "x", "other", "", True, False)
+    spec = models.ModelSpec("x", "not_a_timm_model", "other", "x", True)
     with pytest.raises(ValueError, match="no CAM target layer is known"):
         cam_target_layer(torch.nn.Sequential(torch.nn.ReLU()), spec)
 
@@ -223,7 +230,8 @@ def test_paper_models_train_and_expose_a_spatial_cam_layer(name: str) -> None:
     logits.float().sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    features = swin_reshape_transform(seen["out"]) if spec.nhwc_features else seen["out"]
+    transform = reshape_transform(spec)
+    features = transform(seen["out"]) if transform is not None else seen["out"]
     assert features.ndim == 4 and features.shape[0] == 2 and features.shape[-2:] == (7, 7)
 
 

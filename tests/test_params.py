@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxr_core.params import ParamsError, load_params, validate
+from cxr_core.app.cli import all_lookups
+from cxr_core.params import ParamsError, load_params, registries, validate
 
 ROOT = Path(__file__).parents[1]
 SHIPPED = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -63,11 +64,41 @@ def test_unknown_and_missing_keys():
         validate(params)
 
 
-def test_unknown_model_and_cam_method_are_named():
-    with pytest.raises(ParamsError, match=r"models\[1\] = 'densenet122'"):
-        validate(_with("models", ["densenet121", "densenet122"]))
-    with pytest.raises(ParamsError, match=r"cam.methods\[0\] = 'GradCam'.*GradCAM"):
-        validate(_with("cam.methods", ["GradCam"]))
+LOOKUPS = all_lookups()  # every registry the schema names, as the cxr command checks them
+
+
+def test_every_registry_of_the_schema_has_a_lookup_and_the_shipped_names_pass():
+    assert registries() == set(LOOKUPS)
+    validate(SHIPPED, LOOKUPS)
+    with pytest.raises(ValueError, match="no params field refers to registry"):
+        validate(SHIPPED, {"optimizer": lambda name: name})
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("models", ["densenet121", "densenet122"], r"models\[1\] = 'densenet122'.*Did you mean"),
+        ("cam.methods", ["GradCam"], r"cam.methods\[0\] = 'GradCam'.*GradCAM"),
+        ("report.example_methods", ["Eigen"], r"report.example_methods\[0\] = 'Eigen'.*EigenCAM"),
+        ("train.loss", "focal", r"train.loss = 'focal'.*class_averaged_bce"),
+        ("train.device", "tpu", r"train.device = 'tpu'.*\['auto', 'cpu', 'cuda'\]"),
+        ("train.amp", "fp16", r"train.amp = 'fp16'.*\['bf16', 'none'\]"),
+        ("cam.eigen_sign", "up", r"cam.eigen_sign = 'up'.*pytorch-grad-cam"),
+    ],
+)
+def test_registry_names_are_checked_by_the_stage_that_uses_them(path, value, message):
+    params = _with(path, value)
+    validate(params)  # only the shape is checked without the registry: other stages need not import it
+    with pytest.raises(ParamsError, match=message):
+        validate(params, LOOKUPS)
+
+
+def test_thresholds_that_would_share_a_metric_key_are_refused():
+    with pytest.raises(ParamsError, match=r"cam.thresholds\[1\] = 0.104 .*at most 2 decimals"):
+        validate(_with("cam.thresholds", [0.1, 0.104]))
+    with pytest.raises(ParamsError, match=r"cam.box_thresholds\[0\] = 0.255"):
+        validate(_with("cam.box_thresholds", [0.255]))
+    assert validate(_with("cam.thresholds", [0.1, 0.15, 0.3]))["cam"]["thresholds"] == [0.1, 0.15, 0.3]
 
 
 def test_file_errors_name_the_file(tmp_path):

@@ -71,6 +71,47 @@ def test_dvc_repro_runs_every_stage(project):
     assert (project / "reports" / "report.md").read_text().count("PHANTOM") >= 1
 
 
+def _stale_stages(project: Path) -> set[str]:
+    """Stages ``dvc status`` reports as changed (matrix stages by their full name, e.g. cams@m)."""
+    status = json.loads(_sh(project, "dvc", "status", "--json"))
+    return set(status)
+
+
+def _touch(project: Path, module: str) -> None:
+    path = project / module
+    path.write_text(path.read_text() + "\n# touched by the test\n")
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        ("cxr_core/explain/methods.py", {"cams"}),  # a CAM change never retrains
+        ("cxr_core/data/metadata.py", {"download", "preprocess", "split"}),  # box parsing re-splits
+        ("cxr_core/explain/scoring.py", {"localise"}),
+        ("cxr_core/train/losses.py", {"train"}),
+        ("cxr_core/runtime.py", {"train", "test", "cams"}),
+    ],
+)
+def test_touching_a_module_makes_exactly_its_stages_stale(project, module, expected):
+    try:
+        _touch(project, module)
+        stale = {name.split("@")[0] for name in _stale_stages(project)}
+        assert stale == expected, (module, stale)
+    finally:
+        _sh(project, "git", "checkout", module)
+    assert _stale_stages(project) == set()
+
+
+def test_forced_rerun_changes_no_tracked_file(project):
+    """Same code, params and data: every output byte-identical, so dvc.lock, metrics, plots and
+    reports are unchanged and `dvc metrics diff` is empty."""
+    _sh(project, "dvc", "repro", "--force")
+    changed = _sh(project, "git", "status", "--porcelain", "--", "dvc.lock", "metrics", "plots", "reports")
+    assert changed == "", changed
+    assert _sh(project, "dvc", "metrics", "diff").strip() == ""
+    assert "up to date" in _sh(project, "dvc", "status")
+
+
 def test_threshold_change_rescores_without_retraining(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["cam"]["thresholds"] = [0.2, 0.5]

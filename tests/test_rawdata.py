@@ -10,6 +10,7 @@ from PIL import Image
 
 from cxr_core.data import metadata as md
 from cxr_core.data.rawdata import RawDataError, detect_layout, link_local_copy, locate_images, read_manifest
+from cxr_core.errors import ArtifactError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nih"
 
@@ -73,5 +74,5 @@ def test_bad_folders_say_what_is_expected(tmp_path):
     (root / md.TEST_LIST).write_text("<html><body>Sign in to Box</body></html>")
     with pytest.raises(md.MetadataError, match="HTML page"):
         link_local_copy(root, tmp_path / "raw")
-    with pytest.raises(RawDataError, match="run the download stage"):
+    with pytest.raises(ArtifactError, match="manifest.json: not found; it is written by the download stage"):
         read_manifest(tmp_path / "nowhere")

@@ -7,6 +7,7 @@ under the wrong model, class or threshold cannot match its source by accident.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from cxr_core.explain.scoring import SavedHeatmaps
+from cxr_core.data.metadata import BOX_SPACE
+from cxr_core.data.tables import LocTable
+from cxr_core.explain.heatmaps import SavedHeatmaps
 from cxr_core.labels import BOX_LABELS, LABELS
-from cxr_core.report import build as reports
+from cxr_core.report import ReportPaths, figures, inputs, literature, make_report, provenance
 from stages.report import main as report_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +36,8 @@ CUTOFFS = ["T010", "T025", "T050"]
 SIZE = 32
 EXAMPLES = 3
 
-#: The paper's Table 6, transcribed again here (paper/paper.txt lines 603-608) independently of
-#: cxr_core.report.build: columns Atel Cons Infi Pneu1 Edem Emph Fibr Effu Pneu2 Pleu Card Nodu Hern Mass Average.
+#: The paper's (Crawley, Durham MEng thesis) Table 6, transcribed again here independently of
+#: cxr_core.report.literature: columns Atel Cons Infi Pneu1 Edem Emph Fibr Effu Pneu2 Pleu Card Nodu Hern Mass Average.
 PAPER_TABLE6 = """\
 DenseNet-169 (ours)\t0.76\t0.74\t0.69\t0.84\t0.84\t0.90\t0.81\t0.83\t0.71\t0.76\t0.89\t0.74\t0.91\t0.81\t0.8024
 Yan et al. [36] (SOTA)\t0.792\t0.7598\t0.7095\t0.8759\t0.8478\t0.9422\t0.8326\t0.8415\t0.7397\t0.8083\t0.8814\t0.8105\t0.9341\t0.8470\t0.8302
@@ -59,7 +62,7 @@ PAPER_ABBREVIATIONS = {
     "Mass": "Mass",
 }
 PAPER_COLUMNS = list(PAPER_ABBREVIATIONS)
-#: The paper's Table 7 / 8 header (paper/paper.txt, "Model Name - Threshold ... Avg").
+#: The paper's Table 7 / 8 header ("Model Name - Threshold ... Avg").
 PAPER_BOX_HEADER = ["Atel", "Card", "Effu", "Infi", "Mass", "Nodu", "Pneumonia", "Pneumothorax", "Avg"]
 BOX_ABBREVIATIONS = {a: PAPER_ABBREVIATIONS.get(a, a) for a in PAPER_BOX_HEADER[:-1]}
 
@@ -179,6 +182,8 @@ def _loc_and_images(root: Path, rng: np.random.Generator) -> int:
     k = len(labels)
     xs = rng.uniform(2, 14, k)
     ys = rng.uniform(2, 14, k)
+    ws, hs = rng.uniform(4, 14, k), rng.uniform(4, 14, k)
+    scale = BOX_SPACE / SIZE
     loc = pd.DataFrame(
         {
             "row": np.arange(k) + 5,
@@ -188,17 +193,24 @@ def _loc_and_images(root: Path, rng: np.random.Generator) -> int:
             "label_index": [LABELS.index(lab) for lab in labels],
             "x": xs,
             "y": ys,
-            "w": rng.uniform(4, 14, k),
-            "h": rng.uniform(4, 14, k),
+            "w": ws,
+            "h": hs,
+            "x1024": xs * scale,
+            "y1024": ys * scale,
+            "w1024": ws * scale,
+            "h1024": hs * scale,
         }
     )
-    (root / "data" / "splits").mkdir(parents=True)
-    loc.to_csv(root / "data" / "splits" / "loc.csv", index=False)
+    LocTable(loc).write(root / "data" / "splits")
     (root / "data" / "cache").mkdir(parents=True)
     yy, xx = np.mgrid[:SIZE, :SIZE]
     body = (120 + 80 * np.exp(-((xx - 16) ** 2 + (yy - 16) ** 2) / 120)).astype(np.uint8)
     images = np.stack([body + rng.integers(0, 30, (SIZE, SIZE), dtype=np.uint8) for _ in range(k + 10)])
     np.save(root / "data" / "cache" / "images.npy", images)
+    names = [f"{i:08d}_000.png" for i in range(len(images))]
+    pd.DataFrame({"row": np.arange(len(images)), "image": names}).to_csv(
+        root / "data" / "cache" / "index.csv", index=False
+    )
     return k
 
 
@@ -214,6 +226,7 @@ def _heatmaps(path: Path, rng: np.random.Generator, k: int, methods: list[str]) 
 
 
 EPOCHS = 7  # set in the fake params, so the header test does not depend on the shipped value
+FINGERPRINT = hashlib.sha256(b"fake raw images").hexdigest()
 
 
 def build_inputs(root: Path, source: str = "synthetic") -> Inputs:
@@ -228,9 +241,8 @@ def build_inputs(root: Path, source: str = "synthetic") -> Inputs:
     params_path = root / "params.yaml"
     params_path.write_text(yaml.safe_dump(params))
 
-    _write_json(
-        root / "data" / "raw" / "manifest.json", {"source": source, "images": 500, "layout": "official"}
-    )
+    manifest = {"source": source, "images": 500, "layout": "official", "fingerprint": FINGERPRINT}
+    _write_json(root / "data" / "raw" / "manifest.json", manifest)
     _write_json(root / "metrics" / "split.json", _split_json(rng))
     tests = {"densenet121": _test_json(rng, 0.0), "swin_small": _test_json(rng, 0.1, undefined=("Hernia",))}
     locs = {
@@ -247,10 +259,23 @@ def build_inputs(root: Path, source: str = "synthetic") -> Inputs:
     return Inputs(root, params_path, tests, locs)
 
 
-def run_stage(inputs: Inputs) -> Any:
+def report_paths(case: Inputs, out: str = "reports") -> ReportPaths:
+    r = case.root
+    return ReportPaths(
+        metrics=r / "metrics",
+        plots=r / "plots",
+        splits=r / "data/splits",
+        cache=r / "data/cache",
+        heatmaps=r / "data/heatmaps",
+        raw=r / "data/raw",
+        out=r / out,
+    )
+
+
+def run_stage(case: Inputs, out: str = "reports") -> Any:
     """``python -m stages.report`` with every folder option pointing into the fixture's root."""
-    r = inputs.root
-    args = ["--params", str(inputs.params), "--metrics", str(r / "metrics"), "--plots", str(r / "plots")]
+    r = case.root
+    args = ["--params", str(case.params), "--metrics", str(r / "metrics"), "--plots", str(r / "plots")]
     args += ["--splits", str(r / "data/splits"), "--cache", str(r / "data/cache")]
     args += [
         "--heatmaps",
@@ -258,17 +283,17 @@ def run_stage(inputs: Inputs) -> Any:
         "--raw",
         str(r / "data/raw"),
         "--out",
-        str(r / "reports"),
+        str(r / out),
     ]
     return CliRunner().invoke(report_main, args)
 
 
 @pytest.fixture(scope="module")
 def phantom_report(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
-    inputs = build_inputs(tmp_path_factory.mktemp("report"))
-    result = run_stage(inputs)
+    case = build_inputs(tmp_path_factory.mktemp("report"))
+    result = run_stage(case)
     assert result.exit_code == 0, (result.output, result.exception)
-    return inputs
+    return case
 
 
 def parse_tables(markdown: str) -> dict[str, dict[str, Any]]:
@@ -304,7 +329,7 @@ def literature_from_paper() -> dict[str, list[str]]:
 
 def resolve(file: str, keys: list[str]) -> Any:
     """The source value of a provenance row, read afresh from its file (or the paper's table)."""
-    if file == reports.LITERATURE_SOURCE:
+    if file == provenance.LITERATURE_SOURCE:
         paper = literature_from_paper()
         row = {
             "Original study: DenseNet-169": "DenseNet-169 (ours)",
@@ -350,24 +375,54 @@ def test_outputs_exist(phantom_report: Inputs) -> None:
 
 def test_header_says_phantom(phantom_report: Inputs) -> None:
     text = (phantom_report.root / "reports" / "report.md").read_text()
-    assert text.startswith(f"# {reports.PHANTOM_BANNER}\n")
+    assert text.startswith(f"# {inputs.PHANTOM_BANNER}\n")
     assert "NOT a result on NIH ChestX-ray14" in text
     head = text.split("<!-- table:")[0]
     assert f"image size {SIZE} px" in head and "lr 0.0005" in head and f"epochs (max) {EPOCHS}" in head
     assert "loss class_averaged_bce" in head and "pretrained false" in head
     assert "models densenet121, swin_small" in head
-    assert re.search(r"Generated: \d{4}-\d\d-\d\d \d\d:\d\d UTC; git commit `[0-9a-f]+|unknown`", head)
+
+
+def test_header_names_the_data_not_a_date_or_commit(phantom_report: Inputs) -> None:
+    """The header identifies the data by the manifest's fingerprint; no date or commit makes it vary."""
+    text = (phantom_report.root / "reports" / "report.md").read_text()
+    head = text.split("<!-- table:")[0]
+    assert f"500 images, fingerprint `{FINGERPRINT}`" in head
+    assert not re.search(r"\d{4}-\d{2}-\d{2}", text)
+    hexes = re.findall(r"\b(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b", text.replace(FINGERPRINT, ""))
+    assert not hexes  # a git commit, short or full
+
+
+def test_same_inputs_give_byte_identical_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs into two folders, the second from another working directory outside any git repo."""
+    (tmp_path / "case").mkdir()
+    case = build_inputs(tmp_path / "case")
+    assert run_stage(case, out="run1").exit_code == 0
+    plots = case.root / "plots"
+    first_plots = {p.relative_to(plots): p.read_bytes() for p in plots.rglob("*") if p.is_file()}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    assert run_stage(case, out="run2").exit_code == 0
+    one, two = case.root / "run1", case.root / "run2"
+    written = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert written == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert {Path("report.md"), Path("provenance.csv"), Path("tables/table5_auc.csv")} <= set(written)
+    for rel in written:
+        assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
+    assert {p.relative_to(plots): p.read_bytes() for p in plots.rglob("*") if p.is_file()} == first_plots
 
 
 @pytest.mark.parametrize("source", ["nih", "/data/chestxray14"])
 def test_header_real_data_not_phantom(tmp_path: Path, source: str) -> None:
-    inputs = build_inputs(tmp_path, source=source)
-    inputs_params = yaml.safe_load(inputs.params.read_text())
+    case = build_inputs(tmp_path, source=source)
+    inputs_params = yaml.safe_load(case.params.read_text())
     inputs_params["report"]["examples"] = 0
-    inputs.params.write_text(yaml.safe_dump(inputs_params))
-    assert run_stage(inputs).exit_code == 0
+    case.params.write_text(yaml.safe_dump(inputs_params))
+    assert run_stage(case).exit_code == 0
     text = (tmp_path / "reports" / "report.md").read_text()
-    assert text.startswith(f"# {reports.NIH_NAME}")
+    assert text.startswith(f"# {inputs.NIH_NAME}")
     assert "PHANTOM" not in text and "phantom" not in text.lower()
     assert not (tmp_path / "plots" / "figures" / "heatmap_examples.png").exists()
 
@@ -404,7 +459,7 @@ def test_table5_cells_sit_under_the_right_model_and_class(phantom_report: Inputs
     by_abbrev = PAPER_ABBREVIATIONS
     assert t5["columns"] == [*PAPER_COLUMNS, "Macro"]
     for model in MODELS:
-        cells = t5["rows"][reports.display_name(model)]
+        cells = t5["rows"][inputs.display_name(model)]
         source = phantom_report.test[model]
         for column, cell in zip(t5["columns"], cells, strict=True):
             if column == "Macro":
@@ -423,7 +478,7 @@ def test_localisation_cells_have_the_control_beside_them(phantom_report: Inputs)
     assert t7["columns"] == PAPER_BOX_HEADER and tables["pointing_GradCAM"]["columns"] == PAPER_BOX_HEADER
     for row in t7["rows"]:  # every column of a row is the class its header names
         model, t = row.split(" - ")
-        m = next(x for x in MODELS if reports.display_name(x) == model)
+        m = next(x for x in MODELS if inputs.display_name(x) == model)
         src = phantom_report.localise[m]["methods"]["GradCAM"]["iou"][f"t{round(float(t) * 100):03d}"]
         for column, cell in zip(t7["columns"], t7["rows"][row], strict=True):
             value = src.get("mean" if column == "Avg" else BOX_ABBREVIATIONS[column])
@@ -467,7 +522,7 @@ def test_degenerate_methods_are_noted(phantom_report: Inputs) -> None:
 
 def test_table6_literature_is_the_papers(phantom_report: Inputs) -> None:
     paper = literature_from_paper()
-    for row, name in zip(reports.LITERATURE_TABLE6, paper, strict=True):
+    for row, name in zip(literature.LITERATURE_TABLE6, paper, strict=True):
         printed = [row.auc[PAPER_ABBREVIATIONS[a]] for a in PAPER_COLUMNS] + [row.average]
         assert printed == paper[name], row.name
     t6 = parse_tables((phantom_report.root / "reports" / "report.md").read_text())["table6_literature"]
@@ -475,7 +530,7 @@ def test_table6_literature_is_the_papers(phantom_report: Inputs) -> None:
     assert len(lit_rows) == 4 and any("Yan" in r for r in lit_rows) and any("Taslimi" in r for r in lit_rows)
     by_abbrev = PAPER_ABBREVIATIONS
     assert t6["columns"] == [*PAPER_COLUMNS, "Average"]
-    yan = next(r for r in reports.LITERATURE_TABLE6 if r.name.startswith("Yan"))
+    yan = next(r for r in literature.LITERATURE_TABLE6 if r.name.startswith("Yan"))
     cells = t6["rows"][f"{yan.name} [other paper, NIH data]"]
     for column, cell in zip(t6["columns"], cells, strict=True):
         assert cell == (yan.average if column == "Average" else yan.auc[by_abbrev[column]])
@@ -490,15 +545,15 @@ def test_best_model_has_the_highest_macro_auc(phantom_report: Inputs) -> None:
     assert best == "swin_small"  # not simply the first model
     t6 = parse_tables((phantom_report.root / "reports" / "report.md").read_text())["table6_literature"]
     ours = next(iter(t6["rows"]))
-    assert ours.startswith(reports.display_name(best)) and "this run" in ours
+    assert ours.startswith(inputs.display_name(best)) and "this run" in ours
     assert t6["rows"][ours][-1] == f"{macro[best]:.3f}"
     results = [
-        reports.ModelResults(
+        inputs.ModelResults(
             m, phantom_report.test[m], Path(), {}, Path(), {}, Path(), pd.DataFrame(), pd.DataFrame()
         )
         for m in MODELS
     ]
-    assert reports.best_model(results).name == best
+    assert inputs.best_model(results).name == best
 
 
 def test_figures_are_valid_pngs(phantom_report: Inputs) -> None:
@@ -534,6 +589,44 @@ def test_plot_data_matches_metrics(phantom_report: Inputs) -> None:
 
 
 @pytest.mark.parametrize(
+    ("asked", "drawn", "not_computed"),
+    [
+        (["EigenCAM"], ("EigenCAM",), ()),
+        (["EigenCAM", "GradCAM"], ("EigenCAM", "GradCAM"), ()),
+        (["LayerCAM", "RandomCAM"], ("RandomCAM",), ("LayerCAM",)),
+        (["LayerCAM"], (), ("LayerCAM",)),
+    ],
+)
+def test_example_methods_decide_the_grid(
+    tmp_path: Path, asked: list[str], drawn: tuple[str, ...], not_computed: tuple[str, ...]
+) -> None:
+    """``report.example_methods`` picks the grid's methods, in its order; one not computed is named."""
+    case = build_inputs(tmp_path)
+    params = yaml.safe_load(case.params.read_text())
+    params["report"]["example_methods"] = asked
+    report = make_report(params, report_paths(case))
+    assert report.examples is not None and report.examples.model == "swin_small"  # the best model
+    assert (report.examples.methods, report.examples.not_computed) == (drawn, not_computed)
+    text = (tmp_path / "reports" / "report.md").read_text()
+    png = tmp_path / "plots" / "figures" / "heatmap_examples.png"
+    assert png.is_file() == bool(drawn)
+    assert (f"*Example heatmaps of Swin-Small: {', '.join(drawn)}*" in text) == bool(drawn)
+    assert ("LayerCAM (report.example_methods) not computed for Swin-Small" in text) == bool(not_computed)
+
+
+def test_example_figure_draws_the_grid_methods(phantom_report: Inputs) -> None:
+    loc, images, heatmaps = figures.load_examples(report_paths(phantom_report), "densenet121")
+    grid = figures.example_grid(loc, heatmaps, "densenet121", ["EigenCAM", "LayerCAM"], EXAMPLES)
+    assert grid.methods == ("EigenCAM",) and grid.not_computed == ("LayerCAM",)
+    fig = figures.heatmap_examples_figure(grid, loc, images, heatmaps)
+    axes = np.array(fig.axes).reshape(EXAMPLES, 2)
+    assert [ax.get_title() for ax in axes[:, 1]] == ["EigenCAM"] * EXAMPLES
+    for ax, pos in zip(axes[:, 1], grid.picks, strict=True):  # the overlay is that method's map
+        np.testing.assert_array_equal(ax.images[1].get_array(), heatmaps["EigenCAM"][pos])
+    assert fig.get_suptitle().startswith("Example heatmaps: DenseNet-121")
+
+
+@pytest.mark.parametrize(
     ("rel", "stage"),
     [
         ("metrics/localise/densenet121.json", "localise@densenet121"),
@@ -543,21 +636,21 @@ def test_plot_data_matches_metrics(phantom_report: Inputs) -> None:
     ],
 )
 def test_missing_input_names_file_and_stage(tmp_path: Path, rel: str, stage: str) -> None:
-    inputs = build_inputs(tmp_path)
+    case = build_inputs(tmp_path)
     (tmp_path / rel).unlink()
-    result = run_stage(inputs)
+    result = run_stage(case)
     assert result.exit_code != 0
     assert str(tmp_path / rel) in result.output and f"'{stage}'" in result.output
     assert not (tmp_path / "reports" / "report.md").exists()
 
 
 def test_malformed_metrics_are_named(tmp_path: Path) -> None:
-    inputs = build_inputs(tmp_path)
+    case = build_inputs(tmp_path)
     path = tmp_path / "metrics" / "test" / "densenet121.json"
     doc = json.loads(path.read_text())
     del doc["auc_ci"]
     path.write_text(json.dumps(doc))
-    result = run_stage(inputs)
+    result = run_stage(case)
     assert result.exit_code != 0 and str(path) in result.output and "auc_ci" in result.output
 
 
@@ -565,45 +658,70 @@ def test_malformed_metrics_are_named(tmp_path: Path) -> None:
 # Small units
 
 
+def test_read_json_names_file_and_stage(tmp_path: Path) -> None:
+    path = tmp_path / "split.json"
+    with pytest.raises(inputs.MissingInputError, match=r"split\.json: missing .*dvc repro split"):
+        inputs.read_json(path, "split")
+    for text, why in (("{not json", "not valid JSON"), ("[1, 2]", "expected a JSON object")):
+        path.write_text(text)
+        with pytest.raises(inputs.InputFormatError, match=why) as exc:
+            inputs.read_json(path, "split")
+        assert str(path) in str(exc.value) and "'split'" in str(exc.value)
+    path.write_text('{"source": "nih"}')
+    with pytest.raises(inputs.InputFormatError, match=r"\['fingerprint'\].*'download'"):
+        inputs.read_json(path, "download", ("source", "fingerprint"))
+    assert inputs.read_json(path, "download", ("source",)) == {"source": "nih"}
+
+
 def test_paper_columns_cover_every_label() -> None:
-    assert sorted(reports.PAPER_AUC_ORDER) == sorted(LABELS)
-    assert [label for label, _ in reports.PAPER_BOX_COLUMNS] == list(BOX_LABELS)
-    assert dict((c, n) for n, c in reports.PAPER_AUC_COLUMNS) == PAPER_ABBREVIATIONS
+    assert sorted(literature.PAPER_AUC_ORDER) == sorted(LABELS)
+    assert [label for label, _ in literature.PAPER_BOX_COLUMNS] == list(BOX_LABELS)
+    assert dict((c, n) for n, c in literature.PAPER_AUC_COLUMNS) == PAPER_ABBREVIATIONS
 
 
 def test_formatting_and_keys() -> None:
-    assert reports.format_value(0.81234) == "0.812"
-    assert reports.format_value(None) == "n/a" and reports.format_value(float("nan")) == "n/a"
-    assert reports.format_value(12.0, "int") == "12"
-    assert reports.key_value("t010") == pytest.approx(0.10) and reports.key_value("T025") == pytest.approx(
-        0.25
-    )
-    assert reports.lookup({"a": [1, {"b": 2}]}, ("a", "1", "b")) == 2
-    assert reports.lookup({"a": None}, ("a", "b")) is None
+    assert provenance.format_value(0.81234) == "0.812"
+    assert provenance.format_value(None) == "n/a" and provenance.format_value(float("nan")) == "n/a"
+    assert provenance.format_value(12.0, "int") == "12"
+    assert inputs.key_value("t010") == pytest.approx(0.10) and inputs.key_value("T025") == pytest.approx(0.25)
+    assert provenance.lookup({"a": [1, {"b": 2}]}, ("a", "1", "b")) == 2
+    assert provenance.lookup({"a": None}, ("a", "b")) is None
 
 
 def test_choose_examples_spreads_over_classes() -> None:
     loc = pd.DataFrame({"label": ["Cardiomegaly"] * 4 + ["Nodule"] * 2 + ["Mass"]})
-    picks = reports.choose_examples(loc, 5)
+    picks = figures.choose_examples(loc, 5)
     assert picks == [0, 6, 4, 1, 5]  # BOX_LABELS order: Cardiomegaly, Mass, Nodule, then round 2
-    assert len(reports.choose_examples(loc, 20)) == len(loc)
-
-
-def test_git_commit_unknown_outside_a_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
-    assert reports.git_commit(tmp_path) == "unknown"
+    assert len(figures.choose_examples(loc, 20)) == len(loc)
 
 
 def test_method_order_puts_configured_first() -> None:
-    def fake(methods: dict) -> reports.ModelResults:
-        return reports.ModelResults(
+    def fake(methods: dict) -> inputs.ModelResults:
+        return inputs.ModelResults(
             "m", {}, Path(), {"methods": methods}, Path(), {}, Path(), pd.DataFrame(), pd.DataFrame()
         )
 
     models = [fake({"LayerCAM": {}, "GradCAM": {}}), fake({"AblationCAM": {}})]
-    assert reports.method_names(models, ["GradCAM", "EigenCAM"]) == [
+    assert inputs.method_names(models, ["GradCAM", "EigenCAM"]) == [
         "GradCAM",
         "EigenCAM",
         "AblationCAM",
         "LayerCAM",
     ]
+
+
+@pytest.mark.parametrize(
+    "victim",
+    [
+        "metrics/split.json",
+        "metrics/test/densenet121.json",
+        "plots/roc/swin_small.csv",
+        "data/splits/loc.csv",
+    ],
+)
+def test_a_corrupt_input_stops_the_stage_naming_the_file(tmp_path: Path, victim: str) -> None:
+    case = build_inputs(tmp_path)
+    (tmp_path / victim).write_bytes(b"\x00\x01 not what the stage wrote \xff\n")
+    result = run_stage(case)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert Path(victim).name in result.output and "Traceback" not in result.output

@@ -1,5 +1,6 @@
 """Splits: official test list, stratified patient-disjoint validation, localisation boxes."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ from cxr_core.data.splits import make_splits, split_stats, stratified_group_spli
 from cxr_core.labels import LABELS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "nih"
-REAL_META = Path(__file__).parents[2] / "shared" / "nih-meta"
+#: A folder with NIH's four real metadata files, gzipped (``Data_Entry_2017_v2020.csv.gz``, ...).
+REAL_META = Path(os.environ.get("CXR_NIH_META", "/nonexistent"))
 
 
 def _fixture_splits(group_by="patient", image_size=224, drop=()):
@@ -83,7 +85,9 @@ def test_stratified_group_split_keeps_rare_labels_and_groups():
     assert labels[mask, 2].sum() >= 1  # the rarest label is represented in the small fold
 
 
-@pytest.mark.skipif(not REAL_META.is_dir(), reason="needs ../shared/nih-meta (the real NIH metadata)")
+@pytest.mark.skipif(
+    not REAL_META.is_dir(), reason="set CXR_NIH_META to a folder of the real NIH metadata files (.gz)"
+)
 def test_real_metadata_split_is_stratified_and_patient_disjoint(tmp_path):
     import gzip
 

@@ -15,29 +15,28 @@ from click.testing import CliRunner
 
 from cxr_core.data.batches import CacheBatches, prepare_batch
 from cxr_core.data.cache import load_cache
+from cxr_core.data.tables import SplitTable
 from cxr_core.evaluate.metrics import roc_points, summarise
+from cxr_core.evaluate.predict import infer_logits, predict_probs
 from cxr_core.files import _clean
 from cxr_core.labels import LABELS
 from cxr_core.models.checkpoints import load_checkpoint, load_model
-from cxr_core.models.registry import create_model
+from cxr_core.models.registry import create_model, get_spec
 from cxr_core.params import load_params
+from cxr_core.runtime import Runtime
+from cxr_core.train.config import TrainConfig
+from cxr_core.train.live import EPOCH_METRICS, TIMING_COLUMNS
 from cxr_core.train.loop import (
-    BEST_FILE,
-    LAST_FILE,
     Progress,
-    SplitArrays,
-    TrainConfig,
     TrainingError,
     epoch_seed,
-    evaluate,
     fit,
-    history_without_timing,
-    infer_logits,
     make_optimizer,
     make_scheduler,
     validation_metrics,
 )
 from cxr_core.train.losses import get_loss
+from cxr_core.train.resume import BEST_FILE, LAST_FILE, pixel_digest
 
 TINY = "test_resnet"  # ~0.4 M parameters: a few seconds per epoch on 2 CPU cores
 EPOCHS = 3
@@ -47,10 +46,9 @@ TRAIN_IMAGES = 32  # a subset: 4 steps of 8 per epoch
 @pytest.fixture(scope="module")
 def data(phantom_data, single_thread):
     images, _ = load_cache(phantom_data.cache)
-    table = pd.read_csv(phantom_data.splits / "train.csv")
-    train = SplitArrays.from_table(table)
-    train = SplitArrays(train.rows[:TRAIN_IMAGES], train.targets[:TRAIN_IMAGES])
-    val = SplitArrays.from_table(pd.read_csv(phantom_data.splits / "val.csv"))
+    train = SplitTable.read(phantom_data.splits, "train")
+    train = SplitTable(train.table.iloc[:TRAIN_IMAGES].reset_index(drop=True))
+    val = SplitTable.read(phantom_data.splits, "val")
     return images, train, val
 
 
@@ -66,7 +64,7 @@ def reference(tmp_path_factory, cfg, data):
     """One uninterrupted run, shared by the resume and repeatability tests."""
     images, train, val = data
     out = tmp_path_factory.mktemp("reference")
-    result = fit(cfg, images, train, val, out / "model", out / "live")
+    result = fit(cfg, images, train, val, out / "model", out / "live", timing_log=out / "timings.tsv")
     return out, result
 
 
@@ -119,10 +117,65 @@ def test_fit_writes_checkpoints_history_and_dvclive(reference, cfg) -> None:
     summary = json.loads((out / "live" / "metrics.json").read_text())
     assert summary["best_epoch"] == result.best_epoch
     assert summary["best_val_loss"] == pytest.approx(result.best_val_loss)
-    for name in ("train_loss", "val_loss", "val_macro_auc", "lr", "epoch_seconds", "images_per_second"):
+    for name in ("train_loss", "val_loss", "val_macro_auc", "lr"):
         logged = pd.read_csv(out / "live" / "plots" / "metrics" / f"{name}.tsv", sep="\t")
         assert logged["step"].tolist() == list(range(1, EPOCHS + 1)), name
     assert not (out / "live" / "dvc.yaml").exists()
+
+
+def _keys(obj: object) -> set[str]:
+    """Every mapping key anywhere in a nested checkpoint / JSON value (model weights' names excluded)."""
+    if isinstance(obj, dict):
+        found = {str(k) for k in obj}
+        for key, value in obj.items():
+            if key != "model":
+                found |= _keys(value)
+        return found
+    if isinstance(obj, list | tuple):
+        return set().union(*map(_keys, obj)) if obj else set()
+    return set()
+
+
+def _timing_like(names: set[str]) -> list[str]:
+    return sorted(n for n in names if "second" in n.lower() or "time" in n.lower())
+
+
+def test_tracked_outputs_hold_no_timing_and_the_timing_log_does(reference) -> None:
+    """Seconds differ between identical runs, so they must stay out of everything dvc.lock hashes."""
+    out, result = reference
+    assert all(row.keys() == {"epoch", *EPOCH_METRICS} for row in result.history)
+    for name in (BEST_FILE, LAST_FILE):
+        keys = _keys(load_checkpoint(out / "model" / name))
+        assert "epoch" in keys and not _timing_like(keys), name
+    assert "val_loss" in _keys(load_checkpoint(out / "model" / LAST_FILE))  # the walk reaches the history
+    summary_keys = _keys(json.loads((out / "live" / "metrics.json").read_text()))
+    assert "best_epoch" in summary_keys and not _timing_like(summary_keys)
+    plots = sorted((out / "live" / "plots" / "metrics").glob("*.tsv"))
+    assert sorted(p.stem for p in plots) == sorted(EPOCH_METRICS)
+    for plot in plots:
+        assert pd.read_csv(plot, sep="\t").columns.tolist() == ["step", plot.stem]
+
+    timings = pd.read_csv(out / "timings.tsv", sep="\t")
+    assert timings.columns.tolist() == list(TIMING_COLUMNS)
+    assert timings["epoch"].tolist() == list(range(1, EPOCHS + 1))
+    assert (timings[["epoch_seconds", "images_per_second"]] > 0).all().all()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_identical_runs_write_byte_identical_outputs(tmp_path, reference, cfg, data) -> None:
+    """Same seed, data and settings on the CPU: the same bytes, so dvc.lock's hashes repeat."""
+    ref_dir, _ = reference
+    images, train, val = data
+    fit(cfg, images, train, val, tmp_path / "model", tmp_path / "live", timing_log=tmp_path / "timings.tsv")
+    for name in (BEST_FILE, LAST_FILE):
+        assert (tmp_path / "model" / name).read_bytes() == (ref_dir / "model" / name).read_bytes(), name
+    ours, theirs = _files(tmp_path / "live"), _files(ref_dir / "live")
+    assert ours.keys() == theirs.keys() and "metrics.json" in ours
+    for name in ours:
+        assert ours[name] == theirs[name], name
 
 
 # --- resume and repeatability ---------------------------------------------------------------------
@@ -159,19 +212,30 @@ def test_killed_run_resumes_and_ends_with_identical_weights(tmp_path, reference,
     assert result.resumed_from == 1 and seen == list(range(2, EPOCHS + 1))
     _assert_same_weights(tmp_path / "model" / LAST_FILE, ref_dir / "model" / LAST_FILE)
     _assert_same_weights(tmp_path / "model" / BEST_FILE, ref_dir / "model" / BEST_FILE)
-    assert history_without_timing(result.history) == history_without_timing(ref.history)
+    assert result.history == ref.history
     logged = pd.read_csv(tmp_path / "live" / "plots" / "metrics" / "val_loss.tsv", sep="\t")
     assert logged["step"].tolist() == list(range(1, EPOCHS + 1))  # no gap, no duplicate after the kill
+    assert _files(tmp_path / "live") == _files(ref_dir / "live")  # the replayed log is the same bytes
+    assert (tmp_path / "model" / BEST_FILE).read_bytes() == (ref_dir / "model" / BEST_FILE).read_bytes()
 
     again = fit(cfg, images, train, val, tmp_path / "model", tmp_path / "live")  # finished: nothing to do
     assert again.resumed_from == EPOCHS and len(again.history) == EPOCHS
+
+
+def test_a_resumed_run_writes_the_same_last_pt_bytes(tmp_path, reference, cfg, data) -> None:
+    ref_dir, _ = reference
+    images, train, val = data
+    with pytest.raises(Killed):
+        fit(cfg, images, train, val, tmp_path / "model", on_epoch_end=_kill_after(1))
+    fit(cfg, images, train, val, tmp_path / "model")
+    assert (tmp_path / "model" / LAST_FILE).read_bytes() == (ref_dir / "model" / LAST_FILE).read_bytes()
 
 
 def test_same_seed_same_history_other_settings_restart(tmp_path, reference, cfg, data) -> None:
     ref_dir, ref = reference
     images, train, val = data
     short = fit(replace(cfg, epochs=2), images, train, val, tmp_path / "model")
-    assert history_without_timing(short.history) == history_without_timing(ref.history[:2])
+    assert short.history == ref.history[:2]
     # a longer run continues a shorter one exactly (epochs is not part of the resume key)
     longer = fit(cfg, images, train, val, tmp_path / "model")
     assert longer.resumed_from == 2
@@ -226,13 +290,14 @@ def test_evaluate_is_batch_size_independent_and_restores_mode(data, cfg) -> None
     images, _, val = data
     torch.manual_seed(0)
     model = create_model(TINY, image_size=cfg.image_size).train()
-    a = evaluate(model, images, val.rows, batch_size=5)
-    b = evaluate(model, images, val.rows, batch_size=64, channels_last=True)
+    a = predict_probs(model, images, val.rows, runtime=Runtime.cpu(), batch_size=5)
+    b = predict_probs(
+        model, images, val.rows, runtime=replace(Runtime.cpu(), channels_last=True), batch_size=64
+    )
     assert model.training and a.dtype == np.float32 and a.shape == (len(val.rows), len(LABELS))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    loss, auc = validation_metrics(
-        infer_logits(model, images, val.rows, batch_size=7), val.targets, get_loss("bce")
-    )
+    logits = infer_logits(model, images, val.rows, runtime=Runtime.cpu(), batch_size=7)
+    loss, auc = validation_metrics(logits, val.targets, get_loss("bce"))
     assert np.isfinite(loss) and 0.0 <= auc <= 1.0
 
 
@@ -241,7 +306,7 @@ def test_fit_rejects_impossible_settings(tmp_path, cfg, data) -> None:
     with pytest.raises(TrainingError, match="lower train.batch_size"):
         fit(replace(cfg, batch_size=64), images, train, val, tmp_path)
     with pytest.raises(TrainingError, match="validation split is empty"):
-        fit(cfg, images, train, SplitArrays(val.rows[:0], val.targets[:0]), tmp_path)
+        fit(cfg, images, train, SplitTable(val.table.iloc[:0]), tmp_path)
 
 
 # --- stages ---------------------------------------------------------------------------------------
@@ -317,7 +382,8 @@ def test_test_stage_json_matches_summarise_on_saved_probabilities(stage_run, pha
 
     images, _ = load_cache(phantom_data.cache)
     model, meta = load_model(stage_run["model_dir"] / BEST_FILE, model_name=TINY)
-    probs = evaluate(model, images, saved["rows"], batch_size=64)
+    runtime = Runtime.from_params(params["train"], get_spec(TINY))  # as the test stage runs it
+    probs = predict_probs(model, images, saved["rows"], runtime=runtime, batch_size=64)
     np.testing.assert_allclose(saved["probs"], probs, rtol=1e-5, atol=1e-6)
 
     roc = pd.read_csv(stage_run["roc"])
@@ -335,8 +401,6 @@ def test_train_stage_writes_one_checkpoint_pair(stage_run) -> None:
 
 def test_pixel_digest_sees_a_regenerated_cache():
     """A cache rebuilt with other pixels (same shape and rows) must not be resumed from."""
-    from cxr_core.train.loop import pixel_digest
-
     images = np.random.default_rng(0).integers(0, 255, (50, 8, 8), dtype=np.uint8)
     rows = np.arange(50)
     before = pixel_digest(images, rows)

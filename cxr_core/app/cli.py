@@ -17,9 +17,29 @@ from typing import Any, TextIO
 
 import click
 
-from cxr_core.files import setup_logging
+from cxr_core.app.imaging import DEFAULT_LIMITS
+from cxr_core.app.overlay import DISPLAY_PX
+from cxr_core.logs import setup_logging
+from cxr_core.runtime import DEVICES, check_amp, check_device
 
 logger = logging.getLogger("cxr")
+
+
+def all_lookups() -> dict[str, Any]:
+    """Every registry the app's params can name (the app runs models, heatmaps and all)."""
+    from cxr_core.explain.methods import check_eigen_sign, get_cam_method
+    from cxr_core.models.registry import get_spec
+    from cxr_core.train.losses import get_loss
+
+    return {
+        "model": get_spec,
+        "loss": get_loss,
+        "device": check_device,
+        "amp": check_amp,
+        "cam method": get_cam_method,
+        "eigen sign": check_eigen_sign,
+    }
+
 
 TOP_FINDING = "top"
 
@@ -34,7 +54,7 @@ def _load_params(params_path: Path | None) -> dict[str, Any] | None:
             return None
         params_path = default
     try:
-        return load_params(params_path)
+        return load_params(params_path, lookups=all_lookups())
     except (ParamsError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -47,20 +67,42 @@ def _default_checkpoint(model: str | None, checkpoint: Path | None) -> Path:
     return Path("data/models") / model / "best.pt"
 
 
-#: ``--device`` of every command: the CLI default falls back to params' ``train.device``.
-DEVICE_OPTION = click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), help="[default: train.device, else auto]"
-)
+def inference_options(reads: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options every model-running command shares: params file, device and upload limits.
 
+    ``reads`` names what the command takes from params.yaml (optional: ./params.yaml if present);
+    ``--device`` falls back to params' ``train.device``.
+    """
+    options = [
+        click.option(
+            "--params",
+            "params_path",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help=f"params.yaml for {reads} [default: ./params.yaml if present]",
+        ),
+        click.option("--device", type=click.Choice(DEVICES), help="[default: train.device, else auto]"),
+        click.option(
+            "--max-mb",
+            default=DEFAULT_LIMITS.max_mb,
+            show_default=True,
+            type=click.FloatRange(0, min_open=True),
+            help="largest file accepted",
+        ),
+        click.option(
+            "--max-px",
+            default=DEFAULT_LIMITS.max_side,
+            show_default=True,
+            type=click.IntRange(1),
+            help="max pixels per side",
+        ),
+    ]
 
-def params_option(reads: str) -> Callable:
-    """``--params`` of a command that reads ``reads`` from params.yaml (optional: ./params.yaml if present)."""
-    return click.option(
-        "--params",
-        "params_path",
-        type=click.Path(path_type=Path, dir_okay=False, exists=True),
-        help=f"params.yaml for {reads} [default: ./params.yaml if present]",
-    )
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,8 +120,7 @@ def main(verbose: bool) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="trained weights [default: data/models/<model>/best.pt]",
 )
-@params_option("train.device and cam.batch_size")
-@DEVICE_OPTION
+@inference_options("train.device / amp and cam.batch_size")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -100,11 +141,7 @@ def main(verbose: bool) -> None:
 @click.option("--method", default="GradCAM", show_default=True, help="CAM method (GradCAM, EigenCAM, ...)")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option(
-    "--overlay-px", default=512, show_default=True, type=click.IntRange(16, 4096), help="overlay side"
-)
-@click.option("--max-mb", default=50.0, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option(
-    "--max-px", default=10_000, show_default=True, type=click.IntRange(1), help="max pixels per side"
+    "--overlay-px", default=DISPLAY_PX, show_default=True, type=click.IntRange(16, 4096), help="overlay side"
 )
 def predict(
     inputs: tuple[Path, ...],
@@ -127,10 +164,11 @@ def predict(
     read are named on stderr and skipped; the exit code is then 1. Folders are searched recursively
     for .png/.jpg/.jpeg/.dcm/.dicom files and extension-less DICOMs.
     """
-    from cxr_core.app.predictor import ImageLimits, Predictor, collect_files, finding_index, predict_files
+    from cxr_core.app.imaging import ImageLimits, collect_files
+    from cxr_core.app.predictor import InferenceSettings, Predictor, finding_index, predict_files
+    from cxr_core.errors import CxrError
     from cxr_core.explain.methods import get_cam_method
     from cxr_core.labels import LABELS
-    from cxr_core.models.checkpoints import CheckpointError
 
     if heatmap_dir is not None:
         try:
@@ -140,18 +178,15 @@ def predict(
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from exc
     params = _load_params(params_path)
-    device_name = device or (params["train"]["device"] if params else "auto")
     cam_batch = int(params["cam"]["batch_size"]) if params else 16
-    from cxr_core.app.predictor import resolve_device
-
     try:
         predictor = Predictor.from_checkpoint(
             _default_checkpoint(model_name, checkpoint),
             model_name,
-            device=resolve_device(device_name),
-            limits=ImageLimits(max_bytes=int(max_mb * 2**20), max_side=max_px),
+            settings=InferenceSettings.from_params(params, device),
+            limits=ImageLimits.from_mb(max_mb, max_px),
         )
-    except (CheckpointError, ValueError, RuntimeError) as exc:
+    except (CxrError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     if params and params["preprocess"]["image_size"] != predictor.image_size:
         logger.info(
@@ -213,7 +248,8 @@ def _write_overlays(
     import numpy as np
     from PIL import Image
 
-    from cxr_core.app.predictor import overlay, read_image
+    from cxr_core.app.imaging import read_image
+    from cxr_core.app.overlay import overlay
     from cxr_core.labels import LABELS
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -247,14 +283,9 @@ def _write_overlays(
     type=click.Path(path_type=Path, file_okay=False),
     help="loc.csv there gives the radiologist boxes",
 )
-@params_option("train.device and cam.methods")
-@DEVICE_OPTION
+@inference_options("train.device / amp and cam.methods")
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to serve the network")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--max-mb", default=50.0, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option(
-    "--max-px", default=10_000, show_default=True, type=click.IntRange(1), help="max pixels per side"
-)
 def demo(
     model_name: str | None,
     models_dir: Path,
@@ -268,18 +299,18 @@ def demo(
 ) -> None:
     """Web app: upload an X-ray, see the 14 probabilities and a heatmap (needs the demo extra)."""
     from cxr_core.app.demo import DemoError, build_app, default_methods, launch
-    from cxr_core.app.predictor import ImageLimits, resolve_device
+    from cxr_core.app.imaging import ImageLimits
+    from cxr_core.app.predictor import InferenceSettings
 
     params = _load_params(params_path)
-    device_name = device or (params["train"]["device"] if params else "auto")
     try:
         app = build_app(
             models_dir=models_dir,
             splits_dir=splits_dir,
             default_model=model_name,
             methods=default_methods(params),
-            device=resolve_device(device_name),
-            limits=ImageLimits(max_bytes=int(max_mb * 2**20), max_side=max_px),
+            settings=InferenceSettings.from_params(params, device),
+            limits=ImageLimits.from_mb(max_mb, max_px),
         )
     except DemoError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -6,7 +6,7 @@ name is in the localisation set (``loc.csv``), the radiologists' boxes are drawn
 as in the paper's Figure 4, so the heatmap can be judged against them.
 
 Bad uploads (not an image, over the size limit, a colour / multi-frame / pixel-less DICOM) get a
-message in the page, never a stack trace (DESIGN "Bad input"). Gradio is an optional extra
+message in the page, never a stack trace. Gradio is an optional extra
 (``pip install -e '.[demo]'``), imported only when the app is built.
 """
 
@@ -22,35 +22,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_core.app.predictor import (
-    DEFAULT_LIMITS,
-    ImageLimits,
-    Predictor,
-    finding_index,
-    overlay,
-    read_image,
-    resize_grey,
-)
-from cxr_core.data.cache import ImageDecodeError
+from cxr_core.app.imaging import DEFAULT_LIMITS, ImageLimits, read_image, resize_grey
+from cxr_core.app.overlay import DISPLAY_PX, overlay
+from cxr_core.app.predictor import FALLBACK_SETTINGS, InferenceSettings, Predictor, finding_index
+from cxr_core.data.decode import ImageDecodeError
+from cxr_core.data.metadata import BOX_SPACE
+from cxr_core.data.tables import LocTable
+from cxr_core.errors import CxrError
 from cxr_core.labels import LABELS
 
 if TYPE_CHECKING:
     import gradio as gr
-    import torch
 
 logger = logging.getLogger(__name__)
 
 TOP_FINDING = "(most probable)"
 #: CAM methods offered when params.yaml is not at hand (RandomCAM is a scoring control, not a view).
 DEFAULT_METHODS: tuple[str, ...] = ("GradCAM", "EigenCAM", "GradCAMPlusPlus")
-#: Side of the images shown in the page.
-DISPLAY_PX = 512
-#: Box coordinates in loc.csv's ``*1024`` columns are in the 1024 x 1024 PNG space (NIH and phantom).
-BOX_SPACE = 1024.0
 INSTALL_HINT = "the demo needs Gradio, an optional extra: pip install -e '.[demo]'"
 
 
-class DemoError(RuntimeError):
+class DemoError(CxrError, RuntimeError):
     """The app cannot start (no trained model, Gradio missing); the message says what to do."""
 
 
@@ -80,13 +72,11 @@ def default_methods(params: Mapping[str, Any] | None) -> list[str]:
 
 def load_boxes(splits_dir: str | os.PathLike) -> dict[str, list[tuple[float, float, float, float, str]]]:
     """Radiologist boxes of ``loc.csv`` by image file name, in the 1024 px space; {} without the file."""
-    import pandas as pd
-
     path = Path(splits_dir) / "loc.csv"
     if not path.is_file():
         logger.info("%s not found: no radiologist boxes in the demo", path)
         return {}
-    table = pd.read_csv(path)
+    table = LocTable.read(splits_dir).table
     boxes: dict[str, list[tuple[float, float, float, float, str]]] = {}
     for row in table.itertuples(index=False):
         boxes.setdefault(str(row.image), []).append(
@@ -116,14 +106,14 @@ class DemoBackend:
         models_dir: str | os.PathLike = "data/models",
         splits_dir: str | os.PathLike = "data/splits",
         *,
-        device: str | torch.device = "cpu",
+        settings: InferenceSettings = FALLBACK_SETTINGS,
         limits: ImageLimits = DEFAULT_LIMITS,
         display_px: int = DISPLAY_PX,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.models = trained_models(self.models_dir)
         self.boxes = load_boxes(splits_dir)
-        self.device = device
+        self.settings = settings
         self.limits = limits
         self.display_px = display_px
         self._predictors: dict[str, Predictor] = {}
@@ -136,7 +126,7 @@ class DemoBackend:
         with self._lock:
             if model not in self._predictors:
                 self._predictors[model] = Predictor.from_checkpoint(
-                    self.models_dir / model / "best.pt", model, device=self.device, limits=self.limits
+                    self.models_dir / model / "best.pt", model, settings=self.settings, limits=self.limits
                 )
             return self._predictors[model]
 
@@ -200,11 +190,11 @@ def build_app(
     *,
     default_model: str | None = None,
     methods: Sequence[str] = DEFAULT_METHODS,
-    device: str | torch.device = "cpu",
+    settings: InferenceSettings = FALLBACK_SETTINGS,
     limits: ImageLimits = DEFAULT_LIMITS,
 ) -> gr.Blocks:
     """The Gradio Blocks of the demo (launch it with :func:`launch`, or ``.launch()`` in a test)."""
-    backend = DemoBackend(models_dir, splits_dir, device=device, limits=limits)
+    backend = DemoBackend(models_dir, splits_dir, settings=settings, limits=limits)
     if not backend.models:
         raise DemoError(
             f"no trained model in {models_dir} (expected {models_dir}/<model>/best.pt); "

@@ -1,26 +1,8 @@
-"""Inference on single files: read PNG / JPEG / DICOM, predict the 14 findings, draw heatmaps.
+"""A trained classifier on user files: 14 probabilities and heatmaps, as the pipeline computes them.
 
-Why a module of its own: the pipeline only ever reads the uint8 cache, but the CLI (``cxr predict``)
-and the demo take files a user brings, so they must (1) refuse bad files with a message naming the
-file instead of a stack trace (DESIGN "Bad input"), and (2) turn a file into *exactly* the model
-input the cache would have produced, or the probabilities would drift from the test-stage ones.
-
-Reading rules:
-
-* PNG / JPEG (and the cache's other formats): the model input is :func:`cxr_core.data.cache.decode_image`
-  itself, so an image gives the same ``S x S`` uint8 as its cache row.
-* DICOM (detected by the ``DICM`` magic, whatever the file name): pixel data -> Modality LUT
-  (Rescale Slope / Intercept, or a Modality LUT Sequence) -> VOI (a VOI LUT Sequence if present,
-  else Window Center / Width with the LINEAR, LINEAR_EXACT or SIGMOID function, else the image's own
-  min..max) -> 0..1 -> MONOCHROME1 inverted (so bone is always bright, as in the NIH PNGs). The
-  0..1 values go through the cache's 16-bit resize path (:func:`resize_grey`). Colour or multi-frame
-  DICOMs, files without pixel data, and compressed pixel data without a decoder are refused with
-  :class:`UnsupportedImageError`.
-* Limits (:class:`ImageLimits`, default 50 MB and 10,000 px a side) are checked from the file size
-  and the header before any pixel is decoded: :class:`ImageTooLargeError`.
-
-All errors are :class:`cxr_core.data.cache.ImageDecodeError` subclasses (``.path``, ``.reason``), so one
-``except ImageDecodeError`` catches every bad file.
+The forward is the pipeline's own (:func:`cxr_core.evaluate.predict.predict_probs`) with the
+runtime settings of params.yaml, so ``cxr predict`` and the demo give the test stage's
+probabilities for the same image. Reading files is :mod:`cxr_core.app.imaging`.
 """
 
 from __future__ import annotations
@@ -28,23 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
-from cxr_core.data.cache import (
-    ALLOWED_FORMATS,
-    DECODE_ERRORS,
-    SIXTEEN_BIT_MODES,
-    ImageDecodeError,
-    decode_image,
-)
+from cxr_core.app.imaging import DEFAULT_LIMITS, ImageLimits, read_image
+from cxr_core.data.batches import normalise, to_device
+from cxr_core.data.decode import ImageDecodeError
+from cxr_core.evaluate.predict import predict_probs
+from cxr_core.explain.methods import compute_heatmaps
 from cxr_core.labels import LABEL_INDEX, LABELS
+from cxr_core.runtime import Runtime
 
 if TYPE_CHECKING:
     from torch import nn
@@ -52,320 +32,6 @@ if TYPE_CHECKING:
     from cxr_core.models.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-#: Suffixes taken from a folder (files named explicitly are always tried, whatever their name).
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
-#: Photometric interpretations read as greyscale; anything else is refused.
-DICOM_GREY = ("MONOCHROME1", "MONOCHROME2")
-_DICOM_MAGIC_OFFSET = 128
-
-
-class UnsupportedImageError(ImageDecodeError):
-    """The file is not an image we can read (not an image, or a DICOM we do not support)."""
-
-
-class ImageTooLargeError(ImageDecodeError):
-    """The file or its pixel grid exceeds :class:`ImageLimits`."""
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """Upload limits: refuse huge files before decoding (a 10k x 10k image is 100 MP)."""
-
-    max_bytes: int = 50 * 1024 * 1024
-    max_side: int = 10_000
-
-    def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.max_side < 1:
-            raise ValueError(f"image limits must be >= 1, got {self}")
-
-
-DEFAULT_LIMITS = ImageLimits()
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading files
-# --------------------------------------------------------------------------------------------------
-
-
-def is_dicom(path: str | os.PathLike) -> bool:
-    """True when the file carries the DICOM Part 10 magic (``DICM`` after the 128-byte preamble)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(_DICOM_MAGIC_OFFSET)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def check_file(path: Path, limits: ImageLimits = DEFAULT_LIMITS) -> None:
-    """Missing / empty / too-large files fail here, before anything is decoded."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise UnsupportedImageError(path, "file not found") from None
-    except OSError as exc:
-        raise UnsupportedImageError(path, f"cannot read ({exc.strerror or exc})") from None
-    if not path.is_file():
-        raise UnsupportedImageError(path, "not a regular file")
-    if size == 0:
-        raise UnsupportedImageError(path, "empty file (0 bytes)")
-    if size > limits.max_bytes:
-        raise ImageTooLargeError(
-            path,
-            f"file is {size / 2**20:.1f} MB, over the {limits.max_bytes / 2**20:.0f} MB limit; "
-            "downscale or re-save it (a chest X-ray PNG is usually under 10 MB)",
-        )
-
-
-def _check_side(path: Path, width: int, height: int, limits: ImageLimits) -> None:
-    if max(width, height) > limits.max_side:
-        raise ImageTooLargeError(
-            path,
-            f"image is {width} x {height} px, over the {limits.max_side} px limit per side; downscale it first",
-        )
-
-
-def read_image(
-    path: str | os.PathLike, size: int | None = None, *, limits: ImageLimits = DEFAULT_LIMITS
-) -> np.ndarray:
-    """One file -> uint8 greyscale: native resolution, or ``size x size`` exactly as the cache decodes it.
-
-    PNG, JPEG (and the cache's TIFF / BMP) and DICOM; see the module docstring for the rules.
-    Raises :class:`UnsupportedImageError` / :class:`ImageTooLargeError` naming the file.
-    """
-    path = Path(path)
-    check_file(path, limits)
-    if is_dicom(path):
-        values = read_dicom(path, limits=limits)
-        if size is None:
-            return np.rint(values * 255.0).astype(np.uint8)
-        return resize_grey(np.rint(values * 65535.0).astype(np.uint16), size)
-    try:
-        with Image.open(path, formats=ALLOWED_FORMATS) as im:
-            _check_side(path, im.width, im.height, limits)
-            if size is not None:
-                return decode_image(path, size)
-            im.load()
-            if im.mode in SIXTEEN_BIT_MODES:  # the cache's linear 0..65535 -> 0..255, not Pillow's clip
-                values = np.clip(np.asarray(im, dtype=np.float32), 0.0, 65535.0)
-                return np.rint(values * np.float32(255.0 / 65535.0)).astype(np.uint8)
-            if im.mode == "F":
-                raise UnsupportedImageError(path, "floating-point pixels (mode F) are not supported")
-            return np.asarray(im.convert("L"), dtype=np.uint8)
-    except ImageDecodeError as exc:
-        if type(exc) is ImageDecodeError:  # from decode_image: same file, same reason
-            raise UnsupportedImageError(path, exc.reason) from exc
-        raise
-    except Image.UnidentifiedImageError:
-        raise UnsupportedImageError(
-            path, f"not an image file (accepted: {', '.join(ALLOWED_FORMATS)} or DICOM)"
-        ) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(path, str(exc)) from None
-    except DECODE_ERRORS as exc:
-        raise UnsupportedImageError(path, f"cannot decode ({type(exc).__name__}: {exc})") from exc
-
-
-def resize_grey(arr: np.ndarray, size: int) -> np.ndarray:
-    """uint8 or uint16 2-D array -> ``size x size`` uint8 with the cache's resize rules (16-bit: linear).
-
-    Delegates to the cache's own converter so a DICOM is resized exactly like a 16-bit PNG would be.
-    """
-    from cxr_core.data.cache import to_grey
-
-    arr = np.asarray(arr)
-    if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"resize_grey: expected a 2-D uint8 or uint16 array, got {arr.dtype} {arr.shape}")
-    im = Image.fromarray(np.ascontiguousarray(arr if arr.dtype == np.uint8 else arr.astype("<u2")))
-    return to_grey(im, size)
-
-
-def read_dicom(path: str | os.PathLike, *, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """A greyscale DICOM -> float64 ``H x W`` in [0, 1], bright = dense (MONOCHROME1 inverted)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    path = Path(path)
-    check_file(path, limits)
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
-        raise UnsupportedImageError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
-    if "PixelData" not in ds:
-        kind = (
-            "float pixel data"
-            if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds)
-            else "no pixel data"
-        )
-        raise UnsupportedImageError(
-            path, f"DICOM has {kind} (e.g. a structured report or a presentation state): nothing to show"
-        )
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric not in DICOM_GREY:
-        raise UnsupportedImageError(
-            path,
-            f"DICOM photometric interpretation {photometric or '(missing)'!r} is not supported: only greyscale "
-            f"{' / '.join(DICOM_GREY)} radiographs are; export the image as greyscale",
-        )
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise UnsupportedImageError(
-            path, f"DICOM has {ds.SamplesPerPixel} samples per pixel; expected 1 (grey)"
-        )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames != 1:
-        raise UnsupportedImageError(
-            path, f"DICOM has {frames} frames; only single-frame radiographs are supported"
-        )
-    _check_side(path, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), limits)
-    try:
-        stored = ds.pixel_array
-    except Exception as exc:  # pydicom raises RuntimeError / NotImplementedError / ValueError ...
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", str(syntax))
-        hint = (
-            " (compressed pixel data: install a decoder, e.g. `pip install pylibjpeg pylibjpeg-libjpeg "
-            "pylibjpeg-openjpeg`, or export it uncompressed)"
-            if syntax is not None and getattr(syntax, "is_compressed", False)
-            else ""
-        )
-        raise UnsupportedImageError(
-            path, f"cannot decode the DICOM pixel data, transfer syntax {name}{hint}: {exc}"
-        ) from exc
-    if stored.ndim != 2:
-        raise UnsupportedImageError(
-            path, f"DICOM pixel array has shape {stored.shape}; expected rows x columns"
-        )
-    values = dicom_to_unit(stored, ds)
-    if photometric == "MONOCHROME1":
-        values = 1.0 - values
-    return values
-
-
-def dicom_to_unit(stored: np.ndarray, ds: Any) -> np.ndarray:
-    """Stored values -> Modality LUT -> VOI -> float64 in [0, 1] (before any MONOCHROME1 inversion)."""
-    from pydicom.pixels import apply_modality_lut, apply_voi
-
-    values = apply_modality_lut(stored, ds)
-    if ds.get("VOILUTSequence"):
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        lut_in = np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values
-        return np.clip(apply_voi(lut_in, ds).astype(np.float64) / (2**bits - 1), 0.0, 1.0)
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-        return window(np.asarray(values, dtype=np.float64), center, width, function)
-    values = np.asarray(values, dtype=np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros_like(values)
-    return (values - lo) / (hi - lo)
-
-
-def _first(value: Any) -> float:
-    """Window Center / Width may be multi-valued (alternative views): the first one is the default."""
-    from pydicom.multival import MultiValue
-
-    if isinstance(value, (list, tuple, MultiValue)):
-        value = value[0]
-    return float(value)
-
-
-def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """DICOM VOI windowing (PS3.3 C.11.2.1.2/3) straight to [0, 1]."""
-    if function == "LINEAR":
-        if width < 1:
-            raise ValueError(f"Window Width {width} < 1 is not valid for a LINEAR window")
-        c, w = center - 0.5, width - 1.0
-    elif function == "LINEAR_EXACT":
-        c, w = center, width
-    elif function == "SIGMOID":
-        if width <= 0:
-            raise ValueError(f"Window Width {width} <= 0 is not valid for a SIGMOID window")
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-    else:
-        raise ValueError(
-            f"unsupported VOI LUT Function {function!r}; expected LINEAR, LINEAR_EXACT or SIGMOID"
-        )
-    if w <= 0:
-        return (values > c).astype(np.float64)
-    return np.clip((values - c) / w + 0.5, 0.0, 1.0)
-
-
-def collect_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files named directly (always tried) plus image files found under folders (recursively, sorted).
-
-    In a folder, a file counts when its suffix is an image suffix, or it has no suffix and carries
-    the DICOM magic (PACS exports often have no extension).
-    """
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and (p.suffix.lower() in IMAGE_SUFFIXES or (not p.suffix and is_dicom(p)))
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            if not found:
-                logger.warning(
-                    "%s: no image files (%s or DICOM) in this folder", path, ", ".join(IMAGE_SUFFIXES)
-                )
-            files.extend(found)
-        else:
-            files.append(path)
-    return list(dict.fromkeys(files))
-
-
-# --------------------------------------------------------------------------------------------------
-# Heatmap overlays
-# --------------------------------------------------------------------------------------------------
-
-
-def overlay(
-    grey: np.ndarray,
-    heatmap: np.ndarray | None,
-    *,
-    alpha: float = 0.45,
-    boxes: Sequence[tuple[float, float, float, float, str]] = (),
-    box_scale: float = 1.0,
-    colormap: str = "jet",
-) -> np.ndarray:
-    """RGB uint8 of ``grey`` with ``heatmap`` (any size, values in [0, 1]) blended on top, plus boxes.
-
-    ``boxes`` are ``(x, y, w, h, label)`` multiplied by ``box_scale`` (e.g. display size / S), drawn
-    as green outlines so the radiologist's box can be compared with the map.
-    """
-    import matplotlib
-
-    grey = np.asarray(grey, dtype=np.uint8)
-    h, w = grey.shape
-    rgb = np.repeat(grey[..., None].astype(np.float32), 3, axis=2)
-    if heatmap is not None:
-        hm = np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0)
-        if hm.shape != (h, w):
-            hm = np.asarray(Image.fromarray(hm).resize((w, h), Image.Resampling.BILINEAR))
-        colours = matplotlib.colormaps[colormap](np.clip(hm, 0.0, 1.0))[..., :3].astype(np.float32) * 255.0
-        rgb = (1.0 - alpha) * rgb + alpha * colours
-    image = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
-    if boxes:
-        draw = ImageDraw.Draw(image)
-        line = max(2, round(min(h, w) / 200))
-        font_px = max(10, round(min(h, w) / 32))
-        font = ImageFont.load_default(size=font_px)
-        for x, y, bw, bh, label in boxes:
-            x0, y0, x1, y1 = (v * box_scale for v in (x, y, x + bw, y + bh))
-            draw.rectangle((x0, y0, x1, y1), outline=(0, 255, 0), width=line)
-            ty = y0 - font_px - 2 * line if y0 >= font_px + 2 * line else y1 + line
-            draw.text((x0, ty), label, fill=(0, 255, 0), font=font)
-    return np.asarray(image)
-
-
-# --------------------------------------------------------------------------------------------------
-# The predictor
-# --------------------------------------------------------------------------------------------------
 
 
 def finding_index(finding: str) -> int:
@@ -376,11 +42,51 @@ def finding_index(finding: str) -> int:
         raise ValueError(f"unknown finding {finding!r}; expected one of {list(LABELS)}") from None
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else the CPU (the train stage's rule, for one process)."""
-    from cxr_core.train.loop import resolve_device as train_resolve
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How the app runs a model: the params' runtime keys, eval batch and heatmap knobs.
 
-    return train_resolve(name)
+    Built from the same params.yaml as the pipeline, so ``cxr predict`` and the test stage give
+    the same probabilities for the same image. Without a params file the app runs in float32.
+    """
+
+    device: str
+    amp: str
+    channels_last: bool
+    batch_size: int
+    eigen_sign: str
+    random_stride: int
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None, device: str | None = None) -> InferenceSettings:
+        """From validated params (None: :data:`FALLBACK_SETTINGS`); ``device`` overrides ``train.device``."""
+        if params is None:
+            return replace(FALLBACK_SETTINGS, device=device or FALLBACK_SETTINGS.device)
+        train, cam = params["train"], params["cam"]
+        return cls(
+            device=device or train["device"],
+            amp=train["amp"],
+            channels_last=train["channels_last"],
+            batch_size=train["eval_batch_size"],
+            eigen_sign=cam["eigen_sign"],
+            random_stride=cam["random_stride"],
+        )
+
+    def runtime(self, spec: ModelSpec) -> Runtime:
+        return Runtime.from_params(
+            {"device": self.device, "amp": self.amp, "channels_last": self.channels_last}, spec
+        )
+
+
+#: Without a params file: float32 on the best device, the paper's EigenCAM sign, a 32-px random grid.
+FALLBACK_SETTINGS = InferenceSettings(
+    device="auto",
+    amp="none",
+    channels_last=False,
+    batch_size=32,
+    eigen_sign="pytorch-grad-cam",
+    random_stride=32,
+)
 
 
 class Predictor:
@@ -396,12 +102,13 @@ class Predictor:
         spec: ModelSpec,
         image_size: int,
         *,
-        device: str | torch.device = "cpu",
+        settings: InferenceSettings = FALLBACK_SETTINGS,
         limits: ImageLimits = DEFAULT_LIMITS,
         checkpoint: Path | None = None,
     ) -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.settings = settings
+        self.runtime = settings.runtime(spec)
+        self.model = self.runtime.prepare(model).eval()
         self.spec = spec
         self.image_size = int(image_size)
         self.limits = limits
@@ -414,7 +121,7 @@ class Predictor:
         checkpoint: str | os.PathLike,
         model_name: str | None = None,
         *,
-        device: str | torch.device = "cpu",
+        settings: InferenceSettings = FALLBACK_SETTINGS,
         limits: ImageLimits = DEFAULT_LIMITS,
     ) -> Predictor:
         """Load ``best.pt`` (``weights_only=True``); architecture and image size come from the file."""
@@ -434,7 +141,7 @@ class Predictor:
             model,
             get_spec(name),
             int(meta["image_size"]),
-            device=device,
+            settings=settings,
             limits=limits,
             checkpoint=Path(checkpoint),
         )
@@ -447,10 +154,12 @@ class Predictor:
         """One file -> the ``S x S`` uint8 model input (what the cache would hold for it)."""
         return read_image(path, self.image_size, limits=self.limits)
 
-    def _inputs(self, images: np.ndarray) -> torch.Tensor:
-        from cxr_core.data.batches import prepare_batch
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
-        batch = np.array(images, dtype=np.uint8)  # a writable copy: decoded images are read-only views
+    def _check(self, images: np.ndarray) -> np.ndarray:
+        batch = np.asarray(images, dtype=np.uint8)
         if batch.ndim == 2:
             batch = batch[None]
         if batch.ndim != 3 or batch.shape[1:] != (self.image_size, self.image_size):
@@ -458,26 +167,23 @@ class Predictor:
                 f"expected uint8 images of {self.image_size} x {self.image_size} (the model's size), "
                 f"got shape {batch.shape}; use Predictor.load() to read files"
             )
-        return prepare_batch(batch, self.device, train=False)
+        return batch
 
-    def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """uint8 ``(B, S, S)`` (or one ``S x S``) -> float32 ``(B, 14)`` sigmoid probabilities."""
-        batch = np.asarray(images, dtype=np.uint8)
-        if batch.ndim == 2:
-            batch = batch[None]
-        outs: list[np.ndarray] = []
-        with self._lock, torch.no_grad():
-            for start in range(0, len(batch), batch_size):
-                logits = self.model(self._inputs(batch[start : start + batch_size]))
-                outs.append(torch.sigmoid(logits.float()).cpu().numpy())
-        return np.concatenate(outs) if outs else np.zeros((0, len(LABELS)), np.float32)
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``(B, S, S)`` (or one ``S x S``) -> float32 ``(B, 14)`` sigmoid probabilities.
+
+        The pipeline's own forward (``cxr_core.evaluate.predict``), in batches of ``eval_batch_size``.
+        """
+        batch = self._check(images)
+        if len(batch) == 0:
+            return np.zeros((0, len(LABELS)), np.float32)
+        with self._lock:
+            return predict_probs(self.model, batch, runtime=self.runtime, batch_size=self.settings.batch_size)
 
     def heatmaps(
         self, images: np.ndarray, finding: str | Sequence[str], method: str = "GradCAM", batch_size: int = 16
     ) -> np.ndarray:
         """float32 ``(B, S, S)`` maps in [0, 1] for ``finding`` (one name, or one per image) by ``method``."""
-        from cxr_core.explain.methods import compute_heatmaps
-
         batch = np.asarray(images, dtype=np.uint8)
         if batch.ndim == 2:
             batch = batch[None]
@@ -485,9 +191,21 @@ class Predictor:
         if len(findings) != len(batch):
             raise ValueError(f"{len(findings)} findings for {len(batch)} images; give one, or one per image")
         classes = [finding_index(f) for f in findings]
+        # a copy: decoded images are read-only views of Pillow's buffer, which torch warns about
+        x_u8 = to_device(np.array(self._check(batch)), self.device)
+        x = normalise(x_u8, channels_last=self.runtime.channels_last)
         with self._lock:
             maps = compute_heatmaps(
-                self.model, self.spec, self._inputs(batch), classes, [method], batch_size=batch_size
+                self.model,
+                self.spec,
+                x,
+                classes,
+                [method],
+                batch_size=batch_size,
+                autocast_dtype=self.runtime.autocast_dtype,
+                channels_last=self.runtime.channels_last,
+                eigen_sign=self.settings.eigen_sign,
+                random_stride=self.settings.random_stride,
             )
         return maps[method]
 
@@ -512,26 +230,6 @@ def predict_files(
                 logger.warning("skipped %s", exc)
                 failed.append(exc)
         if images:
-            probs.append(predictor.predict(np.stack(images), batch_size=batch_size))
+            probs.append(predictor.predict(np.stack(images)))
             ok.extend(chunk)
     return ok, (np.concatenate(probs) if probs else np.zeros((0, len(LABELS)), np.float32)), failed
-
-
-__all__ = [
-    "DEFAULT_LIMITS",
-    "IMAGE_SUFFIXES",
-    "ImageLimits",
-    "ImageTooLargeError",
-    "Predictor",
-    "UnsupportedImageError",
-    "collect_files",
-    "dicom_to_unit",
-    "finding_index",
-    "is_dicom",
-    "overlay",
-    "predict_files",
-    "read_dicom",
-    "read_image",
-    "resize_grey",
-    "window",
-]

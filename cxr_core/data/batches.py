@@ -3,7 +3,7 @@
 The cache (``data/cache/images.npy``, ``N x S x S`` uint8) is read by fancy-indexing the memmap, a
 batch at a time; the uint8 batch (a quarter of the float bytes) crosses to the device, and flip,
 rotation, grey -> 3 channels and ImageNet normalisation run there on the whole batch: no PNG
-decoding, no per-image Python, no DataLoader workers (DESIGN "Speed").
+decoding, no per-image Python, no DataLoader workers.
 
 Augmentation is the paper's: random horizontal flip and random rotation in ``[-15, 15]`` degrees,
 each with p = 0.5, zero fill outside the rotated image (torchvision ``RandomRotation``'s default;

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_core.errors import CxrError
 from cxr_core.labels import LABELS, canonical_box_label, encode_column
 
 DATA_ENTRY = "Data_Entry_2017_v2020.csv"
@@ -37,7 +38,7 @@ EXPECTED_START: dict[str, str] = {
 }
 
 
-class MetadataError(ValueError):
+class MetadataError(CxrError, ValueError):
     """A metadata file is missing, is an HTML page, or lacks a column we need."""
 
 

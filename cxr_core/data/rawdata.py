@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cxr_core.data.metadata import DATA_ENTRY, METADATA_FILES, check_metadata_file, read_data_entry
+from cxr_core.errors import CxrError
+from cxr_core.files import contract, read_json
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +26,15 @@ MANIFEST = "manifest.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class RawDataError(ValueError):
+class RawDataError(CxrError, ValueError):
     """The raw data folder is not in a layout we know, or misses files we need."""
 
 
+@contract(
+    "data/raw/manifest.json",
+    writer="download",
+    fields=("source", "layout", "image_root", "images", "missing", "fingerprint"),
+)
 @dataclass(frozen=True)
 class Manifest:
     """What ``download`` produced: where the images are and a fingerprint of what is there."""
@@ -42,6 +49,11 @@ class Manifest:
     def root(self, raw_dir: Path) -> Path:
         root = Path(self.image_root)
         return root if root.is_absolute() else Path(raw_dir) / root
+
+    @classmethod
+    def read(cls, raw_dir: Path) -> Manifest:
+        """``manifest.json`` of a raw folder (written by :func:`write_manifest`)."""
+        return read_manifest(raw_dir)
 
 
 def detect_layout(root: Path) -> str:
@@ -118,9 +130,8 @@ def write_manifest(raw_dir: Path, source: str, image_root: Path) -> Manifest:
 
 def read_manifest(raw_dir: Path) -> Manifest:
     path = Path(raw_dir) / MANIFEST
-    if not path.is_file():
-        raise RawDataError(f"{path}: not found; run the download stage first (dvc repro download)")
-    return Manifest(**json.loads(path.read_text()))
+    doc = read_json(path, "the download stage", Manifest.CONTRACT.fields)  # type: ignore[attr-defined]
+    return Manifest(**{k: doc[k] for k in Manifest.CONTRACT.fields})  # type: ignore[attr-defined]
 
 
 def link_local_copy(source: Path, raw_dir: Path) -> Manifest:

@@ -13,6 +13,7 @@ Only images that made it into the cache are used; everything is deterministic fr
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,28 +21,12 @@ import numpy as np
 import pandas as pd
 
 from cxr_core.data import metadata as md
-from cxr_core.labels import BOX_LABELS, LABEL_INDEX, LABELS
 from cxr_core.data.metadata import BOX_SPACE, labels_matrix
+from cxr_core.data.tables import LOC_COLUMNS, SPLIT_COLUMNS, SPLIT_NAMES, LocTable, SplitTable
+from cxr_core.files import contract, read_json, write_json
+from cxr_core.labels import BOX_LABELS, LABEL_INDEX, LABELS
 
 log = logging.getLogger(__name__)
-
-SPLIT_COLUMNS = ["row", "image", "patient", *LABELS]
-LOC_COLUMNS = [
-    "row",
-    "image",
-    "patient",
-    "label",
-    "label_index",
-    "x",
-    "y",
-    "w",
-    "h",
-    "x1024",
-    "y1024",
-    "w1024",
-    "h1024",
-]
-
 
 @dataclass(frozen=True)
 class Splits:
@@ -175,10 +160,22 @@ def splits_from_raw(
 
 def write_splits(splits: Splits, out_dir: Path) -> None:
     """``train.csv``, ``val.csv``, ``test.csv`` and ``loc.csv`` (the files later stages read)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("train", "val", "test", "loc"):
-        getattr(splits, name).to_csv(out_dir / f"{name}.csv", index=False)
+    for name in SPLIT_NAMES:
+        SplitTable(getattr(splits, name)).write(out_dir, name)
+    LocTable(splits.loc).write(out_dir)
+
+
+@contract("metrics/split.json", writer="split", fields=("train", "val", "test", "loc", "shared_patients"))
+class SplitStats:
+    """Images, patients and per-label positives / prevalence per split, and shared patients (0 by design)."""
+
+    @staticmethod
+    def write(path: str | os.PathLike, splits: Splits) -> None:
+        write_json(path, split_stats(splits))
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> dict:
+        return read_json(path, "the split stage", SplitStats.CONTRACT.fields)  # type: ignore[attr-defined]
 
 
 def split_stats(splits: Splits) -> dict:

@@ -14,12 +14,14 @@ exception, because small or phantom data sets routinely lack a rare finding such
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from cxr_core.files import contract, read_csv, read_json, write_csv, write_json
 from cxr_core.labels import LABELS
 
 #: Replicates evaluated together; bounds the (replicates x images) work arrays to ~16 MB each.
@@ -305,3 +307,64 @@ def summarise(
         "n_patients": int(np.unique(np.asarray(groups)).shape[0]),
         "positives": {name: int(t[:, c].sum()) for c, name in enumerate(labels)},
     }
+
+
+def macro_auc(targets: Any, probs: Any) -> float:
+    """Mean ROC AUC over the classes that have both positives and negatives (NaN if none has)."""
+    return _nanmean(per_class_auc(targets, probs))
+
+
+#: ``metrics/test/<model>.json``: what :func:`summarise` returns (plus nothing else).
+TEST_METRICS_KEYS: tuple[str, ...] = (
+    "auc",
+    "auc_ci",
+    "auprc",
+    "macro_auc",
+    "macro_auc_ci",
+    "macro_auprc",
+    "n_images",
+    "n_patients",
+    "positives",
+)
+
+
+@contract("metrics/test/<model>.json", writer="test@<model>", fields=TEST_METRICS_KEYS)
+class TestMetrics:
+    """Per-class AUC with patient-bootstrap CIs, AUPRC and the macro means of one model."""
+
+    @staticmethod
+    def write(path: str | os.PathLike, metrics: Mapping[str, Any]) -> None:
+        absent = [k for k in TEST_METRICS_KEYS if k not in metrics]
+        if absent:
+            raise ValueError(f"test metrics lack key(s) {absent}")
+        write_json(path, {k: metrics[k] for k in TEST_METRICS_KEYS})
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> dict[str, Any]:
+        return read_json(path, "the test stage (test@<model>)", TEST_METRICS_KEYS)
+
+
+@contract("plots/roc/<model>.csv", writer="test@<model>", fields=("label", "fpr", "tpr"))
+class RocTable:
+    """ROC points of every class with an AUC, as one long table for ``dvc plots``."""
+
+    COLUMNS: tuple[str, ...] = ("label", "fpr", "tpr")
+
+    @staticmethod
+    def from_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Any:
+        import pandas as pd
+
+        frames = [
+            pd.DataFrame({"label": name, "fpr": fpr, "tpr": tpr}) for name, (fpr, tpr) in curves.items()
+        ]
+        return (
+            pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RocTable.COLUMNS))
+        )
+
+    @staticmethod
+    def write(path: str | os.PathLike, table: Any) -> None:
+        write_csv(path, table)
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> Any:
+        return read_csv(path, "the test stage (test@<model>)", RocTable.COLUMNS)

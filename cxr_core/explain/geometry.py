@@ -4,8 +4,8 @@ Conventions (one place, so every number in the localisation report means the sam
 
 * Heatmaps are float arrays in [0, 1], one ``S x S`` map per (image, box label), batched ``K x S x S``.
   Row index i is y, column index j is x.
-* Boxes are ``(x, y, w, h)`` floats in the pixel space of the map (scale the 1024-pixel boxes of
-  ``BBox_List_2017.csv`` with :func:`scale_box`); pixel (i, j) covers ``[j, j+1) x [i, i+1)``.
+* Boxes are ``(x, y, w, h)`` floats in the pixel space of the map (``loc.csv``'s ``x, y, w, h``:
+  the 1024-pixel boxes of ``BBox_List_2017.csv`` scaled to S); pixel (i, j) covers ``[j, j+1) x [i, i+1)``.
 * **Box mask rule** (:func:`box_mask`): pixel (i, j) belongs to the box iff its centre
   ``(j + 0.5, i + 0.5)`` lies in ``[x, x + w) x [y, y + h)``. The mask's area is then within one
   row/column of ``w * h`` and unbiased under rescaling. A side shorter than a pixel that covers no
@@ -27,13 +27,6 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-
-from cxr_core.data.metadata import BOX_SPACE  # side of the images in which BBox_List_2017.csv gives its boxes
-
-#: The paper's IoU thresholds (section 4.1): A = H > a * 255.
-PAPER_THRESHOLDS: tuple[float, ...] = (0.1, 0.15, 0.25, 0.35, 0.45)
-#: Box-score thresholds of the literature (Wang et al. 2017): accuracy = fraction of boxes with score >= T.
-ACCURACY_THRESHOLDS: tuple[float, ...] = (0.1, 0.25, 0.5)
 
 #: Values this far outside [0, 1] are float noise of a normalisation and are clipped, not refused.
 _RANGE_TOLERANCE = 1e-6
@@ -132,19 +125,6 @@ def box_masks(boxes: Any, size: int) -> np.ndarray:
     return np.stack([box_mask(row, s) for row in b])
 
 
-def scale_box(box: Any, from_size: float = BOX_SPACE, to_size: float = 224) -> np.ndarray:
-    """Rescale ``(x, y, w, h)`` (or ``K x 4``) from a ``from_size`` square image to a ``to_size`` one.
-
-    Images are resized without cropping or padding, so every coordinate scales by the same factor.
-    """
-    if not from_size > 0 or not to_size > 0:
-        raise ValueError(f"from_size and to_size must be positive, got {from_size!r} and {to_size!r}")
-    b = np.asarray(box, dtype=np.float64)
-    if b.shape[-1:] != (4,):
-        raise ValueError(f"box must be (x, y, w, h) or K x 4, got shape {b.shape}")
-    return b * (float(to_size) / float(from_size))
-
-
 def to_uint8(heatmaps: Any) -> np.ndarray:
     """The paper's 0..255 heatmap: ``np.uint8(255 * h)`` (truncation, as pytorch-grad-cam's visualisation).
 
@@ -174,7 +154,7 @@ def binarise(heatmaps: Any, threshold: float) -> np.ndarray:
     return to_uint8(heatmaps) >= _first_level_above(a)[0]
 
 
-def paper_iou(heatmaps: Any, masks: Any, thresholds: Sequence[float] = PAPER_THRESHOLDS) -> np.ndarray:
+def paper_iou(heatmaps: Any, masks: Any, thresholds: Sequence[float]) -> np.ndarray:
     """The paper's IoU (section 3.4) for every heatmap and threshold: ``K x T``.
 
     ``A = to_uint8(H) > a * 255``, ``B`` = box mask, IoU = sum(A * B) / sum(max(A, B)); 0 where the
@@ -272,7 +252,7 @@ def box_iobb(pred: Any, truth: Any) -> np.ndarray | float:
 
 
 def best_box_scores(
-    heatmap: Any, truth_box: Any, thresholds: Sequence[float] = PAPER_THRESHOLDS
+    heatmap: Any, truth_box: Any, thresholds: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per threshold, the best IoU and the best IoBB of any box from :func:`heatmap_boxes` (0 if none).
 
@@ -307,38 +287,3 @@ def pointing_hit(heatmaps: Any, masks: Any) -> np.ndarray:
     at_max = flat_h == hi[:, None]
     hit = (at_max & m.reshape(k, -1)).any(axis=1)
     return hit & (hi > lo)
-
-
-def accuracy_at(scores: Any, threshold: float) -> float:
-    """Fraction of boxes whose score (IoU, IoBB) is >= ``threshold``; NaN for no boxes."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if not np.isfinite(s).all():
-        raise ValueError("scores holds NaN or infinite values")
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
-    if s.size == 0:
-        return float("nan")
-    return float(np.mean(s >= threshold))
-
-
-def random_heatmaps(n: int, size: int, seed: int, smooth: float | None = None) -> np.ndarray:
-    """The random-map control: ``n x size x size`` float32 maps in [0, 1], deterministic from ``seed``.
-
-    Uniform noise, Gaussian-filtered with sigma ``smooth`` pixels (default ``size / 16``, blobs about
-    as coarse as an upsampled 7 x 7 CAM), then min-max scaled per map. Scored exactly like a method,
-    it gives the chance level beside every localisation number.
-    """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    s = _as_size(size)
-    sigma = s / 16.0 if smooth is None else float(smooth)
-    if not np.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"smooth must be a non-negative number of pixels, got {smooth!r}")
-    rng = np.random.default_rng(seed)
-    maps = rng.random((n, s, s), dtype=np.float32)
-    if sigma > 0 and n:
-        maps = ndimage.gaussian_filter(maps, sigma=(0.0, sigma, sigma), mode="reflect")
-    lo = maps.min(axis=(1, 2), keepdims=True, initial=np.inf)
-    hi = maps.max(axis=(1, 2), keepdims=True, initial=-np.inf)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    return ((maps - lo) / span).astype(np.float32)

@@ -110,7 +110,7 @@ def _to_nchw(t: Tensor, reshape_transform: ReshapeTransform | None, check_layout
     elif check_layout and _looks_nhwc(t.shape):
         raise ValueError(
             f"CAM target layer output {tuple(t.shape)} looks channels-last (B, h, w, C), as timm's Swin "
-            "blocks give: pass reshape_transform=cxr_core.models.registry.swin_reshape_transform (without it the "
+            "blocks give: pass reshape_transform=cxr_core.explain.layers.swin_reshape_transform (without it the "
             "maps would be computed over (h, C) instead of (h, w)), or check_layout=False if it is NCHW"
         )
     if t.ndim != 4:
@@ -428,7 +428,8 @@ def _single_threaded_blas() -> AbstractContextManager[object]:
 EIGEN_SIGNS = ("pytorch-grad-cam", "peak", "activation", "none")
 
 
-def _check_sign(sign: str) -> str:
+def check_eigen_sign(sign: str) -> str:
+    """``cam.eigen_sign``: one of :data:`EIGEN_SIGNS` (see the module docstring)."""
     if sign not in EIGEN_SIGNS:
         raise ValueError(f"EigenCAM sign must be one of {list(EIGEN_SIGNS)}, got {sign!r}")
     return sign
@@ -444,7 +445,7 @@ def first_principal_projection(activations: Tensor, *, sign: str = "pytorch-grad
     component comes from the Gram matrix of the smaller side in float64 with a batched ``eigh``,
     then ``"peak"`` / ``"activation"`` / ``"none"`` fix the sign (see the module docstring).
     """
-    _check_sign(sign)
+    check_eigen_sign(sign)
     b, c, h, w = activations.shape
     x = activations.detach().reshape(b, c, h * w).transpose(1, 2)  # (B, N, C)
     x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
@@ -489,7 +490,7 @@ class EigenCAM(BaseCAM):
 
     def __init__(self, *args: object, sign: str = "pytorch-grad-cam", **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        self.sign = _check_sign(sign)
+        self.sign = check_eigen_sign(sign)
 
     def cam(self, features: LayerFeatures) -> Tensor:
         return first_principal_projection(features.activations, sign=self.sign)
@@ -602,19 +603,24 @@ def compute_heatmaps(
     batch_size: int = 32,
     seed: int = 0,
     *,
+    first_position: int = 0,
     target_layer: nn.Module | None = None,
     autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
     eigen_sign: str = "pytorch-grad-cam",
+    random_stride: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Heatmaps for ``images`` (B, 3, S, S float, normalised), image b explained for class_indices[b].
 
     One forward (plus the head-only backward when a gradient method is asked for) per batch feeds
     every method. Returns ``{method: float32 (B, S, S) in [0, 1]}`` (NaN maps stay NaN: see
-    :func:`degeneracy_summary`). ``spec`` picks the target layer (``cxr_core.models.registry.cam_target_layer``)
-    and the NHWC -> NCHW transform for Swin; ``target_layer`` overrides the layer.
+    :func:`degeneracy_summary`). ``spec`` picks the target layer and the NHWC -> NCHW transform
+    (``cxr_core.explain.layers``); ``target_layer`` overrides the layer. Image b is at position
+    ``first_position + b`` of the caller's whole sequence: the random control is seeded by
+    ``(seed, position)``, so a caller that passes chunks gets the maps of one call.
     """
-    from cxr_core.models.registry import cam_target_layer, swin_reshape_transform
+    from cxr_core.explain.layers import cam_target_layer, reshape_transform
 
     names = _check_methods(methods)
     if batch_size < 1:
@@ -625,60 +631,61 @@ def compute_heatmaps(
     if not images_t.dtype.is_floating_point:
         raise ValueError(f"images must be float (already normalised), got {images_t.dtype}")
     n = images_t.shape[0]
-    idx = torch.as_tensor(
-        np.asarray(class_indices) if not isinstance(class_indices, Tensor) else class_indices
-    )
+    idx = torch.as_tensor(np.array(class_indices) if not isinstance(class_indices, Tensor) else class_indices)
     if idx.ndim != 1 or idx.numel() != n:
         raise ValueError(
             f"class_indices must be 1-D with one class index per image: got shape {tuple(idx.shape)} for {n} images"
         )
 
     layer = target_layer if target_layer is not None else cam_target_layer(model, spec)
-    reshape = swin_reshape_transform if spec.nhwc_features else None
+    reshape = reshape_transform(spec)
     cams: dict[str, BaseCAM] = {}
     for name in names:
         cls = get_cam_method(name)
         kwargs: dict[str, object] = {"seed": seed, "autocast_dtype": autocast_dtype}
         if cls is EigenCAM:
             kwargs["sign"] = eigen_sign
+        if cls is RandomCAM:
+            kwargs["stride"] = random_stride
         cams[name] = cls(model, layer, reshape, **kwargs)
     extractor = FeatureExtractor(model, layer, reshape, autocast_dtype=autocast_dtype)
     need_grads = any(c.uses_gradients for c in cams.values())
     need_acts = need_grads or any(c.uses_activations for c in cams.values())
-    use_channels_last = bool(getattr(spec, "channels_last", False)) and extractor.device.type == "cuda"
 
     size = (int(images_t.shape[-2]), int(images_t.shape[-1]))
     out = {name: np.empty((n, *size), dtype=np.float32) for name in names}
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         batch = images_t[start:stop]
-        if use_channels_last:
+        if channels_last:
             batch = batch.to(extractor.device).contiguous(memory_format=torch.channels_last)
         features = extractor(
             batch,
             idx[start:stop],
             need_activations=need_acts,
             need_gradients=need_grads,
-            positions=torch.arange(start, stop),
+            positions=torch.arange(first_position + start, first_position + stop),
         )
         for name, cam in cams.items():
             out[name][start:stop] = cam.maps(features).cpu().numpy()
         if progress is not None:
             progress(stop, n)
-
-    if n:
-        for name, row in degeneracy_summary(out, model=getattr(spec, "name", None)).items():
-            if row["degenerate"]:
-                log.warning(
-                    "%s on %s: %d of %d maps degenerate (%d non-finite, %d all-zero)",
-                    name,
-                    row["model"],
-                    row["degenerate"],
-                    row["maps"],
-                    row["nonfinite"],
-                    row["all_zero"],
-                )
     return out
+
+
+def log_degenerate(heatmaps: dict[str, np.ndarray], model: str | None) -> None:
+    """Warn once per method that produced flat, all-zero or non-finite maps."""
+    for name, row in degeneracy_summary(heatmaps, model=model).items():
+        if row["degenerate"]:
+            log.warning(
+                "%s on %s: %d of %d maps degenerate (%d non-finite, %d all-zero)",
+                name,
+                row["model"],
+                row["degenerate"],
+                row["maps"],
+                row["nonfinite"],
+                row["all_zero"],
+            )
 
 
 __all__ = [
@@ -700,6 +707,7 @@ __all__ = [
     "first_principal_projection",
     "frozen_eval",
     "get_cam_method",
+    "log_degenerate",
     "normalise_maps",
     "register_cam",
 ]

@@ -13,49 +13,59 @@ threshold, with three families of numbers:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxr_core.explain.geometry import best_box_scores, box_masks, paper_iou, pointing_hit
+from cxr_core.files import contract, read_csv, read_json, write_csv, write_json
 from cxr_core.labels import BOX_LABELS
-
-
-@dataclass(frozen=True)
-class SavedHeatmaps:
-    """What ``cams@<model>`` saves: per method uint8 ``K x S x S`` maps and degeneracy flags, one
-    per row of ``loc.csv``, plus the model's probabilities for those images (``K x 14``)."""
-
-    maps: dict[str, np.ndarray]
-    degenerate: dict[str, np.ndarray]
-    probs: np.ndarray
-
-    def save(self, path: Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            path,
-            probs=self.probs,
-            methods=np.array(list(self.maps)),
-            **{f"maps_{m}": v for m, v in self.maps.items()},
-            **{f"degenerate_{m}": v for m, v in self.degenerate.items()},
-        )
-
-    @classmethod
-    def load(cls, path: Path) -> SavedHeatmaps:
-        with np.load(path, allow_pickle=False) as saved:
-            methods = [str(m) for m in saved["methods"]]
-            return cls(
-                maps={m: saved[f"maps_{m}"] for m in methods},
-                degenerate={m: saved[f"degenerate_{m}"] for m in methods},
-                probs=saved["probs"],
-            )
-
 
 #: Records keep these loc.csv columns.
 RECORD_KEYS = ["image", "row", "label"]
+#: ``boxes.csv``: these columns, then ``iou_<t>, box_iou_<t>, box_iobb_<t>`` for each heatmap threshold.
+RECORD_COLUMNS: tuple[str, ...] = (
+    *RECORD_KEYS,
+    "method",
+    "prob",
+    "positive_pred",
+    "pointing_hit",
+    "degenerate",
+)
+#: ``metrics/localise/<model>.json`` top-level keys.
+LOCALISE_METRICS_KEYS: tuple[str, ...] = ("model", "n_boxes", "n_images", "image_size", "methods")
+
+
+@contract(
+    "data/localisation/<model>/boxes.csv",
+    writer="localise@<model>",
+    fields=(*RECORD_COLUMNS, "iou_<t>", "box_iou_<t>", "box_iobb_<t>"),
+)
+class BoxRecords:
+    """One row per (box, method): its scores at every threshold (what the metrics JSON averages)."""
+
+    @staticmethod
+    def write(path: str | os.PathLike, records: pd.DataFrame) -> None:
+        write_csv(path, records)
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> pd.DataFrame:
+        return read_csv(path, "the localise stage (localise@<model>)", RECORD_COLUMNS, dtype={"image": str})
+
+
+@contract("metrics/localise/<model>.json", writer="localise@<model>", fields=LOCALISE_METRICS_KEYS)
+class LocaliseMetrics:
+    """Per method: paper IoU per class x threshold, box accuracy, pointing game, degenerate share."""
+
+    @staticmethod
+    def write(path: str | os.PathLike, model: str, summary: dict) -> None:
+        write_json(path, {"model": model, **summary})
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> dict:
+        return read_json(path, "the localise stage (localise@<model>)", LOCALISE_METRICS_KEYS)
 
 
 def threshold_key(a: float, prefix: str = "t") -> str:
@@ -80,6 +90,7 @@ def score_method(
     *,
     method: str,
     thresholds: Sequence[float],
+    positive_threshold: float,
 ) -> pd.DataFrame:
     """One record per box for one method: paper IoU, best-box IoU / IoBB per threshold, pointing hit."""
     size = maps_uint8.shape[-1]
@@ -96,7 +107,7 @@ def score_method(
     records = loc[RECORD_KEYS].copy()
     records["method"] = method
     records["prob"] = label_prob
-    records["positive_pred"] = label_prob >= 0.5
+    records["positive_pred"] = label_prob >= positive_threshold
     records["pointing_hit"] = hits
     records["degenerate"] = degenerate
     for j, a in enumerate(thresholds):
@@ -144,6 +155,7 @@ def score_heatmaps(
     *,
     thresholds: Sequence[float],
     box_thresholds: Sequence[float],
+    positive_threshold: float,
 ) -> tuple[pd.DataFrame, dict]:
     """All methods: the per-box table (long format) and the metrics JSON."""
     if any(len(m) != len(loc) for m in heatmaps.values()):
@@ -153,7 +165,15 @@ def score_heatmaps(
         )
     tables, methods = [], {}
     for method, maps in heatmaps.items():
-        records = score_method(maps, loc, probs, degenerate[method], method=method, thresholds=thresholds)
+        records = score_method(
+            maps,
+            loc,
+            probs,
+            degenerate[method],
+            method=method,
+            thresholds=thresholds,
+            positive_threshold=positive_threshold,
+        )
         tables.append(records)
         methods[method] = summarise_method(records, thresholds, box_thresholds)
     summary = {

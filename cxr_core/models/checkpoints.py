@@ -1,7 +1,7 @@
 """Tensor-only checkpoints: atomic writes, and loads that never run code from the file.
 
 A checkpoint is a pickle, and an ordinary ``torch.load`` of a pickle can execute arbitrary code
-(DESIGN "Bad input": a checkpoint from elsewhere). Every load here goes through
+(think of a checkpoint downloaded from elsewhere). Every load here goes through
 ``torch.load(weights_only=True)``, whose unpickler only rebuilds tensors and plain containers; a
 file that asks for anything else (a custom class, a ``__reduce__`` payload) is refused with a
 :class:`CheckpointError`. Writes go to a temporary file renamed over the target, so a run killed
@@ -17,22 +17,71 @@ import logging
 import os
 import pickle
 import re
+import sys
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from cxr_core.errors import CxrError
+from cxr_core.files import contract
+from cxr_core.labels import LABELS
+
 logger = logging.getLogger(__name__)
+
+#: Version of the metadata layout below; bump it when a field changes meaning.
+CHECKPOINT_FORMAT = 1
+#: Metadata every train-stage checkpoint carries beside its weights (``best.pt`` adds the epoch's scores).
+META_FIELDS: tuple[str, ...] = ("format", "model_name", "timm_name", "image_size", "labels", "num_classes")
+#: What ``best.pt`` records of the epoch it was saved at.
+BEST_FIELDS: tuple[str, ...] = ("epoch", "val_loss", "val_macro_auc")
 
 #: Scalar types a checkpoint may hold besides tensors (``weights_only=True`` rebuilds these).
 PLAIN_SCALARS: tuple[type, ...] = (bool, int, float, str, type(None))
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CxrError, RuntimeError):
     """A checkpoint file is missing, unreadable, or holds more than tensors and plain values."""
+
+
+@contract("data/models/<model>/best.pt", writer="train@<model>", fields=("model", *META_FIELDS, *BEST_FIELDS))
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about its model, so it loads without the params that trained it."""
+
+    model_name: str
+    timm_name: str
+    image_size: int
+    labels: tuple[str, ...] = tuple(LABELS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_name": self.model_name,
+            "timm_name": self.timm_name,
+            "image_size": int(self.image_size),
+            "labels": list(self.labels),
+            "num_classes": len(self.labels),
+        }
+
+    @classmethod
+    def of(cls, state: Mapping[str, Any], path: str | os.PathLike) -> CheckpointMeta:
+        """The metadata of a loaded checkpoint; one without it is not a train-stage checkpoint."""
+        absent = [k for k in ("model", "model_name", "image_size") if k not in state]
+        if absent:
+            raise CheckpointError(f"{path}: not a train-stage checkpoint (missing {absent})")
+        labels = tuple(state.get("labels", LABELS))
+        if labels != tuple(LABELS):
+            raise CheckpointError(
+                f"{path}: trained on labels {list(labels)}, not the 14 of ChestX-ray14 in order"
+            )
+        return cls(
+            str(state["model_name"]), str(state.get("timm_name", "")), int(state["image_size"]), labels
+        )
 
 
 def check_plain(obj: Any, where: str = "checkpoint") -> None:
@@ -62,10 +111,22 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        torch.save(dict(state), tmp)
+        torch.save(_canonical(dict(state)), tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _canonical(obj: Any) -> Any:
+    """Equal strings as one object: pickle memoises by identity, so the bytes then depend only on
+    values (a resumed run's ``last.pt``, whose keys were read back from a file, matches a fresh one)."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return type(obj)((_canonical(k), _canonical(v)) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return type(obj)(_canonical(v) for v in obj)
+    return obj
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -121,9 +182,7 @@ def load_model(
     from cxr_core.models.registry import create_model
 
     state = load_checkpoint(path, map_location=map_location)
-    missing = [k for k in ("model", "model_name", "image_size") if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: not a train-stage checkpoint (missing {missing})")
+    CheckpointMeta.of(state, path)
     if model_name is not None and state["model_name"] != model_name:
         raise CheckpointError(
             f"{path}: checkpoint is for model {state['model_name']!r}, not {model_name!r}; "

@@ -1,10 +1,10 @@
-"""The model table (paper names -> timm), model creation, weights, and CAM target layers.
+"""The model table (paper names -> timm), model creation and weights.
 
 The six architectures of the paper are rows of :data:`MODEL_TABLE`; any other timm model name works
-too, with its settings taken from :data:`FAMILY_DEFAULTS` by timm-name prefix. Everything a later
-stage needs to know about an architecture (where to hook a CAM, whether its feature maps are
-channels-last, whether ``channels_last`` memory format pays off) lives in one :class:`ModelSpec`,
-so no stage grows an ``if "swin" in name`` branch.
+too, with its settings taken from :data:`FAMILY_DEFAULTS` by timm-name prefix. What training and
+inference need to know about an architecture (its family, display name, whether ``channels_last``
+pays off) lives in one :class:`ModelSpec`, so no stage grows an ``if "swin" in name`` branch; where
+a CAM hooks each family is ``cxr_core.explain.layers`` (a CAM change must not retrain).
 
 Weights: ``pretrained=True`` loads ImageNet weights from the Hugging Face hub through timm, or from
 a local file / HF cache folder given as ``weights``. Offline, the hub path fails at once with a
@@ -18,7 +18,6 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import timm
 import torch
 from torch import nn
 
+from cxr_core.errors import CxrError
 from cxr_core.labels import NUM_CLASSES
 
 _logger = logging.getLogger(__name__)
@@ -45,7 +45,11 @@ FIX_HINT = (
 )
 
 
-class WeightsUnavailableError(RuntimeError):
+class ModelError(CxrError, ValueError):
+    """An unknown model name, an image size it cannot take, or a weights file that does not fit."""
+
+
+class WeightsUnavailableError(CxrError, RuntimeError):
     """Pretrained weights were asked for but cannot be fetched or found."""
 
 
@@ -56,34 +60,22 @@ class ModelSpec:
     name: str  # params name, e.g. "densenet121"
     timm_name: str  # e.g. "densenet121.tv_in1k"
     family: str  # "densenet" | "efficientnet" | "swin" | "other"
-    cam_layer: str  # dotted path into the model, negative ints allowed; "" = unknown
+    display_name: str  # how tables and figures name it (the paper's names for its six)
     channels_last: bool  # channels_last memory format helps (CNNs) or not (Swin)
-    nhwc_features: bool  # features at cam_layer are N,H,W,C: CAMs need swin_reshape_transform
 
 
 @dataclass(frozen=True)
 class FamilyDefaults:
     """Per-family settings, used for every timm name of that family."""
 
-    cam_layer: str  # "" for "other": resolved from the model's timm ``feature_info``
-    channels_last: bool
-    nhwc_features: bool
-    note: str
+    channels_last: bool  # measured: CNNs x1.2-1.3 on CPU, Swin ~x1.0 (benchmarks/models.py)
 
 
 FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
-    "densenet": FamilyDefaults("features.-1", True, False, "last norm (norm5 + ReLU) of the dense features"),
-    "efficientnet": FamilyDefaults("conv_head", True, False, "the 1x1 head conv before pooling"),
-    "swin": FamilyDefaults(
-        "layers.-1.blocks.-1.norm1", False, True, "first norm of the last block; timm gives NHWC there"
-    ),
-    "other": FamilyDefaults(
-        "",
-        True,
-        False,
-        "best guess: the last module of timm's feature_info (the stride-32 stage of a CNN, "
-        "e.g. resnet 'layer4', convnext 'stages.3'); token-shaped outputs (ViT) are not spatial maps",
-    ),
+    "densenet": FamilyDefaults(channels_last=True),
+    "efficientnet": FamilyDefaults(channels_last=True),
+    "swin": FamilyDefaults(channels_last=False),
+    "other": FamilyDefaults(channels_last=True),
 }
 
 #: timm-name prefixes -> family, first match wins. swinv2_cr nests its blocks under ``stages`` and
@@ -96,13 +88,14 @@ FAMILY_PREFIXES: tuple[tuple[str, str], ...] = (
     ("tf_efficientnet", "efficientnet"),
 )
 
-_PAPER_MODELS: dict[str, str] = {
-    "densenet121": "densenet121.tv_in1k",
-    "densenet169": "densenet169.tv_in1k",
-    "efficientnet_b0": "efficientnet_b0.ra_in1k",
-    "efficientnet_b1": "efficientnet_b1.ft_in1k",
-    "swin_small": "swin_small_patch4_window7_224.ms_in1k",
-    "swin_base": "swin_base_patch4_window7_224.ms_in1k",
+#: params name -> (timm name with the ImageNet-1k tag used, the paper's display name).
+_PAPER_MODELS: dict[str, tuple[str, str]] = {
+    "densenet121": ("densenet121.tv_in1k", "DenseNet-121"),
+    "densenet169": ("densenet169.tv_in1k", "DenseNet-169"),
+    "efficientnet_b0": ("efficientnet_b0.ra_in1k", "ENet-b0"),
+    "efficientnet_b1": ("efficientnet_b1.ft_in1k", "ENet-b1"),
+    "swin_small": ("swin_small_patch4_window7_224.ms_in1k", "Swin-Small"),
+    "swin_base": ("swin_base_patch4_window7_224.ms_in1k", "Swin-Base"),
 }
 
 
@@ -114,26 +107,15 @@ def family_of(timm_name: str) -> str:
     return "other"
 
 
-def _spec_from_family(name: str, timm_name: str) -> ModelSpec:
+def _spec_from_family(name: str, timm_name: str, display_name: str | None = None) -> ModelSpec:
     family = family_of(timm_name)
-    defaults = FAMILY_DEFAULTS[family]
-    cam_layer = defaults.cam_layer or _feature_info_layer(timm_name)
-    return ModelSpec(name, timm_name, family, cam_layer, defaults.channels_last, defaults.nhwc_features)
-
-
-def _feature_info_layer(timm_name: str) -> str:
-    """Last feature module of a timm model, built on the meta device (no memory, no weights)."""
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(timm_name, pretrained=False)
-        return str(model.feature_info[-1]["module"])
-    except Exception as exc:  # any failure only means "no guess": cam_target_layer explains
-        _logger.debug("no feature_info CAM layer for %s: %s", timm_name, exc)
-        return ""
+    return ModelSpec(name, timm_name, family, display_name or name, FAMILY_DEFAULTS[family].channels_last)
 
 
 #: The paper's six models (``models`` in params.yaml) -> timm names with the ImageNet-1k tags used.
-MODEL_TABLE: dict[str, ModelSpec] = {name: _spec_from_family(name, t) for name, t in _PAPER_MODELS.items()}
+MODEL_TABLE: dict[str, ModelSpec] = {
+    name: _spec_from_family(name, timm_name, shown) for name, (timm_name, shown) in _PAPER_MODELS.items()
+}
 
 
 @functools.lru_cache(maxsize=64)
@@ -144,7 +126,7 @@ def get_spec(name: str) -> ModelSpec:
     if not isinstance(name, str) or not name or not timm.is_model(name):
         close = difflib.get_close_matches(str(name), [*MODEL_TABLE, *timm.list_models()], n=5, cutoff=0.6)
         hint = f" Did you mean {list(dict.fromkeys(close))}?" if close else ""
-        raise ValueError(
+        raise ModelError(
             f"unknown model {name!r}: expected one of the table names {list(MODEL_TABLE)} or a timm "
             f"model name (find them with `python -c \"import timm; print(timm.list_models('*densenet*'))\"`)."
             f"{hint}"
@@ -156,7 +138,7 @@ def _size_kwargs(spec: ModelSpec, image_size: int) -> dict[str, Any]:
     """timm kwargs that make the model accept ``image_size`` inputs."""
     if spec.family == "swin":
         if image_size % 32:
-            raise ValueError(
+            raise ModelError(
                 f"image_size = {image_size} does not work with {spec.name!r}: Swin needs a multiple of 32 "
                 "(the window is image_size // 32, e.g. 224 -> 7, 128 -> 4)"
             )
@@ -196,20 +178,20 @@ def resolve_weights_path(weights: str | os.PathLike, spec: ModelSpec) -> Path:
     path = Path(weights).expanduser()
     if path.is_file():
         if not path.name.endswith(WEIGHT_SUFFIXES):
-            raise ValueError(
+            raise ModelError(
                 f"train.weights = {str(weights)!r}: expected a file ending in {list(WEIGHT_SUFFIXES)}"
             )
         return path
     if path.is_dir():
         found = _weights_in_folder(path, spec)
         if found is None:
-            raise ValueError(
+            raise ModelError(
                 f"train.weights = {str(weights)!r}: no weights for {spec.timm_name!r} in this folder; looked for "
                 f"{list(WEIGHT_FILE_NAMES)} in it, in snapshots/*/ and in a Hugging Face cache "
                 f"(models--{_hub_id(spec).replace('/', '--')}/snapshots/...)"
             )
         return found
-    raise ValueError(
+    raise ModelError(
         f"train.weights = {str(weights)!r} does not exist; expected a weights file {list(WEIGHT_SUFFIXES)} "
         "or a Hugging Face cache folder"
     )
@@ -265,7 +247,7 @@ def _create_from_file(spec: ModelSpec, path: Path, kwargs: dict[str, Any]) -> nn
     body = [k for k in model.state_dict() if k.rsplit(".", 1)[0] not in head_names]
     matched = sum(k in file_keys for k in body)
     if matched == 0:
-        raise ValueError(
+        raise ModelError(
             f"train.weights = {str(path)!r}: none of the {len(body)} tensor names of {spec.timm_name!r} is in "
             "this file; it holds weights for another architecture"
         )
@@ -348,59 +330,3 @@ def hub_reachable(host: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
             return True
     except OSError:
         return False
-
-
-def get_module(model: nn.Module, dotted_path: str) -> nn.Module:
-    """Submodule at ``dotted_path``; integer parts index (``-1`` = last), so paths survive depth changes."""
-    module = model
-    for i, part in enumerate(dotted_path.split(".")):
-        try:
-            if part.lstrip("-").isdigit() and hasattr(module, "__getitem__"):
-                module = module[int(part)]
-            else:
-                module = getattr(module, part)
-        except (AttributeError, IndexError, TypeError, KeyError) as exc:
-            where = ".".join(dotted_path.split(".")[:i]) or "the model"
-            children = [name for name, _ in module.named_children()]
-            raise ValueError(
-                f"module path {dotted_path!r}: {where} has no {part!r}; its children are {children}"
-            ) from exc
-        if not isinstance(module, nn.Module):
-            raise ValueError(
-                f"module path {dotted_path!r}: {part!r} is a {type(module).__name__}, not a module"
-            )
-    return module
-
-
-def cam_target_layer(model: nn.Module, spec: ModelSpec) -> nn.Module:
-    """The layer CAMs hook for this architecture (DESIGN "CAM target layers")."""
-    if not spec.cam_layer:
-        raise ValueError(
-            f"no CAM target layer is known for {spec.timm_name!r} (family {spec.family!r}, timm gives no "
-            f"feature_info); add it to MODEL_TABLE with a cam_layer path, e.g. one of "
-            f"{[n for n, _ in model.named_children()]}"
-        )
-    return get_module(model, spec.cam_layer)
-
-
-def swin_reshape_transform(t: torch.Tensor) -> torch.Tensor:
-    """N,H,W,C (timm Swin) or N,L,C tokens with square L -> N,C,H,W, as CAM code expects."""
-    if t.ndim == 4:
-        return t.permute(0, 3, 1, 2)
-    if t.ndim == 3:
-        n, length, c = t.shape
-        side = int(round(length**0.5))
-        if side * side != length:
-            raise ValueError(
-                f"swin_reshape_transform: {length} tokens is not a square grid (tensor {tuple(t.shape)}); "
-                "models with a class token need their own transform"
-            )
-        return t.reshape(n, side, side, c).permute(0, 3, 1, 2)
-    raise ValueError(
-        f"swin_reshape_transform: expected a 4-d NHWC or 3-d NLC tensor, got shape {tuple(t.shape)}"
-    )
-
-
-def reshape_transform(spec: ModelSpec) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The transform pytorch-grad-cam needs for ``spec``'s CAM layer (None: the layer gives N,C,H,W)."""
-    return swin_reshape_transform if spec.nhwc_features else None

@@ -1,1 +1,1 @@
-"""The paper's training recipe: losses and the resumable, reproducible loop."""
+"""The paper's training recipe: ``loop`` (fit and the epoch), ``config``, ``resume``, ``distributed``, ``live``, ``losses``."""

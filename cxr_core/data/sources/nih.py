@@ -1,40 +1,25 @@
-"""Download NIH ChestX-ray14: stream, resume, MD5-check and safely extract the official archives.
+"""Download NIH ChestX-ray14: the official metadata files and the 12 image archives.
 
 Why it is written this way:
 
-* NIH's Box share serves 12 archives of 2-4 GB and transfers break: every file is streamed into
-  ``<name>.part`` and, after an interruption, resumed with an HTTP ``Range`` request instead of
-  starting over. Only ``GET`` is used: Box answers ``HEAD`` with a false 404.
-* The MD5 sums from NIH's FAQ are the only proof that an archive is intact: a mismatch deletes the
-  file and downloads it again, a lasting mismatch is an error that names both sums.
-* A tar archive can name members outside the target folder (``../x``, absolute paths, links):
-  every member is checked before anything is written.
+* NIH's Box share serves 12 archives of 2-4 GB; :func:`cxr_core.data.sources.http.fetch`
+  resumes broken transfers and checks each archive against the MD5 from NIH's FAQ, the only proof
+  that it is intact.
+* Archives are extracted with :func:`cxr_core.data.sources.tarsafe.safe_extract` (no member may
+  land outside ``data/raw``), then marked as extracted so a re-run skips them.
 * Box sometimes answers with an HTML page instead of a file: metadata files are checked with
   :func:`cxr_core.data.metadata.check_metadata_file` right after download.
-* An offline machine must fail at once and say what to do instead (download by hand, point
-  ``data.source`` at the copy), not retry for minutes.
+* Every failure names the manual route (:data:`MANUAL_HINT`): download by hand, point
+  ``data.source`` at the copy.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import logging
-import os
-import re
-import shutil
-import tarfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
-
-from tqdm import tqdm
+from pathlib import Path
 
 from cxr_core.data.metadata import (
     BBOX_LIST,
@@ -44,8 +29,9 @@ from cxr_core.data.metadata import (
     TRAIN_VAL_LIST,
     MetadataError,
     check_metadata_file,
-    looks_like_html,
 )
+from cxr_core.data.sources.http import DownloadError, fetch
+from cxr_core.data.sources.tarsafe import safe_extract
 
 log = logging.getLogger(__name__)
 
@@ -71,24 +57,8 @@ METADATA_URLS: dict[str, str] = {
     name: BOX_FILE_URL.format(file_id=fid) for name, fid in METADATA_FILE_IDS.items()
 }
 
-USER_AGENT = "cxr-pipeline/0.1 (python urllib)"
-#: First wait after a request that failed without progress; doubles per failure, capped.
-BACKOFF_S = 1.0
-MAX_BACKOFF_S = 30.0
-#: Hard bound on requests for one file (a server that truncates every answer still terminates).
-MAX_REQUESTS = 10_000
-#: Hard bound on chunks read from one answer (1 MiB chunks: 1 TiB).
-MAX_CHUNKS = 1 << 20
 #: Suffix of the marker written next to an archive once it has been extracted.
 EXTRACTED_SUFFIX = ".extracted"
-
-_TRANSIENT_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
-
-
-class DownloadError(RuntimeError):
-    """A download or extraction failed in a way the user has to act on; the message says how."""
 
 
 @dataclass(frozen=True)
@@ -127,400 +97,6 @@ NIH_ARCHIVES: tuple[Archive, ...] = tuple(
 )
 
 
-# --------------------------------------------------------------------------------------- fetch
-
-
-def file_md5(path: Path, *, chunk_size: int = 1 << 20, progress: bool = False) -> str:
-    """Hex MD5 of a file, read in chunks (archives are 2-4 GB) with an optional progress bar."""
-    path = Path(path)
-    digest = hashlib.md5(usedforsecurity=False)
-    with (
-        open(path, "rb") as fh,
-        tqdm(
-            total=path.stat().st_size,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=f"MD5 {path.name}",
-            disable=not progress,
-            leave=False,
-        ) as bar,
-    ):
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
-
-
-def _verify(path: Path, size: int | None, md5: str | None, progress: bool) -> str | None:
-    """Why ``path`` is not the expected file (size, MD5), or None when it is."""
-    problems = []
-    actual_size = path.stat().st_size
-    if size is not None and actual_size != size:
-        problems.append(f"size {actual_size} bytes, expected {size}")
-    if md5:
-        actual = file_md5(path, progress=progress)
-        if actual != md5:
-            problems.append(f"MD5 mismatch: expected {md5}, actual {actual}")
-    return "; ".join(problems) or None
-
-
-def _starts_with_html(path: Path) -> bool:
-    """True when a downloaded file is really a web page (Box's answer to a link it won't serve)."""
-    try:
-        with open(path, "rb") as fh:
-            return looks_like_html(fh.read(512))
-    except OSError:
-        return False
-
-
-def _check_free_space(folder: Path, needed: int, name: str) -> None:
-    """Refuse to start a multi-GB transfer that cannot fit, instead of failing hours later."""
-    free = shutil.disk_usage(folder).free
-    if needed > free:
-        raise DownloadError(
-            f"{folder}: {free / 1e9:.1f} GB free but {name} needs {needed / 1e9:.1f} GB more; "
-            f"free some space, or {MANUAL_HINT}"
-        )
-
-
-def fetch(
-    url: str,
-    dest: Path,
-    *,
-    size: int | None = None,
-    md5: str | None = None,
-    timeout: float = 60.0,
-    retries: int = 3,
-    chunk_size: int = 1 << 20,
-    progress: bool = True,
-) -> Path:
-    """Download ``url`` to ``dest``, resuming a broken transfer and checking size and MD5.
-
-    The bytes go to ``dest`` + ``.part`` and are renamed only once complete and verified, so an
-    existing ``dest`` is always a finished file (it is re-checked, not downloaded again). A broken
-    transfer resumes with ``Range: bytes=N-`` (at most ``retries`` failures in a row without
-    progress); a size / MD5 mismatch deletes the file and downloads it again from scratch (at most
-    ``retries`` times), then raises :class:`DownloadError` naming the url, the file and both sums.
-    An unreachable host fails at once with the manual-download route.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    md5 = md5.lower() if md5 else None
-    if dest.is_file():
-        problem = _verify(dest, size, md5, progress)
-        if problem is None:
-            log.info("%s: already downloaded%s, skipping", dest, " (MD5 verified)" if md5 else "")
-            return dest
-        log.warning("%s: existing file is not the expected one (%s); downloading it again", dest, problem)
-        dest.unlink()
-    part = dest.with_suffix(dest.suffix + ".part")
-    if size is not None:
-        have = part.stat().st_size if part.is_file() else 0
-        _check_free_space(dest.parent, max(size - have, 0), dest.name)
-    problem = None
-    html = False
-    for attempt in range(1, retries + 2):
-        _transfer(
-            url, part, size=size, timeout=timeout, retries=retries, chunk_size=chunk_size, progress=progress
-        )
-        problem = _verify(part, size, md5, progress)
-        if problem is None:
-            part.replace(dest)
-            log.info("%s: downloaded%s", dest, " (MD5 verified)" if md5 else "")
-            return dest
-        html = _starts_with_html(part)
-        part.unlink()
-        if attempt <= retries:
-            log.warning(
-                "%s: %s; deleted it, downloading again from scratch (retry %d of %d)",
-                dest.name,
-                problem,
-                attempt,
-                retries,
-            )
-    page = " (the server answered with an HTML page, not the file)" if html else ""
-    raise DownloadError(
-        f"{url} -> {dest}: {problem}{page} after {retries + 1} download(s); the file was deleted. "
-        f"If this persists, {MANUAL_HINT}"
-    )
-
-
-def _backoff(failures: int) -> None:
-    """Wait before retrying a request that made no progress (doubling, capped)."""
-    time.sleep(min(BACKOFF_S * 2 ** (failures - 1), MAX_BACKOFF_S))
-
-
-def _transfer(
-    url: str,
-    part: Path,
-    *,
-    size: int | None,
-    timeout: float,
-    retries: int,
-    chunk_size: int,
-    progress: bool,
-) -> None:
-    """Bring ``part`` to the whole remote file, resuming with ``Range`` requests after breaks."""
-    failures = 0  # failures in a row without a single byte of progress
-    reached = False  # whether any HTTP answer came back: if never, the host is unreachable
-    last_error = ""
-    for _ in range(MAX_REQUESTS):
-        have = part.stat().st_size if part.is_file() else 0
-        if size is not None and have == size:
-            return
-        if size is not None and have > size:
-            log.warning(
-                "%s: %d bytes, more than the expected %d; restarting from zero", part.name, have, size
-            )
-            part.unlink()
-            have = 0
-        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        request = urllib.request.Request(url, headers=headers, method="GET")
-        try:
-            response = urllib.request.urlopen(request, timeout=timeout)
-        except urllib.error.HTTPError as exc:
-            reached = True
-            range_header = exc.headers.get("Content-Range", "") if exc.headers else ""
-            exc.close()
-            if exc.code == 416 and have:
-                match = _UNSATISFIED_RANGE.search(range_header)
-                total = int(match.group(1)) if match else None
-                if total == have or (total is None and size is None):
-                    return  # the part already holds the whole file: size / MD5 decide
-                log.warning("%s: server refused to resume at byte %d (HTTP 416); restarting", part.name, have)
-                part.unlink()
-                failures += 1
-                last_error = "HTTP 416 Range Not Satisfiable"
-            elif exc.code in _TRANSIENT_HTTP:
-                failures += 1
-                last_error = f"HTTP {exc.code} {exc.reason}"
-                if failures <= retries:
-                    log.warning("%s: %s; retrying", url, last_error)
-                    _backoff(failures)
-            else:
-                raise DownloadError(
-                    f"{url}: HTTP {exc.code} {exc.reason} while downloading {part.name.removesuffix('.part')}. "
-                    f"If the link no longer works, {MANUAL_HINT}"
-                ) from exc
-        except (OSError, http.client.HTTPException) as exc:  # URLError, refused, DNS, timeout, reset
-            reason = getattr(exc, "reason", exc)
-            if not reached:
-                host = urllib.parse.urlsplit(url).hostname or url
-                raise DownloadError(
-                    f"cannot reach {host} ({reason}) to download {url}: this machine may be offline or the "
-                    f"host blocked. To go on without the network, {MANUAL_HINT}"
-                ) from exc
-            failures += 1
-            last_error = str(reason)
-            if failures <= retries:
-                log.warning("%s: %s; retrying", url, last_error)
-                _backoff(failures)
-        else:
-            reached = True
-            with response:
-                received, why = _receive(response, part, have, size, chunk_size, progress)
-            if why is None:
-                return
-            last_error = why
-            if received:
-                failures = 0
-                log.info("%s: %s; resuming", part.name, why)
-            else:
-                failures += 1
-                if failures <= retries:
-                    log.warning("%s: %s; retrying", part.name, why)
-                    _backoff(failures)
-        if failures > retries:
-            break
-    raise DownloadError(
-        f"{url}: downloading {part.name.removesuffix('.part')} failed {failures} time(s) in a row ({last_error}); "
-        f"the partial file {part} is kept: run again to resume. If this persists, {MANUAL_HINT}"
-    )
-
-
-def _receive(
-    response: http.client.HTTPResponse,
-    part: Path,
-    have: int,
-    size: int | None,
-    chunk_size: int,
-    progress: bool,
-) -> tuple[int, str | None]:
-    """Write one answer's body into ``part``; return (bytes received, None if complete else why not)."""
-    headers = response.headers
-    if response.status == 206:
-        match = _CONTENT_RANGE.search(headers.get("Content-Range", ""))
-        start = int(match.group(1)) if match else -1
-        if start != have:
-            part.unlink(missing_ok=True)
-            return 0, f"server resumed at byte {start} instead of {have}; restarting from zero"
-        total = int(match.group(3)) if match and match.group(3) != "*" else size
-        mode = "ab"
-    else:
-        if have:
-            log.warning(
-                "%s: server ignored the Range request (HTTP %d); restarting from zero",
-                part.name,
-                response.status,
-            )
-        have = 0
-        mode = "wb"
-        length = headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else size
-    if size is not None and total is not None and total != size:
-        log.warning("%s: server reports %d bytes, expected %d", part.name, total, size)
-    received = 0
-    error = None
-    with (
-        open(part, mode) as fh,
-        tqdm(
-            total=total,
-            initial=have,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=part.name.removesuffix(".part"),
-            disable=not progress,
-            leave=False,
-        ) as bar,
-    ):
-        for _ in range(MAX_CHUNKS):
-            try:
-                chunk = response.read(chunk_size)
-            except (OSError, http.client.HTTPException) as exc:  # reset, timeout, IncompleteRead
-                error = exc
-                break
-            if not chunk:
-                break
-            fh.write(chunk)  # a write error (disk full) is not a network problem: let it propagate
-            received += len(chunk)
-            bar.update(len(chunk))
-        else:
-            error = RuntimeError(f"more than {MAX_CHUNKS} chunks in one answer")
-    now = have + received
-    if error is not None:
-        return received, f"transfer broke after {now} bytes ({error!r})"
-    if total is not None and now < total:
-        return received, f"transfer ended after {now} of {total} bytes"
-    return received, None
-
-
-# ------------------------------------------------------------------------------------- extract
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _is_absolute(name: str) -> bool:
-    return name.startswith(("/", "\\")) or bool(PureWindowsPath(name).drive) or os.path.isabs(name)
-
-
-#: Most symlink hops followed while resolving one member path (as the kernel's ELOOP limit).
-MAX_LINK_HOPS = 40
-
-
-def _resolve_in_archive(path: str, links: Mapping[str, str]) -> str | None:
-    """Resolve ``path`` (relative to the target) through the archive's own symlinks, lexically.
-
-    Returns the resolved relative path, or None when it climbs above the target or meets an
-    absolute link: a lexical check alone misses chains such as ``a/b -> ..`` then ``x -> a/b/..``.
-    """
-    parts: list[str] = []
-    todo = path.replace("\\", "/").split("/")
-    todo.reverse()
-    hops = 0
-    while todo:
-        part = todo.pop()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not parts:
-                return None
-            parts.pop()
-            continue
-        parts.append(part)
-        link = links.get("/".join(parts))
-        if link is not None:
-            hops += 1
-            if hops > MAX_LINK_HOPS or _is_absolute(link):
-                return None
-            parts.pop()  # the link is relative to its own folder
-            todo.extend(reversed(link.replace("\\", "/").split("/")))
-    return "/".join(parts)
-
-
-def _member_problem(member: tarfile.TarInfo, root: str, links: Mapping[str, str]) -> str | None:
-    """Why extracting ``member`` under ``root`` would be unsafe, or None when it is safe.
-
-    ``links`` maps every symlink member of the archive (normalised name) to its target.
-    """
-    name = member.name
-    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-        return "is a device file or FIFO"
-    if _is_absolute(name):
-        return "has an absolute path"
-    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        return "has a '..' path component"
-    parent, _, leaf = name.replace("\\", "/").rstrip("/").rpartition("/")
-    folder = _resolve_in_archive(parent, links)
-    # Through the archive's own links, then through links already on disk under the target.
-    if folder is None or not _inside(os.path.realpath(os.path.join(root, folder, leaf)), root):
-        return "would be written outside the target folder"
-    if member.issym() or member.islnk():
-        link = member.linkname
-        kind = "symlink" if member.issym() else "hard link"
-        if _is_absolute(link):
-            return f"is a {kind} to the absolute path {link!r}"
-        # A symlink is relative to its own folder; a hard link to the archive root.
-        pointed = _resolve_in_archive(f"{folder}/{link}" if member.issym() else link, links)
-        if pointed is None or not _inside(os.path.realpath(os.path.join(root, pointed)), root):
-            return f"is a {kind} pointing outside the target folder ({link!r})"
-    return None
-
-
-def safe_extract(archive: Path, target: Path, *, progress: bool = True) -> list[str]:
-    """Extract a tar(.gz) into ``target`` after checking every member; return the files' names.
-
-    Any member that is absolute, has ``..``, would land outside ``target`` (also through a link)
-    or is a device file makes the whole archive refused before anything is written.
-    """
-    archive = Path(archive)
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    root = os.path.realpath(target)
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            links = {_resolve_in_archive(m.name, {}): m.linkname for m in members if m.issym()}
-            bad = [(m.name, why) for m in members if (why := _member_problem(m, root, links)) is not None]
-            if bad:
-                more = f" (and {len(bad) - 1} more bad member(s))" if len(bad) > 1 else ""
-                raise DownloadError(
-                    f"{archive}: refusing to extract: member {bad[0][0]!r} {bad[0][1]}{more}; "
-                    f"nothing was extracted from this archive"
-                )
-            # Belt and braces: the stdlib's "data" filter (Python >= 3.10.12) re-checks every member.
-            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(
-                root,
-                members=tqdm(
-                    members, desc=f"extract {archive.name}", unit="file", leave=False, disable=not progress
-                ),
-                **extra,
-            )
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise DownloadError(
-            f"{archive}: not a readable tar archive ({exc}); delete it and download again"
-        ) from exc
-    files = [m.name for m in members if m.isfile()]
-    log.info("%s: extracted %d file(s) into %s", archive.name, len(files), target)
-    return files
-
-
 # --------------------------------------------------------------------------------------- NIH
 
 
@@ -546,7 +122,7 @@ def _fetch_metadata(
         except MetadataError as exc:
             log.warning("%s; deleting it and downloading again", exc)
             dest.unlink()
-    fetch(url, dest, timeout=timeout, retries=retries, progress=progress)
+    fetch(url, dest, timeout=timeout, retries=retries, progress=progress, hint=MANUAL_HINT)
     try:
         check_metadata_file(dest, name)
     except MetadataError as exc:
@@ -555,6 +131,60 @@ def _fetch_metadata(
             f"{url} did not give {name}: {exc}. The file was deleted; check its link (data.nih in "
             f"params.yaml) or {MANUAL_HINT}"
         ) from exc
+
+
+def _metadata_urls(raw_dir: Path, urls: Mapping[str, str]) -> dict[str, str]:
+    """:data:`METADATA_URLS` overlaid with ``urls``; a file with no URL must already be in ``raw_dir``."""
+    all_urls = {**METADATA_URLS, **{name: url for name, url in urls.items() if url}}
+    missing = [
+        name for name in METADATA_FILES if name not in all_urls and not _is_valid_metadata(raw_dir, name)
+    ]
+    if missing:
+        raise DownloadError(
+            f"no download URL for {missing} and no copy in {raw_dir}: set its link from {NIH_PAGE} in "
+            f"params.yaml (data.nih.bbox_url for {BBOX_LIST}), or copy the file(s) into {raw_dir} by hand; "
+            f"or {MANUAL_HINT}"
+        )
+    return all_urls
+
+
+def _is_extracted(marker: Path, entry: Archive) -> bool:
+    """True when ``marker`` records that this very archive (same MD5) was extracted."""
+    if not marker.is_file():
+        return False
+    try:
+        done = json.loads(marker.read_text())
+    except ValueError:
+        return False
+    return isinstance(done, dict) and done.get("md5") == entry.md5.lower()
+
+
+def _install_archive(
+    entry: Archive, raw_dir: Path, *, timeout: float, retries: int, keep_archive: bool, progress: bool
+) -> None:
+    """Fetch one archive into ``raw_dir/archives``, extract it into ``raw_dir`` and mark it done."""
+    archive_dir = raw_dir / "archives"
+    marker = archive_dir / (entry.filename + EXTRACTED_SUFFIX)
+    if _is_extracted(marker, entry):
+        log.info("%s: already extracted, skipping", entry.filename)
+        return
+    path = fetch(
+        entry.url,
+        archive_dir / entry.filename,
+        size=entry.size,
+        md5=entry.md5,
+        timeout=timeout,
+        retries=retries,
+        progress=progress,
+        hint=MANUAL_HINT,
+    )
+    names = safe_extract(path, raw_dir, progress=progress)
+    if not any(n.startswith("images/") for n in names):
+        log.warning("%s: no images/ member; not the official layout", entry.filename)
+    marker.write_text(json.dumps({"archive": entry.filename, "md5": entry.md5.lower(), "files": len(names)}))
+    if not keep_archive:
+        path.unlink()
+        log.info("%s: deleted after extraction (data.nih.keep_archives is false)", path)
 
 
 def download_nih(
@@ -585,16 +215,7 @@ def download_nih(
         raise DownloadError(
             f"unknown archive number(s) {unknown} in data.nih.archives; allowed: {sorted(table)}"
         )
-    all_urls = {**METADATA_URLS, **{name: url for name, url in urls.items() if url}}
-    missing = [
-        name for name in METADATA_FILES if name not in all_urls and not _is_valid_metadata(raw_dir, name)
-    ]
-    if missing:
-        raise DownloadError(
-            f"no download URL for {missing} and no copy in {raw_dir}: set its link from {NIH_PAGE} in "
-            f"params.yaml (data.nih.bbox_url for {BBOX_LIST}), or copy the file(s) into {raw_dir} by hand; "
-            f"or {MANUAL_HINT}"
-        )
+    all_urls = _metadata_urls(raw_dir, urls)
     for name in METADATA_FILES:
         if name in all_urls:
             _fetch_metadata(
@@ -603,34 +224,13 @@ def download_nih(
         else:
             log.info("%s: no URL given, using the copy already in %s", name, raw_dir)
 
-    archive_dir = raw_dir / "archives"
-    archive_dir.mkdir(exist_ok=True)
+    (raw_dir / "archives").mkdir(exist_ok=True)
     for index in dict.fromkeys(archives):  # de-duplicated, order kept
-        entry = table[index]
-        marker = archive_dir / (entry.filename + EXTRACTED_SUFFIX)
-        if marker.is_file():
-            try:
-                done = json.loads(marker.read_text())
-            except ValueError:
-                done = {}
-            if done.get("md5") == entry.md5.lower():
-                log.info("%s: already extracted, skipping", entry.filename)
-                continue
-        path = fetch(
-            entry.url,
-            archive_dir / entry.filename,
-            size=entry.size,
-            md5=entry.md5,
+        _install_archive(
+            table[index],
+            raw_dir,
             timeout=timeout,
             retries=retries,
+            keep_archive=keep_archives,
             progress=progress,
         )
-        names = safe_extract(path, raw_dir, progress=progress)
-        if not any(n.startswith("images/") for n in names):
-            log.warning("%s: no images/ member; not the official layout", entry.filename)
-        marker.write_text(
-            json.dumps({"archive": entry.filename, "md5": entry.md5.lower(), "files": len(names)})
-        )
-        if not keep_archives:
-            path.unlink()
-            log.info("%s: deleted after extraction (data.nih.keep_archives is false)", path)

@@ -32,7 +32,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from cxr_core.data.cache import pool_context
+from cxr_core.data.pool import pool_context
 from cxr_core.labels import BOX_LABELS, LABELS, REAL_COUNTS, REAL_IMAGES, decode
 from cxr_core.data.metadata import BBOX_LIST, BOX_SPACE, DATA_ENTRY, TEST_LIST, TRAIN_VAL_LIST, write_image_list
 
@@ -52,16 +52,16 @@ BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 
 @dataclass(frozen=True)
 class PhantomConfig:
-    """Size and shape of the phantom set (``data.phantom`` in params.yaml)."""
+    """Size and shape of the phantom set: the ``data.phantom`` section of params.yaml, key for key."""
 
-    images: int = 900
-    image_px: int = 1024
-    seed: int = 0
-    test_patient_fraction: float = 0.35
-    prevalence_floor: float = 0.08
-    rgba_fraction: float = 0.01
-    box_fraction: float = 1.0
-    workers: int = 1
+    images: int
+    image_px: int
+    seed: int
+    test_patient_fraction: float
+    prevalence_floor: float
+    rgba_fraction: float
+    box_fraction: float
+    workers: int
 
 
 def prevalences(floor: float) -> np.ndarray:

@@ -1,0 +1,316 @@
+"""User files -> uint8 grey: PNG / JPEG / DICOM, refused with a message naming the file when bad.
+
+The pipeline only ever reads the uint8 cache, but ``cxr predict`` and the demo take files a user
+brings, so they must (1) refuse bad files with a message naming the file instead of a stack trace,
+and (2) turn a file into *exactly* the model input the cache would have produced, or the
+probabilities would drift from the test-stage ones.
+
+Reading rules:
+
+* PNG / JPEG (and the cache's other formats): the model input is
+  :func:`cxr_core.data.decode.decode_image` itself, so an image gives the same ``S x S`` uint8 as
+  its cache row.
+* DICOM (detected by the ``DICM`` magic, whatever the file name): pixel data -> Modality LUT
+  (Rescale Slope / Intercept, or a Modality LUT Sequence) -> VOI (a VOI LUT Sequence if present,
+  else Window Center / Width with the LINEAR, LINEAR_EXACT or SIGMOID function, else the image's own
+  min..max) -> 0..1 -> MONOCHROME1 inverted (so bone is always bright, as in the NIH PNGs). The
+  0..1 values go through the cache's 16-bit resize path (:func:`resize_grey`). Colour or multi-frame
+  DICOMs, files without pixel data, and compressed pixel data without a decoder are refused with
+  :class:`UnsupportedImageError`.
+* Limits (:class:`ImageLimits`, :data:`DEFAULT_LIMITS`) are checked from the file size and the
+  header before any pixel is decoded: :class:`ImageTooLargeError`.
+
+All errors are :class:`cxr_core.data.decode.ImageDecodeError` subclasses (``.path``, ``.reason``),
+so one ``except ImageDecodeError`` catches every bad file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cxr_core.data.decode import (
+    ALLOWED_FORMATS,
+    DECODE_ERRORS,
+    SIXTEEN_BIT_MODES,
+    ImageDecodeError,
+    decode_image,
+    to_grey,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Suffixes taken from a folder (files named explicitly are always tried, whatever their name).
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+#: Photometric interpretations read as greyscale; anything else is refused.
+DICOM_GREY = ("MONOCHROME1", "MONOCHROME2")
+_DICOM_MAGIC_OFFSET = 128
+_MB = 2**20
+
+
+class UnsupportedImageError(ImageDecodeError):
+    """The file is not an image we can read (not an image, or a DICOM we do not support)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """The file or its pixel grid exceeds :class:`ImageLimits`."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Upload limits: refuse huge files before decoding (a 10k x 10k image is 100 MP)."""
+
+    max_bytes: int = 50 * _MB
+    max_side: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or self.max_side < 1:
+            raise ValueError(f"image limits must be >= 1, got {self}")
+
+    @classmethod
+    def from_mb(cls, max_mb: float, max_side: int) -> ImageLimits:
+        """From the CLI's ``--max-mb`` / ``--max-px``."""
+        return cls(max_bytes=int(max_mb * _MB), max_side=max_side)
+
+    @property
+    def max_mb(self) -> float:
+        return self.max_bytes / _MB
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """True when the file carries the DICOM Part 10 magic (``DICM`` after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(_DICOM_MAGIC_OFFSET)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def check_file(path: Path, limits: ImageLimits = DEFAULT_LIMITS) -> None:
+    """Missing / empty / too-large files fail here, before anything is decoded."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UnsupportedImageError(path, "file not found") from None
+    except OSError as exc:
+        raise UnsupportedImageError(path, f"cannot read ({exc.strerror or exc})") from None
+    if not path.is_file():
+        raise UnsupportedImageError(path, "not a regular file")
+    if size == 0:
+        raise UnsupportedImageError(path, "empty file (0 bytes)")
+    if size > limits.max_bytes:
+        raise ImageTooLargeError(
+            path,
+            f"file is {size / _MB:.1f} MB, over the {limits.max_mb:.0f} MB limit; "
+            "downscale or re-save it (a chest X-ray PNG is usually under 10 MB)",
+        )
+
+
+def _check_side(path: Path, width: int, height: int, limits: ImageLimits) -> None:
+    if max(width, height) > limits.max_side:
+        raise ImageTooLargeError(
+            path,
+            f"image is {width} x {height} px, over the {limits.max_side} px limit per side; downscale it first",
+        )
+
+
+def read_image(
+    path: str | os.PathLike, size: int | None = None, *, limits: ImageLimits = DEFAULT_LIMITS
+) -> np.ndarray:
+    """One file -> uint8 greyscale: native resolution, or ``size x size`` exactly as the cache decodes it.
+
+    PNG, JPEG (and the cache's TIFF / BMP) and DICOM; see the module docstring for the rules.
+    Raises :class:`UnsupportedImageError` / :class:`ImageTooLargeError` naming the file.
+    """
+    path = Path(path)
+    check_file(path, limits)
+    if is_dicom(path):
+        values = read_dicom(path, limits=limits)
+        if size is None:
+            return np.rint(values * 255.0).astype(np.uint8)
+        return resize_grey(np.rint(values * 65535.0).astype(np.uint16), size)
+    try:
+        with Image.open(path, formats=ALLOWED_FORMATS) as im:
+            _check_side(path, im.width, im.height, limits)
+            if size is not None:
+                return decode_image(path, size)
+            im.load()
+            if im.mode in SIXTEEN_BIT_MODES:  # the cache's linear 0..65535 -> 0..255, not Pillow's clip
+                values = np.clip(np.asarray(im, dtype=np.float32), 0.0, 65535.0)
+                return np.rint(values * np.float32(255.0 / 65535.0)).astype(np.uint8)
+            if im.mode == "F":
+                raise UnsupportedImageError(path, "floating-point pixels (mode F) are not supported")
+            return np.asarray(im.convert("L"), dtype=np.uint8)
+    except ImageDecodeError as exc:
+        if type(exc) is ImageDecodeError:  # from decode_image: same file, same reason
+            raise UnsupportedImageError(path, exc.reason) from exc
+        raise
+    except Image.UnidentifiedImageError:
+        raise UnsupportedImageError(
+            path, f"not an image file (accepted: {', '.join(ALLOWED_FORMATS)} or DICOM)"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(path, str(exc)) from None
+    except DECODE_ERRORS as exc:
+        raise UnsupportedImageError(path, f"cannot decode ({type(exc).__name__}: {exc})") from exc
+
+
+def resize_grey(arr: np.ndarray, size: int) -> np.ndarray:
+    """uint8 or uint16 2-D array -> ``size x size`` uint8 with the cache's resize rules (16-bit: linear).
+
+    Delegates to the cache's own converter so a DICOM is resized exactly like a 16-bit PNG would be.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"resize_grey: expected a 2-D uint8 or uint16 array, got {arr.dtype} {arr.shape}")
+    im = Image.fromarray(np.ascontiguousarray(arr if arr.dtype == np.uint8 else arr.astype("<u2")))
+    return to_grey(im, size)
+
+
+def read_dicom(path: str | os.PathLike, *, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """A greyscale DICOM -> float64 ``H x W`` in [0, 1], bright = dense (MONOCHROME1 inverted)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(path)
+    check_file(path, limits)
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
+        raise UnsupportedImageError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if "PixelData" not in ds:
+        kind = (
+            "float pixel data"
+            if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds)
+            else "no pixel data"
+        )
+        raise UnsupportedImageError(
+            path, f"DICOM has {kind} (e.g. a structured report or a presentation state): nothing to show"
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in DICOM_GREY:
+        raise UnsupportedImageError(
+            path,
+            f"DICOM photometric interpretation {photometric or '(missing)'!r} is not supported: only greyscale "
+            f"{' / '.join(DICOM_GREY)} radiographs are; export the image as greyscale",
+        )
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise UnsupportedImageError(
+            path, f"DICOM has {ds.SamplesPerPixel} samples per pixel; expected 1 (grey)"
+        )
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise UnsupportedImageError(
+            path, f"DICOM has {frames} frames; only single-frame radiographs are supported"
+        )
+    _check_side(path, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), limits)
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # pydicom raises RuntimeError / NotImplementedError / ValueError ...
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        hint = (
+            " (compressed pixel data: install a decoder, e.g. `pip install pylibjpeg pylibjpeg-libjpeg "
+            "pylibjpeg-openjpeg`, or export it uncompressed)"
+            if syntax is not None and getattr(syntax, "is_compressed", False)
+            else ""
+        )
+        raise UnsupportedImageError(
+            path, f"cannot decode the DICOM pixel data, transfer syntax {name}{hint}: {exc}"
+        ) from exc
+    if stored.ndim != 2:
+        raise UnsupportedImageError(
+            path, f"DICOM pixel array has shape {stored.shape}; expected rows x columns"
+        )
+    values = dicom_to_unit(stored, ds)
+    if photometric == "MONOCHROME1":
+        values = 1.0 - values
+    return values
+
+
+def dicom_to_unit(stored: np.ndarray, ds: Any) -> np.ndarray:
+    """Stored values -> Modality LUT -> VOI -> float64 in [0, 1] (before any MONOCHROME1 inversion)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi
+
+    values = apply_modality_lut(stored, ds)
+    if ds.get("VOILUTSequence"):
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        lut_in = np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values
+        return np.clip(apply_voi(lut_in, ds).astype(np.float64) / (2**bits - 1), 0.0, 1.0)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+        return window(np.asarray(values, dtype=np.float64), center, width, function)
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros_like(values)
+    return (values - lo) / (hi - lo)
+
+
+def _first(value: Any) -> float:
+    """Window Center / Width may be multi-valued (alternative views): the first one is the default."""
+    from pydicom.multival import MultiValue
+
+    if isinstance(value, (list, tuple, MultiValue)):
+        value = value[0]
+    return float(value)
+
+
+def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """DICOM VOI windowing (PS3.3 C.11.2.1.2/3) straight to [0, 1]."""
+    if function == "LINEAR":
+        if width < 1:
+            raise ValueError(f"Window Width {width} < 1 is not valid for a LINEAR window")
+        c, w = center - 0.5, width - 1.0
+    elif function == "LINEAR_EXACT":
+        c, w = center, width
+    elif function == "SIGMOID":
+        if width <= 0:
+            raise ValueError(f"Window Width {width} <= 0 is not valid for a SIGMOID window")
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    else:
+        raise ValueError(
+            f"unsupported VOI LUT Function {function!r}; expected LINEAR, LINEAR_EXACT or SIGMOID"
+        )
+    if w <= 0:
+        return (values > c).astype(np.float64)
+    return np.clip((values - c) / w + 0.5, 0.0, 1.0)
+
+
+def collect_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files named directly (always tried) plus image files found under folders (recursively, sorted).
+
+    In a folder, a file counts when its suffix is an image suffix, or it has no suffix and carries
+    the DICOM magic (PACS exports often have no extension).
+    """
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and (p.suffix.lower() in IMAGE_SUFFIXES or (not p.suffix and is_dicom(p)))
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                logger.warning(
+                    "%s: no image files (%s or DICOM) in this folder", path, ", ".join(IMAGE_SUFFIXES)
+                )
+            files.extend(found)
+        else:
+            files.append(path)
+    return list(dict.fromkeys(files))

@@ -1,0 +1,123 @@
+"""The split stage's files: one type per table, with its reader and writer.
+
+Kept apart from how the splits are made (``cxr_core.data.splits``, which reads the NIH metadata),
+so training and scoring depend on the table format, not on the metadata parsers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr_core.files import contract, malformed, read_csv, write_csv
+from cxr_core.labels import BOX_LABELS, LABEL_INDEX, LABELS
+
+SPLIT_COLUMNS = ["row", "image", "patient", *LABELS]
+LOC_COLUMNS = [
+    "row",
+    "image",
+    "patient",
+    "label",
+    "label_index",
+    "x",
+    "y",
+    "w",
+    "h",
+    "x1024",
+    "y1024",
+    "w1024",
+    "h1024",
+]
+
+
+_PRODUCER = "the split stage"
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+
+
+@contract("data/splits/{train,val,test}.csv", writer="split", fields=("row", "image", "patient", "<14 labels, 0/1>"))
+@dataclass(frozen=True)
+class SplitTable:
+    """One split: cache rows, images, patients and 0/1 targets (N x 14) in ``LABELS`` order."""
+
+    table: pd.DataFrame
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.table["row"].to_numpy(dtype=np.int64)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.table[list(LABELS)].to_numpy(dtype=np.float32)
+
+    @property
+    def images(self) -> np.ndarray:
+        return self.table["image"].to_numpy(dtype=str)
+
+    @property
+    def patients(self) -> np.ndarray:
+        return self.table["patient"].to_numpy(dtype=np.int64)
+
+    def digest(self) -> str:
+        """Short content hash of rows and targets, so a checkpoint trained on other data is not resumed."""
+        h = hashlib.sha256(np.ascontiguousarray(self.rows).tobytes())
+        h.update(np.ascontiguousarray(self.targets).tobytes())
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def read(cls, splits_dir: str | os.PathLike, name: str) -> SplitTable:
+        path = Path(splits_dir) / f"{name}.csv"
+        table = read_csv(path, _PRODUCER, SPLIT_COLUMNS, dtype={"image": str})
+        bad = ~table[list(LABELS)].isin([0, 1]).all(axis=1)
+        if bad.any():
+            raise malformed(path, f"has label values other than 0/1 in {int(bad.sum())} row(s)", _PRODUCER)
+        return cls(table)
+
+    def write(self, splits_dir: str | os.PathLike, name: str) -> None:
+        write_csv(Path(splits_dir) / f"{name}.csv", self.table[SPLIT_COLUMNS], float_format=None)
+
+
+@contract("data/splits/loc.csv", writer="split", fields=LOC_COLUMNS)
+@dataclass(frozen=True)
+class LocTable:
+    """The localisation set: one row per (image, box label), boxes scaled to the cache size S.
+
+    ``x, y, w, h`` are in the S x S cache space, ``x1024..h1024`` as ``BBox_List_2017.csv`` gives
+    them; rows are sorted by cache row, then label index.
+    """
+
+    table: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.table["row"].to_numpy(dtype=np.int64)
+
+    @property
+    def label_index(self) -> np.ndarray:
+        return self.table["label_index"].to_numpy(dtype=np.int64)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """K x 4 float64 ``x, y, w, h`` in the cache space."""
+        return self.table[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
+
+    @classmethod
+    def read(cls, splits_dir: str | os.PathLike) -> LocTable:
+        path = Path(splits_dir) / "loc.csv"
+        table = read_csv(path, _PRODUCER, LOC_COLUMNS, dtype={"image": str, "label": str})
+        unknown = sorted(set(table["label"]) - set(BOX_LABELS))
+        if unknown:
+            raise malformed(path, f"has label(s) {unknown} that are not box findings {list(BOX_LABELS)}", _PRODUCER)
+        if not table["label_index"].equals(table["label"].map(LABEL_INDEX)):
+            raise malformed(path, "has label_index values that do not match the label column", _PRODUCER)
+        return cls(table)
+
+    def write(self, splits_dir: str | os.PathLike) -> None:
+        write_csv(Path(splits_dir) / "loc.csv", self.table[LOC_COLUMNS], float_format=None)

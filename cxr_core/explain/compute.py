@@ -1,0 +1,101 @@
+"""The localisation set's heatmaps: every box's image explained for the box's own finding.
+
+Images are explained in chunks of ``cam.batch_size``, but no map depends on it: the random
+control is seeded by the box's position in the whole localisation set. Maps are stored as uint8
+(``np.uint8(255 * h)``, the map the paper thresholds), so ``localise@`` can re-score any threshold
+without the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from cxr_core.data.batches import normalise, to_device
+from cxr_core.data.tables import LocTable
+from cxr_core.explain.geometry import to_uint8
+from cxr_core.explain.heatmaps import SavedHeatmaps
+from cxr_core.explain.methods import compute_heatmaps, degenerate_maps
+from cxr_core.models.registry import ModelSpec
+from cxr_core.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CamSettings:
+    """The ``cam`` section's knobs that change a heatmap (``batch_size`` changes only speed)."""
+
+    methods: tuple[str, ...]
+    batch_size: int
+    seed: int
+    eigen_sign: str
+    random_stride: int
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> CamSettings:
+        cam = params["cam"]
+        return cls(
+            methods=tuple(cam["methods"]),
+            batch_size=cam["batch_size"],
+            seed=params["seed"],
+            eigen_sign=cam["eigen_sign"],
+            random_stride=cam["random_stride"],
+        )
+
+
+def loc_heatmaps(
+    model: nn.Module,
+    spec: ModelSpec,
+    images: np.ndarray,
+    loc: LocTable,
+    probs: np.ndarray,
+    settings: CamSettings,
+    runtime: Runtime,
+) -> SavedHeatmaps:
+    """Every box's heatmap by every method, from the uint8 cache ``images``; degenerate maps are zero."""
+    runtime.prepare(model).eval()
+    rows, classes, k = loc.rows, loc.label_index, len(loc)
+    size = images.shape[1:]
+    maps = {m: np.zeros((k, *size), np.uint8) for m in settings.methods}
+    degenerate = {m: np.zeros(k, bool) for m in settings.methods}
+    step = settings.batch_size
+    for start in tqdm(range(0, k, step), desc=f"CAMs {spec.name}", unit="batch"):
+        stop = min(start + step, k)
+        x = normalise(
+            to_device(images[rows[start:stop]], runtime.device), channels_last=runtime.channels_last
+        )
+        out = compute_heatmaps(
+            model,
+            spec,
+            x,
+            classes[start:stop],
+            settings.methods,
+            batch_size=step,
+            seed=settings.seed,
+            first_position=start,
+            autocast_dtype=runtime.autocast_dtype,
+            channels_last=runtime.channels_last,
+            eigen_sign=settings.eigen_sign,
+            random_stride=settings.random_stride,
+        )
+        for method, h in out.items():
+            bad = degenerate_maps(h)
+            degenerate[method][start:stop] = bad
+            maps[method][start:stop] = to_uint8(np.where(bad[:, None, None], 0.0, np.nan_to_num(h)))
+    for method, flags in degenerate.items():
+        if flags.any():
+            log.warning(
+                "%s on %s: %d of %d maps degenerate (flat, all-zero or non-finite)",
+                method,
+                spec.name,
+                flags.sum(),
+                k,
+            )
+    return SavedHeatmaps(maps, degenerate, np.asarray(probs, np.float32))

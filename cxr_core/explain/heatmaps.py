@@ -1,0 +1,88 @@
+"""The file ``cams@`` writes and ``localise@`` and the report read: one uint8 map per box and method.
+
+numpy only, so scoring saved maps never imports torch or the CAM code (a CAM change re-runs
+``cams@``, and ``localise@`` only when the maps it wrote changed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cxr_core.data.tables import LocTable
+from cxr_core.files import contract, malformed, read_npz, write_npz
+from cxr_core.labels import LABELS
+
+_PRODUCER = "the CAM stage (cams@<model>)"
+
+
+@contract(
+    "data/heatmaps/<model>.npz",
+    writer="cams@<model>",
+    fields=("methods", "probs", "maps_<method>", "degenerate_<method>"),
+)
+@dataclass(frozen=True)
+class SavedHeatmaps:
+    """Per method uint8 ``K x S x S`` maps and degeneracy flags, one per row of ``loc.csv``, plus the
+    model's probabilities for those images (``K x 14``)."""
+
+    maps: dict[str, np.ndarray]
+    degenerate: dict[str, np.ndarray]
+    probs: np.ndarray
+
+    def __post_init__(self) -> None:
+        k = len(self.probs)
+        if self.probs.shape != (k, len(LABELS)):
+            raise ValueError(f"probs must be (K, {len(LABELS)}), got {self.probs.shape}")
+        for m, maps in self.maps.items():
+            if maps.dtype != np.uint8 or maps.ndim != 3 or len(maps) != k:
+                raise ValueError(f"maps of {m} must be uint8 ({k}, S, S), got {maps.dtype} {maps.shape}")
+            if self.degenerate[m].shape != (k,):
+                raise ValueError(f"degenerate flags of {m} must be ({k},), got {self.degenerate[m].shape}")
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_npz(
+            path,
+            {
+                "probs": self.probs.astype(np.float32),
+                "methods": np.array(list(self.maps), dtype=str),
+                **{f"maps_{m}": v for m, v in self.maps.items()},
+                **{f"degenerate_{m}": v.astype(bool) for m, v in self.degenerate.items()},
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SavedHeatmaps:
+        arrays = read_npz(path, _PRODUCER, ("methods", "probs"))
+        methods = [str(m) for m in arrays["methods"]]
+        absent = [
+            f"{kind}_{m}" for m in methods for kind in ("maps", "degenerate") if f"{kind}_{m}" not in arrays
+        ]
+        if absent:
+            raise malformed(path, f"lacks array(s) {absent}", _PRODUCER)
+        try:
+            return cls(
+                maps={m: arrays[f"maps_{m}"] for m in methods},
+                degenerate={m: arrays[f"degenerate_{m}"] for m in methods},
+                probs=arrays["probs"],
+            )
+        except ValueError as exc:
+            raise malformed(path, str(exc), _PRODUCER) from None
+
+    def check_matches(self, loc: LocTable, path: str | os.PathLike) -> None:
+        """The maps must be one per row of ``loc`` (a re-split without re-running cams@ is stale)."""
+        if len(self) != len(loc):
+            raise malformed(
+                path, f"holds {len(self)} maps per method for {len(loc)} boxes in loc.csv", _PRODUCER
+            )
+
+
+def methods_in(saved: SavedHeatmaps, wanted: Sequence[str]) -> list[str]:
+    """The methods of ``wanted`` that ``saved`` holds, in ``wanted``'s order."""
+    return [m for m in wanted if m in saved.maps]

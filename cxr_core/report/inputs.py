@@ -1,0 +1,257 @@
+"""What the report reads: the input files, the stage that writes each, and one model's results.
+
+Nothing is silently skipped: a missing input file is an error naming it and the DVC stage that
+writes it; a method missing from one model's metrics is printed as ``n/a`` downstream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxr_core.errors import CxrError
+from cxr_core.evaluate.metrics import RocTable
+from cxr_core.models.registry import get_spec
+from cxr_core.report.provenance import finite
+from cxr_core.train.live import EpochLog
+
+#: The random-map control; every other method's localisation numbers get its value beside them.
+CONTROL_METHOD = "RandomCAM"
+PHANTOM_BANNER = "PHANTOM (synthetic stand-in, not the NIH study)"
+NIH_NAME = "NIH ChestX-ray14"
+
+
+class MissingInputError(CxrError, FileNotFoundError):
+    """Report inputs are missing; the message names every file and the stage that writes it."""
+
+
+class InputFormatError(CxrError, ValueError):
+    """A report input exists but lacks a key or column the report needs."""
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where the report reads and writes (the stage's command-line folders)."""
+
+    metrics: Path
+    plots: Path
+    splits: Path
+    cache: Path
+    heatmaps: Path
+    raw: Path
+    out: Path
+
+    def test_json(self, model: str) -> Path:
+        return self.metrics / "test" / f"{model}.json"
+
+    def localise_json(self, model: str) -> Path:
+        return self.metrics / "localise" / f"{model}.json"
+
+    def train_dir(self, model: str) -> Path:
+        return self.metrics / "train" / model
+
+    def train_tsv(self, model: str, metric: str) -> Path:
+        return self.train_dir(model) / "plots" / "metrics" / f"{metric}.tsv"
+
+    def train_summary(self, model: str) -> Path:
+        return self.train_dir(model) / "metrics.json"
+
+    def roc_csv(self, model: str) -> Path:
+        return self.plots / "roc" / f"{model}.csv"
+
+    def heatmaps_npz(self, model: str) -> Path:
+        return self.heatmaps / f"{model}.npz"
+
+    @property
+    def split_json(self) -> Path:
+        return self.metrics / "split.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.raw / "manifest.json"
+
+    @property
+    def loc_csv(self) -> Path:
+        return self.splits / "loc.csv"
+
+    @property
+    def images_npy(self) -> Path:
+        return self.cache / "images.npy"
+
+    @property
+    def figures(self) -> Path:
+        return self.plots / "figures"
+
+
+def required_inputs(paths: ReportPaths, models: Sequence[str]) -> list[tuple[Path, str]]:
+    """Every file the report reads, with the DVC stage that writes it (heatmap inputs: see below)."""
+    needed: list[tuple[Path, str]] = [
+        (paths.manifest, "download"),
+        (paths.split_json, "split"),
+    ]
+    for m in models:
+        needed += [
+            (paths.test_json(m), f"test@{m}"),
+            (paths.roc_csv(m), f"test@{m}"),
+            (paths.localise_json(m), f"localise@{m}"),
+            (paths.train_summary(m), f"train@{m}"),
+            (paths.train_tsv(m, "val_loss"), f"train@{m}"),
+        ]
+    return needed
+
+
+def example_inputs(paths: ReportPaths, model: str) -> list[tuple[Path, str]]:
+    """Files the example heatmap grid reads (only the best model's heatmaps)."""
+    return [
+        (paths.loc_csv, "split"),
+        (paths.images_npy, "preprocess"),
+        (paths.heatmaps_npz(model), f"cams@{model}"),
+    ]
+
+
+def check_inputs(needed: Iterable[tuple[Path, str]]) -> None:
+    """Raise :class:`MissingInputError` listing *every* missing file, so one run shows all gaps."""
+    missing = [(p, stage) for p, stage in needed if not Path(p).is_file()]
+    if missing:
+        lines = [f"  {p}  (written by stage '{stage}': run `dvc repro {stage}`)" for p, stage in missing]
+        raise MissingInputError("report: missing input file(s):\n" + "\n".join(lines))
+
+
+def read_json(path: Path, stage: str, keys: Iterable[str] = ()) -> dict:
+    """The JSON object ``stage`` wrote at ``path``, with ``keys``; every error names both."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: missing (written by stage '{stage}': run `dvc repro {stage}`)")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputFormatError(f"{path}: not valid JSON ({exc}); re-run stage '{stage}'") from exc
+    if not isinstance(doc, dict):
+        raise InputFormatError(
+            f"{path}: expected a JSON object, got {type(doc).__name__}; re-run stage '{stage}'"
+        )
+    _require_keys(doc, keys, path, stage)
+    return doc
+
+
+def _require_keys(doc: Mapping[str, Any], keys: Iterable[str], path: Path, stage: str) -> None:
+    absent = [k for k in keys if k not in doc]
+    if absent:
+        raise InputFormatError(
+            f"{path}: missing key(s) {absent}; re-run stage '{stage}' (see docs/architecture.md)"
+        )
+
+
+def _read_history(paths: ReportPaths, model: str) -> pd.DataFrame:
+    """Per-epoch DVCLive values of one model, indexed by epoch (``val_loss`` must be there)."""
+    return EpochLog.read(paths.train_dir(model))
+
+
+@dataclass
+class ModelResults:
+    """Everything the report reads for one model."""
+
+    name: str
+    test: dict
+    test_path: Path
+    localise: dict
+    localise_path: Path
+    train: dict
+    train_path: Path
+    history: pd.DataFrame  # index epoch; columns val_loss (+ train_loss, val_macro_auc, lr if logged)
+    roc: pd.DataFrame  # label, fpr, tpr
+
+    @property
+    def display(self) -> str:
+        return display_name(self.name)
+
+    @property
+    def macro_auc(self) -> float | None:
+        return finite(self.test.get("macro_auc"))
+
+    def method(self, name: str) -> dict | None:
+        return self.localise.get("methods", {}).get(name)
+
+
+def load_model_results(paths: ReportPaths, model: str) -> ModelResults:
+    """Read and shape-check one model's metrics (files must exist: see :func:`check_inputs`)."""
+    test = read_json(paths.test_json(model), f"test@{model}", ("auc", "auc_ci", "macro_auc", "macro_auc_ci"))
+    loc = read_json(paths.localise_json(model), f"localise@{model}", ("methods",))
+    roc = RocTable.read(paths.roc_csv(model))
+    return ModelResults(
+        name=model,
+        test=test,
+        test_path=paths.test_json(model),
+        localise=loc,
+        localise_path=paths.localise_json(model),
+        train=read_json(paths.train_summary(model), f"train@{model}"),
+        train_path=paths.train_summary(model),
+        history=_read_history(paths, model),
+        roc=roc,
+    )
+
+
+def display_name(model: str) -> str:
+    """How tables and figures name a model: the paper's name for its six, else the params name."""
+    return get_spec(model).display_name
+
+
+def best_model(models: Sequence[ModelResults]) -> ModelResults | None:
+    """The model with the highest macro AUC (first in params order on ties); None if none has one."""
+    scored = [m for m in models if m.macro_auc is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda m: m.macro_auc)  # max keeps the first of equal keys
+
+
+def method_names(models: Sequence[ModelResults], configured: Sequence[str] = ()) -> list[str]:
+    """Methods to report: the configured ones first (even if absent: shown as n/a), then any other found."""
+    found = [name for m in models for name in m.localise.get("methods", {})]
+    return list(dict.fromkeys([*configured, *sorted(set(found) - set(configured))]))
+
+
+def threshold_keys(models: Sequence[ModelResults], metric: str = "iou") -> list[str]:
+    """Heatmap-threshold keys (``t010`` ...) found in any model / method, in numeric order."""
+    keys = {
+        k
+        for m in models
+        for method in m.localise.get("methods", {}).values()
+        if isinstance(method, dict)
+        for k in (method.get(metric) or {})
+    }
+    return sorted(keys, key=key_value)
+
+
+def cutoff_keys(models: Sequence[ModelResults]) -> list[str]:
+    """Box-accuracy cut-off keys (``T010`` ...) found anywhere, in numeric order."""
+    keys = {
+        c
+        for m in models
+        for method in m.localise.get("methods", {}).values()
+        if isinstance(method, dict)
+        for metric in ("box_acc_iou", "box_acc_iobb")
+        for per_t in (method.get(metric) or {}).values()
+        if isinstance(per_t, dict)
+        for c in per_t
+    }
+    return sorted(keys, key=key_value)
+
+
+def key_value(key: str) -> float:
+    """``t010`` / ``T025`` -> 0.10 / 0.25 (docs/architecture.md: the key is ``t`` + round(100 a))."""
+    return int(key[1:]) / 100.0
+
+
+def data_source(manifest: Mapping[str, Any]) -> tuple[str, bool]:
+    """(what the header calls the data, whether it is the phantom), from ``data/raw/manifest.json``."""
+    source = str(manifest.get("source", ""))
+    if source == "synthetic":
+        return PHANTOM_BANNER, True
+    if source == "nih":
+        return NIH_NAME, False
+    return f"{NIH_NAME} (local copy: {source})", False

@@ -1,0 +1,82 @@
+"""Every file passed between stages has one registered type, and docs/architecture.md lists them all."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+
+import yaml
+
+import cxr_core
+from cxr_core.files import CONTRACTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import_all() -> None:
+    for module in pkgutil.walk_packages(cxr_core.__path__, "cxr_core."):
+        importlib.import_module(module.name)
+
+
+def _documented() -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## Files between stages", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith("`"):
+            continue
+        path, writer, type_name, fields = cells
+        rows[path.strip("`")] = (
+            writer,
+            type_name.strip("`"),
+            tuple(f.strip("`") for f in re.split(r",\s*(?=`)", fields)),
+        )
+    return rows
+
+
+def test_docs_table_is_the_registered_contracts() -> None:
+    _import_all()
+    docs = _documented()
+    assert set(docs) == set(CONTRACTS), "docs/architecture.md and the @contract registry list different files"
+    for path, contract in CONTRACTS.items():
+        assert docs[path] == (contract.writer, contract.type_name, contract.fields), path
+
+
+def test_every_contract_type_can_be_imported_and_reads() -> None:
+    _import_all()
+    for contract in CONTRACTS.values():
+        module, _, name = contract.type_name.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        assert any(hasattr(cls, attr) for attr in ("read", "load", "of")), contract.type_name
+
+
+def test_every_stage_output_file_has_a_contract() -> None:
+    """Files in dvc.yaml outs / metrics / plots that a later stage or the report reads."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    declared = set()
+    for stage in stages.values():
+        for key in ("outs", "metrics"):
+            for entry in stage.get(key, []):
+                declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+    normalised = {d.replace("${item.model}", "<model>") for d in declared}
+    consumed_elsewhere = {  # what the next stage reads, mapped to its contract path
+        "data/raw/manifest.json",
+        "data/cache",
+        "data/splits",
+        "metrics/split.json",
+        "data/models/<model>",
+        "data/predictions/<model>",
+        "metrics/test/<model>.json",
+        "plots/roc/<model>.csv",
+        "data/heatmaps/<model>.npz",
+        "data/localisation/<model>",
+        "metrics/localise/<model>.json",
+    }
+    assert consumed_elsewhere <= normalised
+    _import_all()
+    covered = {path.rstrip("/") for path in CONTRACTS}
+    for out in consumed_elsewhere:
+        assert any(c == out or c.startswith(out + "/") for c in covered), f"{out}: no contract type"
