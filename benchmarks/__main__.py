@@ -1,9 +1,9 @@
 """``python -m benchmarks all [--quick] [--out benchmarks/results]``: every benchmark, one report.
 
-Sub-commands ``loader``, ``models``, ``preprocess``, ``cams`` run one section each. ``all`` writes
-``results.json`` and ``results.md`` in ``--out``; a sub-command writes ``<name>.json`` / ``<name>.md``
-there, so a single-section run never overwrites the full report. Every section times its
-contenders against a baseline in the same process and prints the ratios.
+Sub-commands ``loader``, ``models``, ``preprocess``, ``cams``, ``compare`` run one section each.
+``all`` writes ``results.json`` and ``results.md`` in ``--out``; a sub-command writes
+``<name>.json`` / ``<name>.md`` there, so a single-section run never overwrites the full report.
+Every section times its contenders against a baseline in the same process and prints the ratios.
 
 ``--quick`` (a few minutes on a 2-core CPU) uses fewer images, models, steps and repeats, still at
 224 px.
@@ -24,6 +24,7 @@ import click
 import torch
 
 from benchmarks import cams as cams_bench
+from benchmarks import compare as compare_bench
 from benchmarks import loader as loader_bench
 from benchmarks import models as models_bench
 from benchmarks import preprocess as preprocess_bench
@@ -49,6 +50,7 @@ class Plan:
     models: models_bench.ModelSettings
     preprocess: dict[str, int]
     cams: dict[str, Any]
+    compare: dict[str, int]
 
 
 def make_plan(quick: bool, models: tuple[str, ...] | None, compile_: str, cam_model: str) -> Plan:
@@ -61,6 +63,7 @@ def make_plan(quick: bool, models: tuple[str, ...] | None, compile_: str, cam_mo
             ),
             preprocess={"images": 32, "workers": 2, "size": 224, "repeat": 2},
             cams={"model": cam_model, "images": 8, "size": 224, "batch_size": 8, "repeats": 3},
+            compare={"naive_replicates": 3, "metrics_replicates": 50, "repeats": 2},
         )
     return Plan(
         loader=loader_bench.LoaderSettings(images=256, repeats=5),
@@ -73,6 +76,7 @@ def make_plan(quick: bool, models: tuple[str, ...] | None, compile_: str, cam_mo
         ),
         preprocess={"images": 200, "workers": 2, "size": 224, "repeat": 3},
         cams={"model": cam_model, "images": 32, "size": 224, "batch_size": 16, "repeats": 3},
+        compare={"naive_replicates": 10, "metrics_replicates": 100, "repeats": 3},
     )
 
 
@@ -83,12 +87,14 @@ def _run_sections(names: tuple[str, ...], plan: Plan, device: torch.device) -> d
         "models": lambda: models_bench.run(plan.models, device, progress=True),
         "preprocess": lambda: preprocess_bench.run(**plan.preprocess),
         "cams": lambda: cams_bench.run(**plan.cams, device=str(device), threads=torch.get_num_threads()),
+        "compare": lambda: compare_bench.run(**plan.compare),
     }
     shown = {
         "loader": ("loader",),
         "models": ("efficiency", "models"),
         "preprocess": ("preprocess",),
         "cams": ("cams",),
+        "compare": ("compare",),
     }
     sections: dict[str, Any] = {}
     for name in names:
@@ -185,14 +191,14 @@ def common_options(fn: Callable[..., None]) -> Callable[..., None]:
 
 @click.group()
 def cli() -> None:
-    """Speed benchmarks of the pipeline: loader, models, preprocess, CAMs."""
+    """Speed benchmarks of the pipeline: loader, models, preprocess, CAMs, model comparison."""
 
 
 @cli.command("all")
 @common_options
 def all_(**opts: Any) -> None:
     """Every section; writes results.json and results.md."""
-    _execute("all", ("loader", "models", "preprocess", "cams"), opts)
+    _execute("all", ("loader", "models", "preprocess", "cams", "compare"), opts)
 
 
 def _single(name: str, doc: str) -> None:
@@ -208,6 +214,7 @@ _single("loader", "Cache loader vs the paper-style PNG DataLoader (images/s, rat
 _single("models", "Train / inference images/s per model and the input-pipeline efficiency.")
 _single("preprocess", "build_cache vs the decode-only limit (benchmarks.preprocess).")
 _single("cams", "Heatmaps/s per CAM method vs pytorch-grad-cam (benchmarks.cams).")
+_single("compare", "paired_auc_bootstrap vs a per-replicate sklearn loop (benchmarks.compare).")
 
 
 if __name__ == "__main__":

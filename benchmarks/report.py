@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.compare import compare_md
+
 #: Section key -> Markdown heading (the tests look for these).
 SECTION_TITLES: dict[str, str] = {
     "loader": "Loader: cache vs paper-style",
@@ -23,6 +25,7 @@ SECTION_TITLES: dict[str, str] = {
     "models": "Models: train and inference images/s",
     "cams": "CAMs: heatmaps/s",
     "preprocess": "Preprocess: build_cache vs decode-only",
+    "compare": "Compare: paired AUC bootstrap vs a per-replicate sklearn loop",
 }
 
 
@@ -308,6 +311,7 @@ RENDERERS: dict[str, tuple[str, Callable[[Mapping[str, Any]], list[str]]]] = {
     "models": ("models", models_md),
     "cams": ("cams", cams_md),
     "preprocess": ("preprocess", preprocess_md),
+    "compare": ("compare", compare_md),
 }
 
 

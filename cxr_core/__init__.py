@@ -2,6 +2,6 @@
 
 Stages in ``stages/`` are thin click wrappers; every piece of logic lives here once. The folders
 are the layers, from the bottom up: ``data``, ``models``, ``train``, ``evaluate``, ``explain``,
-``report`` and ``app``; each imports only the layers below it and the top-level modules
+``compare``, ``report`` and ``app``; each imports only the layers below it and the top-level modules
 (``errors``, ``files``, ``labels``, ``logs``, ``params``, ``runtime``).
 """

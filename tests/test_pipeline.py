@@ -102,6 +102,13 @@ def test_touching_a_module_makes_exactly_its_stages_stale(project, module, expec
     assert _stale_stages(project) == set()
 
 
+def test_bytecode_caches_do_not_make_stages_stale(project):
+    """A user's Python writes __pycache__/ into the dep folders; .dvcignore keeps them out of the hashes."""
+    _sh(project, sys.executable, "-m", "compileall", "-q", "cxr_core", "stages")
+    assert list((project / "cxr_core" / "explain").glob("__pycache__/*.pyc"))
+    assert _stale_stages(project) == set()
+
+
 def test_forced_rerun_changes_no_tracked_file(project):
     """Same code, params and data: every output byte-identical, so dvc.lock, metrics, plots and
     reports are unchanged and `dvc metrics diff` is empty."""

@@ -338,7 +338,8 @@ def stage_run(tmp_path_factory, phantom_data, single_thread):
     runner = CliRunner()
     out = runner.invoke(
         train_stage.main,
-        [*common, "--out", str(p["model_dir"]), "--live", str(root / "metrics" / "train" / TINY)],
+        [*common, "--out", str(p["model_dir"]), "--live", str(root / "metrics" / "train" / TINY)]
+        + ["--timings", str(root / "logs" / f"{TINY}.tsv")],
         catch_exceptions=False,
     )
     assert out.exit_code == 0, out.output

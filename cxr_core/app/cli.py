@@ -298,9 +298,10 @@ def demo(
     max_px: int,
 ) -> None:
     """Web app: upload an X-ray, see the 14 probabilities and a heatmap (needs the demo extra)."""
-    from cxr_core.app.demo import DemoError, build_app, default_methods, launch
+    from cxr_core.app.demo import build_app, default_methods, launch
     from cxr_core.app.imaging import ImageLimits
     from cxr_core.app.predictor import InferenceSettings
+    from cxr_core.errors import CxrError
 
     params = _load_params(params_path)
     try:
@@ -312,7 +313,7 @@ def demo(
             settings=InferenceSettings.from_params(params, device),
             limits=ImageLimits.from_mb(max_mb, max_px),
         )
-    except DemoError as exc:
+    except CxrError as exc:  # DemoError, a malformed loc.csv, a bad checkpoint...
         raise click.ClickException(str(exc)) from exc
     launch(app, host=host, port=port)
 
