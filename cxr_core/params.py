@@ -56,13 +56,15 @@ class Float:
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
+    hi_open: bool = False
     decimals: int | None = None  # at most this many decimals (values that become metric keys)
 
     def check(self, value: Any, path: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise _fail(path, value, self.describe())
         too_low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
-        if too_low or (self.hi is not None and value > self.hi):
+        too_high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
+        if too_low or too_high:
             raise _fail(path, value, self.describe())
         if self.decimals is not None and not math.isclose(value, round(value, self.decimals), abs_tol=1e-12):
             raise _fail(path, value, self.describe())
@@ -70,10 +72,11 @@ class Float:
 
     def describe(self) -> str:
         left = "(" if self.lo_open else "["
+        right = ")" if self.hi_open else "]"
         lo = "-inf" if self.lo is None else self.lo
         hi = "inf" if self.hi is None else self.hi
         places = f" with at most {self.decimals} decimals" if self.decimals is not None else ""
-        return f"a number in {left}{lo}, {hi}]{places}"
+        return f"a number in {left}{lo}, {hi}{right}{places}"
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,7 @@ SCHEMA = Section(
                 "epochs": Int(1, 1000),
                 "batch_size": Int(1, 4096),
                 "loss": Named("loss"),
-                "plateau_factor": Float(0.0, 1.0, lo_open=True),
+                "plateau_factor": Float(0.0, 1.0, lo_open=True, hi_open=True),  # ReduceLROnPlateau needs < 1
                 "plateau_patience": Int(0, 1000),
                 "early_stop_patience": Int(1, 1000),
                 "augment": Section({"hflip_p": PROB, "rotate_p": PROB, "max_degrees": Float(0.0, 180.0)}),
@@ -239,7 +242,7 @@ SCHEMA = Section(
         "test": Section(
             {
                 "bootstrap": Int(0, 100_000),
-                "ci": Float(0.5, 1.0, lo_open=False),
+                "ci": Float(0.5, 1.0, hi_open=True),
                 "roc_points": Int(2, 10_000),
             }
         ),

@@ -108,3 +108,15 @@ def test_file_errors_name_the_file(tmp_path):
     bad.write_text(yaml.safe_dump(_with("seed", -3)))
     with pytest.raises(ParamsError, match=r"exp.yaml: seed = -3"):
         load_params(bad)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("test.ci", r"test.ci = 1.0 .*\[0.5, 1.0\)"),
+        ("train.plateau_factor", r"plateau_factor = 1.0 .*\(0.0, 1.0\)"),
+    ],
+)
+def test_open_upper_bounds_are_refused_before_any_work(path, message):
+    with pytest.raises(ParamsError, match=message):
+        validate(_with(path, 1.0))

@@ -117,3 +117,21 @@ def test_real_metadata_split_is_stratified_and_patient_disjoint(tmp_path):
         if positives >= 100:
             rel = splits.val[label].mean() / train_val[label].mean()
             assert abs(rel - 1) <= 0.15, (label, rel)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("patient", "", "'patient' must hold non-negative integers"),
+        ("row", "x", "'row' must hold non-negative integers"),
+    ],
+)
+def test_split_table_reader_refuses_bad_ids(phantom_data, tmp_path, column, value, message):
+    from cxr_core.data.tables import SplitTable
+    from cxr_core.errors import ArtifactError
+
+    table = pd.read_csv(phantom_data.splits / "test.csv", dtype=str)
+    table.loc[0, column] = value
+    table.to_csv(tmp_path / "test.csv", index=False)
+    with pytest.raises(ArtifactError, match=f"test.csv: column {message}"):
+        SplitTable.read(tmp_path, "test")

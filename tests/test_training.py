@@ -409,3 +409,15 @@ def test_pixel_digest_sees_a_regenerated_cache():
     changed = images.copy()
     changed[rows[-1]] += 1
     assert pixel_digest(changed, rows) != before
+
+
+def test_a_last_pt_from_another_runtime_is_not_resumed(tmp_path, cfg, data) -> None:
+    """``channels_last`` (like ``device: auto`` on another machine) changes the float results: the
+    resume key holds the runtime it resolves to, so such a last.pt trains from scratch."""
+    images, train, val = data
+    assert cfg.runtime().channels_last, "the tiny CNN runs channels_last by default"
+    fit(replace(cfg, epochs=1), images, train, val, tmp_path / "model")
+    same = fit(replace(cfg, epochs=2), images, train, val, tmp_path / "model")
+    assert same.resumed_from == 1
+    other = fit(replace(cfg, epochs=3, channels_last=False), images, train, val, tmp_path / "model")
+    assert other.resumed_from == 0

@@ -120,7 +120,9 @@ def main(verbose: bool) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="trained weights [default: data/models/<model>/best.pt]",
 )
-@inference_options("train.device / amp and cam.batch_size")
+@inference_options(
+    "the runtime (train.device, amp, channels_last, eval_batch_size) and cam (batch_size, eigen_sign, random_stride, seed)"
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -283,7 +285,9 @@ def _write_overlays(
     type=click.Path(path_type=Path, file_okay=False),
     help="loc.csv there gives the radiologist boxes",
 )
-@inference_options("train.device / amp and cam.methods")
+@inference_options(
+    "the runtime (train.device, amp, channels_last, eval_batch_size) and cam (methods, eigen_sign, random_stride, seed)"
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to serve the network")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
 def demo(

@@ -56,6 +56,7 @@ class InferenceSettings:
     batch_size: int
     eigen_sign: str
     random_stride: int
+    seed: int  # the random control's seed, as in cams@
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None, device: str | None = None) -> InferenceSettings:
@@ -70,6 +71,7 @@ class InferenceSettings:
             batch_size=train["eval_batch_size"],
             eigen_sign=cam["eigen_sign"],
             random_stride=cam["random_stride"],
+            seed=params["seed"],
         )
 
     def runtime(self, spec: ModelSpec) -> Runtime:
@@ -86,6 +88,7 @@ FALLBACK_SETTINGS = InferenceSettings(
     batch_size=32,
     eigen_sign="pytorch-grad-cam",
     random_stride=32,
+    seed=0,
 )
 
 
@@ -204,6 +207,7 @@ class Predictor:
                 batch_size=batch_size,
                 autocast_dtype=self.runtime.autocast_dtype,
                 channels_last=self.runtime.channels_last,
+                seed=self.settings.seed,
                 eigen_sign=self.settings.eigen_sign,
                 random_stride=self.settings.random_stride,
             )

@@ -36,6 +36,20 @@ LOC_COLUMNS = [
 
 
 _PRODUCER = "the split stage"
+
+
+def _check_columns(table: pd.DataFrame, path: Path, integers: tuple[str, ...], numbers: tuple[str, ...] = ()) -> None:
+    """Integer id columns (non-negative, no blanks) and finite number columns, or the file is malformed."""
+    for column in integers:
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = values.isna() | (values < 0) | (values != values.round())
+        if bad.any():
+            raise malformed(path, f"column {column!r} must hold non-negative integers ({int(bad.sum())} bad row(s))", _PRODUCER)
+    for column in numbers:
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
+        if bad.any():
+            raise malformed(path, f"column {column!r} must hold finite numbers ({int(bad.sum())} bad row(s))", _PRODUCER)
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 
 
@@ -75,6 +89,7 @@ class SplitTable:
         bad = ~table[list(LABELS)].isin([0, 1]).all(axis=1)
         if bad.any():
             raise malformed(path, f"has label values other than 0/1 in {int(bad.sum())} row(s)", _PRODUCER)
+        _check_columns(table, path, ("row", "patient"))
         return cls(table)
 
     def write(self, splits_dir: str | os.PathLike, name: str) -> None:
@@ -115,6 +130,7 @@ class LocTable:
         unknown = sorted(set(table["label"]) - set(BOX_LABELS))
         if unknown:
             raise malformed(path, f"has label(s) {unknown} that are not box findings {list(BOX_LABELS)}", _PRODUCER)
+        _check_columns(table, path, ("row", "patient", "label_index"), ("x", "y", "w", "h", "x1024", "y1024", "w1024", "h1024"))
         if not table["label_index"].equals(table["label"].map(LABEL_INDEX)):
             raise malformed(path, "has label_index values that do not match the label column", _PRODUCER)
         return cls(table)

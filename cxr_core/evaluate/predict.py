@@ -90,6 +90,10 @@ class Predictions:
 
     def __post_init__(self) -> None:
         n = len(self.rows)
+        if len(self.images) != n or len(self.patients) != n:
+            raise ValueError(
+                f"predictions: {len(self.images)} images and {len(self.patients)} patients for {n} rows"
+            )
         if self.probs.shape != (n, len(LABELS)) or self.targets.shape != (n, len(LABELS)):
             raise ValueError(
                 f"predictions: probs {self.probs.shape} and targets {self.targets.shape} must be "

@@ -1,7 +1,9 @@
 """The localisation set's heatmaps: every box's image explained for the box's own finding.
 
-Images are explained in chunks of ``cam.batch_size``, but no map depends on it: the random
-control is seeded by the box's position in the whole localisation set. Maps are stored as uint8
+Images are explained in chunks of ``cam.batch_size``; the random control is seeded by the box's
+position in the whole localisation set, so its maps (like EigenCAM's) do not depend on the chunk
+size. Gradient maps can differ in the last float bits between batch sizes on CPU (about 2e-7),
+which very rarely moves a uint8 level. Maps are stored as uint8
 (``np.uint8(255 * h)``, the map the paper thresholds), so ``localise@`` can re-score any threshold
 without the model.
 """

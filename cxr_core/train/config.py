@@ -71,8 +71,9 @@ class TrainConfig:
         return Runtime.from_params(train, get_spec(self.model), local_rank=local_rank)
 
 
-#: Settings that do not change the trained weights' trajectory, so a ``last.pt`` written under
-#: other values may be resumed (``epochs``: a longer run continues a shorter one exactly).
+#: Settings a ``last.pt`` written under other values may be resumed across (``epochs``: a longer
+#: run continues a shorter one exactly). ``device`` and ``channels_last`` are requests: the resume
+#: key holds the runtime they resolve to, which does change the float results.
 _RESUMABLE_ACROSS: frozenset[str] = frozenset(
     {"epochs", "eval_batch_size", "device", "compile", "channels_last"}
 )

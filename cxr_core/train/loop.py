@@ -464,5 +464,5 @@ def _build_run(
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, cfg.plateau_factor, cfg.plateau_patience),
         loss_fn=get_loss(cfg.loss),
-        key=resume_key(cfg, env, train, val, images),
+        key=resume_key(cfg, env, runtime, train, val, images),
     )

@@ -17,6 +17,7 @@ import numpy as np
 
 from cxr_core.data.tables import SplitTable
 from cxr_core.models.checkpoints import CheckpointError, load_checkpoint
+from cxr_core.runtime import Runtime
 from cxr_core.train.config import _RESUMABLE_ACROSS, TrainConfig
 from cxr_core.train.distributed import DistEnv
 
@@ -27,11 +28,16 @@ LAST_FILE = "last.pt"
 
 
 def resume_key(
-    cfg: TrainConfig, env: DistEnv, train: SplitTable, val: SplitTable, images: np.ndarray
+    cfg: TrainConfig, env: DistEnv, runtime: Runtime, train: SplitTable, val: SplitTable, images: np.ndarray
 ) -> dict:
-    """What ``last.pt`` must have been trained with to be continued (saved in it as ``resume_key``)."""
+    """What ``last.pt`` must have been trained with to be continued (saved in it as ``resume_key``).
+
+    The runtime as resolved (CPU or GPU, bf16 or not, memory format) is part of it: ``device: auto``
+    on another machine, or channels_last toggled for a CNN, changes the float results.
+    """
     key = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_ACROSS}
     key.update(
+        compute={"device": runtime.device.type, "amp": runtime.amp, "channels_last": runtime.channels_last},
         world_size=env.world_size,
         train_data=train.digest(),
         val_data=val.digest(),
