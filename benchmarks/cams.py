@@ -18,7 +18,6 @@ gap grows with every extra method (ours shares the forward) and with a GPU (batc
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from benchmarks.timing import timed_call
 from cxr_core.explain.layers import cam_target_layer, reshape_transform
 from cxr_core.explain.methods import compute_heatmaps, degeneracy_summary
+from cxr_core.files import write_json
 from cxr_core.models.registry import create_model, get_spec
 
 ALL_METHODS = ("GradCAM", "GradCAMPlusPlus", "EigenCAM", "RandomCAM")
@@ -206,8 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(_report(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)
     return result
 
 

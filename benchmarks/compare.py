@@ -21,7 +21,6 @@ The pair statistics after the replicate AUCs cost milliseconds; the time is the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 from typing import Any
@@ -34,6 +33,7 @@ from sklearn.metrics import roc_auc_score
 from benchmarks.timing import ratio, timed_call
 from cxr_core.compare.paired import paired_auc_bootstrap
 from cxr_core.evaluate.metrics import bootstrap_auc_replicates
+from cxr_core.files import write_json
 from cxr_core.labels import LABELS
 
 N_IMAGES = 25_596
@@ -219,8 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = run(n_boot=args.n_boot, n_models=args.models, seed=args.seed, **sizes)
     print(_report(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)
     return result
 
 
