@@ -5,7 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install repro test lint bench
+.PHONY: install repro test lint bench pr-report gpu-check scale
+
+BASE ?= main
+PR_REPORT_ARGS ?=
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -27,3 +30,15 @@ test: lint
 
 bench: install
 	python -m benchmarks all --quick
+
+# on a CUDA machine, under 8 minutes: train images/s fp32 vs bf16 + channels_last, compile, one phantom epoch
+gpu-check: install
+	python -m benchmarks gpu-check
+
+# the pipeline's steps at NIH's full size on synthetic data (time and peak memory at 10/50/100%): docs/scale.md
+scale: install
+	python -m benchmarks scale
+
+# Markdown + PNG report of what changed against BASE (metrics, params, plots): docs/pr-report.md
+pr-report: install
+	python -m cxr_core.app.pr_report --base $(BASE) --out pr-report $(PR_REPORT_ARGS)

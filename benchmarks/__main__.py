@@ -1,6 +1,10 @@
 """``python -m benchmarks all [--quick] [--out benchmarks/results]``: every benchmark, one report.
 
 Sub-commands ``loader``, ``models``, ``preprocess``, ``cams``, ``compare`` run one section each.
+Two more stand apart and are not part of ``all``: ``scale`` (a dry run of every post-image step at
+the real data set's size, ``benchmarks.scale``) and ``gpu-check`` (one GPU's training speed per
+model and a phantom epoch on it, ``benchmarks.gpu_check``; it refuses to run without CUDA unless
+``--allow-cpu``).
 ``all`` writes ``results.json`` and ``results.md`` in ``--out``; a sub-command writes
 ``<name>.json`` / ``<name>.md`` there, so a single-section run never overwrites the full report.
 Every section times its contenders against a baseline in the same process and prints the ratios.
@@ -30,7 +34,9 @@ from benchmarks import models as models_bench
 from benchmarks import preprocess as preprocess_bench
 from benchmarks.report import machine_info, section_md, to_markdown
 from benchmarks.timing import pick_device
+from cxr_core.errors import CxrError
 from cxr_core.files import write_json
+from cxr_core.models.registry import get_spec
 from cxr_core.runtime import DEVICES
 
 SHARED_NOTE = (
@@ -215,6 +221,140 @@ _single("models", "Train / inference images/s per model and the input-pipeline e
 _single("preprocess", "build_cache vs the decode-only limit (benchmarks.preprocess).")
 _single("cams", "Heatmaps/s per CAM method vs pytorch-grad-cam (benchmarks.cams).")
 _single("compare", "paired_auc_bootstrap vs a per-replicate sklearn loop (benchmarks.compare).")
+
+
+def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, ...]:
+    try:
+        fractions = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated numbers such as 0.1,0.5,1.0") from None
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise click.BadParameter(f"{value!r}: every fraction must be in (0, 1]")
+    return fractions
+
+
+@cli.command("scale")
+@click.option(
+    "--fractions",
+    default="0.1,0.5,1.0",
+    show_default=True,
+    callback=_fractions,
+    help="sizes, of 112,120 images",
+)
+@click.option("--out", default="benchmarks/results", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--workdir", default=None, type=click.Path(file_okay=False), help="where the cache goes (default: /tmp)"
+)
+@click.option(
+    "--meta",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="folder with NIH's four metadata files gzipped (default: synthetic metadata)",
+)
+@click.option(
+    "--keep", is_flag=True, help="keep the work folder (cache, splits, metrics) instead of deleting it"
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads of the epoch step")
+@click.option(
+    "--in-process",
+    is_flag=True,
+    help="run the steps in this process (faster start; memory peaks not isolated)",
+)
+def scale(
+    fractions: tuple[float, ...],
+    out: str,
+    workdir: str | None,
+    meta: str | None,
+    keep: bool,
+    threads: int | None,
+    in_process: bool,
+) -> None:
+    """Dry run of every post-image step at 10%, 50%, 100% of NIH's size: time, memory, growth."""
+    from benchmarks import scale as scale_bench
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    n_threads, why = choose_threads(threads)
+    click.echo(f"torch threads: {n_threads} ({why})", err=True)
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    try:
+        result = scale_bench.run(
+            fractions,
+            workdir=Path(workdir) if workdir else None,
+            meta=Path(meta) if meta else None,
+            keep=keep,
+            threads=n_threads,
+            progress=lambda msg: click.echo(msg, err=True),
+            isolate=not in_process,
+        )
+    except (CxrError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    machine = {**machine_info(torch.device("cpu")), "threads_choice": why}
+    result = {"command": "scale", "started": started, "machine": machine, **result}
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "scale.json", result)
+    markdown = scale_bench.to_markdown(result, machine)
+    (folder / "scale.md").write_text(markdown)
+    click.echo(markdown)
+    click.echo(
+        f"wrote {folder / 'scale.json'} and {folder / 'scale.md'} ({result['seconds']:.0f} s)", err=True
+    )
+
+
+@cli.command("gpu-check")
+@click.option("--out", default="benchmarks/results", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--allow-cpu", is_flag=True, help="without CUDA, a tiny smoke run (efficientnet_b0, 64 px, 2 steps)"
+)
+@click.option(
+    "--budget-s", type=click.FloatRange(min=0), default=None, help="time budget; compiles past it are skipped"
+)
+@click.option("--models", "models", default=None, help="comma-separated model names (default: the six)")
+@click.option("--no-compile", is_flag=True, help="skip the torch.compile measurements")
+def gpu_check(
+    out: str, allow_cpu: bool, budget_s: float | None, models: str | None, no_compile: bool
+) -> None:
+    """On one CUDA GPU: train images/s per model (fp32, bf16, compile) and a phantom epoch end to end."""
+    from benchmarks import gpu_check as gpu_bench
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        device = gpu_bench.require_cuda(allow_cpu)
+    except gpu_bench.GpuCheckError as exc:
+        raise click.ClickException(str(exc)) from None
+    settings = gpu_bench.CheckSettings() if device.type == "cuda" else gpu_bench.CheckSettings.smoke()
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(choose_threads(None)[0])
+    changes: dict[str, Any] = {}
+    if budget_s is not None:
+        changes["budget_s"] = budget_s
+    if models:
+        names = tuple(m.strip() for m in models.split(",") if m.strip())
+        changes.update(models=names, compile_models=tuple(m for m in settings.compile_models if m in names))
+    if no_compile:
+        changes["compile"] = False
+    settings = dataclasses.replace(settings, **changes)
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    try:
+        for name in settings.models:
+            get_spec(name)  # an unknown --models name fails here, with suggestions, before any timing
+        result = gpu_bench.run(settings, device, progress=lambda msg: click.echo(msg, err=True))
+    except CxrError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        torch.set_num_threads(threads)
+    result = {"command": "gpu-check", "started": started, "smoke": device.type != "cuda", **result}
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "gpu_check.json", result)
+    markdown = gpu_bench.to_markdown(result)
+    (folder / "gpu_check.md").write_text(markdown)
+    click.echo(markdown)
+    click.echo(
+        f"wrote {folder / 'gpu_check.json'} and {folder / 'gpu_check.md'} ({result['seconds']:.0f} s)",
+        err=True,
+    )
 
 
 if __name__ == "__main__":

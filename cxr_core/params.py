@@ -179,6 +179,7 @@ SCHEMA = Section(
     {
         "lr": Float(0.0, 10.0, lo_open=True),
         "seed": Int(0),
+        "seeds": ListOf(Int(0)),
         "models": ListOf(Named("model")),
         "data": Section(
             {
@@ -258,11 +259,47 @@ SCHEMA = Section(
                 "positive_threshold": PROB,
             }
         ),
+        "compare": Section(
+            {
+                "alpha": Float(0.0, 0.5, lo_open=True),
+                "box_threshold": Float(0.0, 1.0, decimals=2),
+                "box_cutoff": Float(0.0, 1.0, decimals=2),
+            }
+        ),
         "report": Section(
-            {"examples": Int(0, 100), "example_methods": ListOf(Named("cam method"), min_len=0)}
+            {
+                "examples": Int(0, 100),
+                "example_methods": ListOf(Named("cam method"), min_len=0),
+                "headline_method": Named("cam method"),
+            }
         ),
     }
 )
+
+
+#: Keys whose values must be among another key's, checked by the callers that use that registry:
+#: (key, the key that lists the allowed values, registry). Cross-section rules of one stage live
+#: with that stage's settings (e.g. ``compare.box_threshold`` in ``cxr_core.compare.study``).
+SUBSET_RULES: tuple[tuple[str, str, str], ...] = (
+    ("report.example_methods", "cam.methods", "cam method"),
+    ("report.headline_method", "cam.methods", "cam method"),
+)
+
+
+def get_dotted(checked: Mapping[str, Any], dotted: str) -> Any:
+    """``get_dotted(params, "cam.thresholds")``."""
+    value: Any = checked
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def check_among(checked: Mapping[str, Any], key: str, among: str) -> None:
+    """``key``'s value (or every item of it) is one of the values listed at ``among``."""
+    value, allowed = get_dotted(checked, key), get_dotted(checked, among)
+    outside = [v for v in (value if isinstance(value, list) else [value]) if v not in allowed]
+    if outside:
+        raise ParamsError(f"params.yaml: {key} = {value!r}: {outside} not in {among} = {allowed}")
 
 
 #: A registry lookup: returns (or raises ``ValueError`` naming what is allowed) for one name.
@@ -313,6 +350,9 @@ def validate(raw: Any, lookups: Mapping[str, Lookup] | None = None) -> dict:
                 lookups[registry](value)
             except ValueError as exc:
                 raise ParamsError(f"params.yaml: {key} = {value!r}: {exc}") from None
+    for key, among, registry in SUBSET_RULES:
+        if registry in lookups:
+            check_among(checked, key, among)
     return checked
 
 

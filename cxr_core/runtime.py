@@ -19,16 +19,21 @@ from cxr_core.errors import CxrError
 
 #: ``train.device`` values: ``auto`` takes this process's GPU when CUDA is available, else the CPU.
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-#: ``train.amp`` values: ``bf16`` autocasts on CUDA; ``none`` runs in float32 everywhere.
-AMP_MODES: tuple[str, ...] = ("bf16", "none")
+#: ``train.amp`` values: ``auto`` autocasts to bf16 on CUDA, and on the CPU for the families whose
+#: measured CPU speed-up is real (the model table's ``cpu_bf16``); ``bf16`` autocasts everywhere;
+#: ``none`` runs in float32 everywhere.
+AMP_MODES: tuple[str, ...] = ("auto", "bf16", "none")
 
 
 class DeviceError(CxrError, ValueError):
     """The device asked for in params is not available on this machine."""
 
 
-class _HasChannelsLast(Protocol):
+class _ModelPolicy(Protocol):
+    """What the model table says about running a family (a ``ModelSpec``)."""
+
     channels_last: bool
+    cpu_bf16: bool
 
 
 def check_device(name: str) -> str:
@@ -43,6 +48,16 @@ def check_amp(name: str) -> str:
     if name not in AMP_MODES:
         raise DeviceError(f"unknown amp mode {name!r}; expected one of {list(AMP_MODES)}")
     return name
+
+
+def resolve_amp(mode: str, device: torch.device, spec: _ModelPolicy | None = None) -> bool:
+    """Whether to autocast to bf16: ``train.amp`` on this device for this model (see :data:`AMP_MODES`)."""
+    check_amp(mode)
+    if mode == "none":
+        return False
+    if mode == "bf16" or device.type == "cuda":
+        return True
+    return spec is not None and bool(spec.cpu_bf16)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -69,18 +84,19 @@ class Runtime:
     """The execution policy for one model in one process."""
 
     device: torch.device
-    amp: bool  # bf16 autocast (CUDA only: on CPU it is slower for some families and changes numerics)
+    amp: bool  # bf16 autocast (on the CPU only where the model table says it pays: see resolve_amp)
     channels_last: bool  # channels_last memory format (the model table says where it pays: CNNs)
 
     @classmethod
     def from_params(
-        cls, train: Mapping[str, Any], spec: _HasChannelsLast | None = None, *, local_rank: int = 0
+        cls, train: Mapping[str, Any], spec: _ModelPolicy | None = None, *, local_rank: int = 0
     ) -> Runtime:
-        """From the validated ``train`` section; ``spec`` (a ``ModelSpec``) vetoes channels_last."""
+        """From the validated ``train`` section; ``spec`` (a ``ModelSpec``) vetoes channels_last and
+        decides CPU bf16 under ``amp: auto``."""
         device = resolve_device(train["device"], local_rank)
         return cls(
             device=device,
-            amp=train["amp"] == "bf16" and device.type == "cuda",
+            amp=resolve_amp(train["amp"], device, spec),
             channels_last=bool(train["channels_last"]) and (spec is None or bool(spec.channels_last)),
         )
 

@@ -38,11 +38,11 @@ LOOKUPS = {
 @stage_command()
 @model_option
 @params_option
-@path_option("checkpoint", help="data/models/<model>/best.pt")
-@path_option("predictions", help="data/predictions/<model>/test.npz (test stage)")
+@path_option("checkpoint", help="data/models/<model>/seed<k>/best.pt")
+@path_option("predictions", help="data/predictions/<model>/seed<k>.npz (test stage)")
 @cache_option
 @splits_option
-@path_option("out", help="data/heatmaps/<model>.npz")
+@path_option("out", help="data/heatmaps/<model>/seed<k>.npz")
 def main(
     model_name: str, params: Path, checkpoint: Path, predictions: Path, cache: Path, splits: Path, out: Path
 ) -> None:

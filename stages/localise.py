@@ -14,10 +14,10 @@ from stages._common import model_option, params_option, path_option, splits_opti
 @stage_command()
 @model_option
 @params_option
-@path_option("heatmaps", help="data/heatmaps/<model>.npz (cams stage)")
+@path_option("heatmaps", help="data/heatmaps/<model>/seed<k>.npz (cams stage)")
 @splits_option
-@path_option("records", help="data/localisation/<model>/boxes.csv: one row per (box, method)")
-@path_option("metrics", help="metrics/localise/<model>.json")
+@path_option("records", help="data/localisation/<model>/seed<k>.csv: one row per (box, method)")
+@path_option("metrics", help="metrics/localise/<model>/seed<k>.json")
 def main(model_name: str, params: Path, heatmaps: Path, splits: Path, records: Path, metrics: Path) -> None:
     cam = load_params(params)["cam"]
     loc = LocTable.read(splits)

@@ -1,10 +1,11 @@
 """report: the last node of the DAG: the paper's Tables 5-8 and Figures 1, 6, 7 regenerated.
 
-Reads every model's test / localisation / training metrics, ``metrics/split.json``, the raw data
-manifest (to say in the header which data the numbers came from) and the best model's heatmaps;
-writes ``<out>/report.md``, ``<out>/tables/*.csv``, ``<out>/provenance.csv`` (where every printed
-number came from), PNG figures in ``<plots>/figures/`` and the plot data DVC renders
-(``<plots>/label_counts.csv``, ``<plots>/iou_vs_threshold/<model>.csv``).
+Reads every (model, seed) run's test / localisation / training metrics, ``metrics/compare.json``,
+``metrics/split.json``, the raw data manifest (to say in the header which data the numbers came
+from) and the best model's heatmaps; writes ``<out>/report.md``, ``<out>/tables/*.csv``,
+``<out>/provenance.csv`` (where every printed number came from), PNG figures in
+``<plots>/figures/``, the plot data DVC renders (``<plots>/label_counts.csv``,
+``<plots>/iou_vs_threshold/<model>.csv``) and the leaderboard ``<metrics>/headline.json``.
 A missing input stops the stage with a message naming each file and the stage that writes it.
 """
 
@@ -22,11 +23,17 @@ logger = logging.getLogger("stages.report")
 
 @stage_command()
 @params_option
-@path_option("metrics", "metrics", "split.json, test/<m>.json, localise/<m>.json, train/<m>/ (DVCLive)")
-@path_option("plots", "plots", "reads roc/<m>.csv; writes figures/*.png, label_counts.csv, iou_vs_threshold/")
+@path_option(
+    "metrics",
+    "metrics",
+    "reads split.json, compare.json, {test,localise,train}/<m>/seed<k>; writes headline.json",
+)
+@path_option(
+    "plots", "plots", "reads roc/<m>/seed<k>.csv; writes figures/*.png, label_counts.csv, iou_vs_threshold/"
+)
 @splits_option
 @cache_option
-@path_option("heatmaps", "data/heatmaps", "<m>.npz of the best model (example grid)")
+@path_option("heatmaps", "data/heatmaps", "<m>/seed<k>.npz of the best model (example grid)")
 @path_option("raw", "data/raw", "manifest.json: which data the numbers came from")
 @path_option("out", "reports", "report.md, tables/*.csv, provenance.csv")
 def main(

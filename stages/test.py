@@ -32,12 +32,12 @@ logger = logging.getLogger("stages.test")
 @stage_command()
 @model_option
 @params_option
-@path_option("checkpoint", help="data/models/<model>/best.pt")
+@path_option("checkpoint", help="data/models/<model>/seed<k>/best.pt")
 @cache_option
 @splits_option
-@path_option("metrics", help="metrics/test/<model>.json")
-@path_option("roc", help="plots/roc/<model>.csv")
-@path_option("predictions", help="data/predictions/<model>/test.npz")
+@path_option("metrics", help="metrics/test/<model>/seed<k>.json")
+@path_option("roc", help="plots/roc/<model>/seed<k>.csv")
+@path_option("predictions", help="data/predictions/<model>/seed<k>.npz")
 def main(
     model_name: str,
     params: Path,

@@ -12,7 +12,10 @@ import os
 import sys
 from pathlib import Path
 
+import click
+
 from cxr_core.data.cache import load_cache
+from cxr_core.data.manifest import Manifest
 from cxr_core.data.tables import SplitTable
 from cxr_core.models.registry import get_spec
 from cxr_core.params import load_params
@@ -37,14 +40,26 @@ LOOKUPS = {"model": get_spec, "loss": get_loss, "device": check_device, "amp": c
 
 @stage_command()
 @model_option
+@click.option(
+    "--seed", "seed", required=True, type=click.IntRange(min=0), help="a training seed from `seeds`"
+)
 @params_option
+@path_option("raw", "data/raw", "manifest.json: the data source recorded in every checkpoint")
 @cache_option
 @splits_option
-@path_option("out", help="data/models/<model>: best.pt and last.pt")
-@path_option("live", help="metrics/train/<model>: the DVCLive log")
+@path_option("out", help="data/models/<model>/seed<k>: best.pt and last.pt")
+@path_option("live", help="metrics/train/<model>/seed<k>: the DVCLive log")
 @path_option("timings", "logs/train/timings.tsv", "untracked per-epoch seconds and images/s")
 def main(
-    model_name: str, params: Path, cache: Path, splits: Path, out: Path, live: Path, timings: Path
+    model_name: str,
+    seed: int,
+    params: Path,
+    raw: Path,
+    cache: Path,
+    splits: Path,
+    out: Path,
+    live: Path,
+    timings: Path,
 ) -> None:
     cfg = load_params(params, LOOKUPS)  # every key checked before any work
     get_spec(model_name)  # an unknown --model fails here, with suggestions
@@ -63,14 +78,23 @@ def main(
         ]
         os.execv(sys.executable, [*torchrun, "-m", "stages.train", *sys.argv[1:]])
 
+    manifest = Manifest.read(raw)
     images, _ = load_cache(cache)
     train, val = SplitTable.read(splits, "train"), SplitTable.read(splits, "val")
-    config = TrainConfig.from_params(cfg, model_name, image_size=int(images.shape[1]))
+    config = TrainConfig.from_params(
+        cfg,
+        model_name,
+        image_size=int(images.shape[1]),
+        seed=seed,
+        data_source=manifest.source,
+        label_file=manifest.label_file,
+    )
     result = fit(config, images, train, val, out, live, timing_log=timings)
     if dist_env_from_environ().is_main:
         logger.info(
-            "%s: best epoch %d, val loss %.4f, val macro AUC %.3f (%s)",
+            "%s seed %d: best epoch %d, val loss %.4f, val macro AUC %.3f (%s)",
             model_name,
+            seed,
             result.best_epoch,
             result.best_val_loss,
             result.best_val_macro_auc,

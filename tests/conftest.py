@@ -50,12 +50,14 @@ def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> PhantomData:
     from cxr_core.data import metadata as md
     from cxr_core.data.cache import load_cache
     from cxr_core.data.preprocess import build_cache
-    from cxr_core.data.sources.phantom import generate
+    from cxr_core.data.rawdata import write_manifest
+    from cxr_core.data.sources.phantom import LABEL_FILE, generate
     from cxr_core.data.splits import splits_from_raw, write_splits
 
     root = tmp_path_factory.mktemp("phantom")
     raw, cache, splits_dir = root / "raw", root / "cache", root / "splits"
     generate(phantom_config(images=PHANTOM_IMAGES, image_px=PHANTOM_PX, workers=1), raw, progress=False)
+    write_manifest(raw, "synthetic", raw, label_file=LABEL_FILE)  # as the download stage does
     names = md.read_data_entry(raw / md.DATA_ENTRY)["image"].tolist()
     build_cache(
         names,

@@ -422,3 +422,169 @@ def test_summaries_are_json_ready_without_dots(tmp_path) -> None:
             ),
             labels,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# training seeds
+
+
+def test_seed_runs_average_the_per_seed_replicates() -> None:
+    """seeds x N x C: per replicate the mean of the seeds' AUCs on that draw (not an ensemble's AUC)."""
+    targets, probs, groups = clustered_data(seed=4)
+    seeds_a = np.stack([probs["model0"], probs["model2"]])
+    one = paired_auc_replicates(targets, {"s0": probs["model0"], "s1": probs["model2"]}, groups, n_boot=50)
+    both = paired_auc_replicates(targets, {"a": seeds_a, "b": probs["model1"]}, groups, n_boot=50)
+    np.testing.assert_allclose(both["a"], (one["s0"] + one["s1"]) / 2, rtol=0, atol=1e-15)
+    result = paired_auc_bootstrap(targets, {"a": seeds_a, "b": probs["model1"]}, groups, n_boot=50)
+    per_seed = [sklearn_auc(targets[:, 0], p[:, 0]) for p in seeds_a]
+    assert result["auc"]["a"][0] == pytest.approx(np.mean(per_seed), abs=1e-15)
+    assert result["seeds"] == {"a": 2, "b": 1}
+    single = paired_auc_bootstrap(
+        targets, {"a": probs["model0"][None], "b": probs["model1"]}, groups, n_boot=50
+    )
+    plain = paired_auc_bootstrap(targets, {"a": probs["model0"], "b": probs["model1"]}, groups, n_boot=50)
+    np.testing.assert_array_equal(single["pairs"][0]["replicates"], plain["pairs"][0]["replicates"])
+
+
+def test_rates_accept_seed_mean_hits_but_not_other_values() -> None:
+    hits_a, hits_b, groups, classes = box_data()
+    half = (hits_a.astype(float) + hits_b) / 2  # two seeds of one model
+    out = paired_rate_bootstrap(half, hits_b, groups, n_boot=30)
+    assert out["overall"]["rate_a"] == pytest.approx((hits_a.mean() + hits_b.mean()) / 2)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        paired_rate_bootstrap(half + 0.6, hits_b, groups, n_boot=30)
+
+
+# --------------------------------------------------------------------------------------------
+# the compare stage's study (metrics/compare.json)
+
+
+def _study_inputs(seed: int = 0, n_seeds: int = 1):
+    """Three models on one test set: 'good' learned the targets, 'chance' did not, 'copy' = good."""
+    import pandas as pd
+
+    from cxr_core.evaluate.predict import Predictions
+    from cxr_core.labels import BOX_LABELS, LABELS
+
+    rng = np.random.default_rng(seed)
+    n, patients = 270, np.repeat(np.arange(30), 9)
+    targets = (rng.random((n, len(LABELS))) < 0.3).astype(np.uint8)
+    rows = np.arange(n)
+    images = np.array([f"{i:08d}_000.png" for i in rows])
+
+    def run(signal: float) -> Predictions:
+        probs = (signal * targets + rng.random(targets.shape)).astype(np.float32)
+        return Predictions(images, rows, patients, probs, targets)
+
+    good = [run(1.0) for _ in range(n_seeds)]
+    predictions = {"good": good, "chance": [run(0.0) for _ in range(n_seeds)], "copy": good}
+    loc = pd.DataFrame({"row": rows[:80], "label": np.resize(list(BOX_LABELS), 80), "patient": patients[:80]})
+
+    def records(p_hit: float) -> list[pd.DataFrame]:
+        out = []
+        for _ in range(n_seeds):
+            frames = [
+                loc[["row", "label"]].assign(
+                    method=method,
+                    pointing_hit=rng.random(80) < (0.1 if method == "RandomCAM" else p_hit),
+                    box_iou_t025=rng.random(80) * (0.2 if method == "RandomCAM" else 1.0),
+                )
+                for method in ("GradCAM", "RandomCAM")
+            ]
+            out.append(pd.concat(frames, ignore_index=True))
+        return out
+
+    good_boxes = records(0.8)
+    boxes = {"good": good_boxes, "chance": records(0.1), "copy": good_boxes}
+    return predictions, boxes, loc
+
+
+def test_study_known_answer_and_copy_is_exactly_zero() -> None:
+    from cxr_core.compare.study import CompareSettings, compare_study
+
+    predictions, boxes, loc = _study_inputs()
+    settings = CompareSettings(n_boot=300, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    doc = compare_study(predictions, boxes, loc, [0], settings)
+    pairs = doc["auc"]["pairs"]
+    assert set(pairs) == {"good_vs_chance", "good_vs_copy", "chance_vs_copy"}
+    assert (
+        pairs["good_vs_chance"]["macro"]["diff"] > 0.2
+        and pairs["good_vs_chance"]["macro"]["p_holm"] == 3 * 2 / 301  # smallest p, x 3 pairs
+    )
+    same = pairs["good_vs_copy"]["macro"]
+    assert (same["diff"], same["ci"], same["p"], same["p_holm"]) == (0.0, [0.0, 0.0], 1.0, 1.0)
+    rank = doc["ranking"]
+    assert rank["best"] == "good"  # first of the tied good / copy in params order
+    assert rank["gap"]["chance"]["worse"] and not rank["gap"]["copy"]["worse"]
+    assert rank["gap"]["copy"]["diff"] == 0.0 and rank["gap"]["chance"]["diff"] > 0.2
+    assert doc["delong"]["good_vs_copy"]["Atelectasis"]["p"] == 1.0
+    assert doc["seed_runs"]["good"]["sd"] is None
+    point = doc["localisation"]["pointing"]
+    by_method = point["models_by_method"]["GradCAM"]
+    assert by_method["ranking"]["best"] == "good" and by_method["ranking"]["gap"]["chance"]["worse"]
+    vs_random = point["methods_by_model"]["good"]["pairs"]["GradCAM_vs_RandomCAM"]["class_mean"]
+    assert vs_random["diff"] > 0.4 and vs_random["p_holm"] < 0.01
+    chance_vs_random = point["methods_by_model"]["chance"]["pairs"]["GradCAM_vs_RandomCAM"]["class_mean"]
+    assert chance_vs_random["p_holm"] > 0.05  # both at chance
+    box = doc["localisation"]["box_acc"]["models_by_method"]["GradCAM"]["rate"]
+    assert box["good"] == box["copy"]
+
+
+def test_study_seeds_give_mean_and_spread() -> None:
+    from cxr_core.compare.study import CompareSettings, compare_study
+    from cxr_core.evaluate.metrics import macro_auc
+
+    predictions, boxes, loc = _study_inputs(seed=3, n_seeds=2)
+    settings = CompareSettings(n_boot=100, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    doc = compare_study(predictions, boxes, loc, [0, 5], settings)
+    spread = doc["seed_runs"]["good"]
+    per_seed = [macro_auc(r.targets, r.probs) for r in predictions["good"]]
+    assert spread["macro_auc"] == {"seed0": per_seed[0], "seed5": per_seed[1]}
+    assert spread["mean"] == pytest.approx(np.mean(per_seed)) and spread["sd"] == pytest.approx(
+        np.std(per_seed, ddof=1)
+    )
+    assert doc["auc"]["auc"]["good"]["macro"] == pytest.approx(np.mean(per_seed), abs=1e-12)
+    rate = doc["localisation"]["pointing"]["models_by_method"]["GradCAM"]["rate"]["good"]
+    hits = [r[r["method"] == "GradCAM"].groupby("label")["pointing_hit"].mean().mean() for r in boxes["good"]]
+    assert rate == pytest.approx(np.mean(hits))
+
+
+def test_study_refuses_runs_on_different_test_sets() -> None:
+    from cxr_core.compare.study import CompareSettings, compare_study
+    from cxr_core.errors import ArtifactError
+    from cxr_core.evaluate.predict import Predictions
+
+    predictions, boxes, loc = _study_inputs()
+    bad = predictions["chance"][0]
+    predictions["chance"] = [
+        Predictions(bad.images, bad.rows, bad.patients[::-1].copy(), bad.probs, bad.targets)
+    ]
+    settings = CompareSettings(n_boot=10, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    with pytest.raises(ArtifactError, match="chance.*different test images"):
+        compare_study(predictions, boxes, loc, [0], settings)
+    predictions, boxes, loc = _study_inputs()
+    boxes["chance"][0] = boxes["chance"][0].iloc[2:]
+    with pytest.raises(ArtifactError, match="different boxes"):
+        compare_study(predictions, boxes, loc, [0], settings)
+
+
+def test_study_with_one_model_names_it_best() -> None:
+    from cxr_core.compare.study import CompareSettings, compare_study
+
+    predictions, boxes, loc = _study_inputs()
+    settings = CompareSettings(n_boot=10, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    doc = compare_study({"good": predictions["good"]}, {"good": boxes["good"]}, loc, [0], settings)
+    assert doc["ranking"] == {"best": "good", "order": ["good"], "gap": {}} and doc["auc"] == {}
+
+
+def test_study_ranks_models_by_name_even_with_dots_in_them() -> None:
+    """timm names such as resnet18.a1_in1k have dots; JSON keys lose them, the ranking must not."""
+    from cxr_core.compare.study import CompareSettings, compare_study
+
+    predictions, boxes, loc = _study_inputs()
+    renamed = {"good.a1_in1k": predictions["good"], "chance": predictions["chance"]}
+    boxes = {"good.a1_in1k": boxes["good"], "chance": boxes["chance"]}
+    settings = CompareSettings(n_boot=50, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    doc = compare_study(renamed, boxes, loc, [0], settings)
+    assert doc["ranking"]["best"] == "good.a1_in1k" and set(doc["ranking"]["gap"]) == {"chance"}
+    assert doc["localisation"]["pointing"]["models_by_method"]["GradCAM"]["ranking"]["best"] == "good.a1_in1k"

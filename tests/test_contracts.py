@@ -61,19 +61,21 @@ def test_every_stage_output_file_has_a_contract() -> None:
         for key in ("outs", "metrics"):
             for entry in stage.get(key, []):
                 declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
-    normalised = {d.replace("${item.model}", "<model>") for d in declared}
+    normalised = {d.replace("${item.model}", "<model>").replace("${item.seed}", "<k>") for d in declared}
     consumed_elsewhere = {  # what the next stage reads, mapped to its contract path
         "data/raw/manifest.json",
         "data/cache",
         "data/splits",
         "metrics/split.json",
-        "data/models/<model>",
-        "data/predictions/<model>",
-        "metrics/test/<model>.json",
-        "plots/roc/<model>.csv",
-        "data/heatmaps/<model>.npz",
-        "data/localisation/<model>",
-        "metrics/localise/<model>.json",
+        "data/models/<model>/seed<k>",
+        "data/predictions/<model>/seed<k>.npz",
+        "metrics/test/<model>/seed<k>.json",
+        "plots/roc/<model>/seed<k>.csv",
+        "data/heatmaps/<model>/seed<k>.npz",
+        "data/localisation/<model>/seed<k>.csv",
+        "metrics/localise/<model>/seed<k>.json",
+        "metrics/compare.json",
+        "metrics/headline.json",
     }
     assert consumed_elsewhere <= normalised
     _import_all()

@@ -1,4 +1,4 @@
-"""download -> preprocess -> split stages on a folder of real NIH metadata (official or Kaggle layout)."""
+"""download -> preprocess -> split stages on local copies with real NIH metadata (official or Kaggle layout)."""
 
 import gzip
 import json
@@ -14,9 +14,13 @@ from conftest import set_dotted
 from PIL import Image
 
 from cxr_core.data import metadata as md
+from cxr_core.data.sources import phantom
 from stages import download, preprocess, split
 
 ROOT = Path(__file__).parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "nih"
+#: Kaggle's ``Data_Entry_2017.csv`` of the fixture's rows (trailing commas; see tests/test_metadata.py).
+KAGGLE = ROOT / "tests" / "fixtures" / "kaggle"
 #: A folder with NIH's four real metadata files, gzipped (``Data_Entry_2017_v2020.csv.gz``, ...).
 REAL_META = Path(os.environ.get("CXR_NIH_META", "/nonexistent"))
 
@@ -55,22 +59,81 @@ def _stages(tmp_path: Path, params: Path) -> Path:
     return tmp_path
 
 
+def _kaggle_copy(root: Path, names: list[str], image_px: int = 16) -> None:
+    """PNGs of ``names`` spread over Kaggle's ``images_NNN/images/`` folders."""
+    pixels = Image.fromarray(np.full((image_px, image_px), 90, np.uint8))
+    for i, name in enumerate(names):
+        folder = root / f"images_{1 + i % 12:03d}" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels.save(folder / name)
+
+
+def test_a_kaggle_copy_with_kaggle_labels_through_the_data_stages(tmp_path):
+    """Kaggle's layout and its ``Data_Entry_2017.csv`` (trailing commas): every image, box and list row used."""
+    root = tmp_path / "nih-chest-xrays"
+    root.mkdir()
+    for name in (md.BBOX_LIST, md.TRAIN_VAL_LIST, md.TEST_LIST):
+        (root / name).write_bytes((FIXTURE / name).read_bytes())
+    (root / md.DATA_ENTRY_2017).write_bytes((KAGGLE / md.DATA_ENTRY_2017).read_bytes())
+    names = md.read_data_entry(FIXTURE / md.DATA_ENTRY_V2020)["image"].tolist()
+    _kaggle_copy(root, names)
+    params = _params(tmp_path, **{"data.source": str(root), "preprocess.image_size": 32})
+    _stages(tmp_path, params)
+
+    raw = tmp_path / "raw"
+    manifest = json.loads((raw / "manifest.json").read_text())
+    assert manifest["label_file"] == md.DATA_ENTRY_2017 and manifest["layout"] == "kaggle"
+    assert manifest["images"] == len(names) == 46 and manifest["missing"] == []
+    assert (raw / md.DATA_ENTRY).read_bytes() == (FIXTURE / md.DATA_ENTRY_V2020).read_bytes()
+    assert not (raw / md.DATA_ENTRY_2017).exists()
+    assert json.loads((tmp_path / "cache" / "report.json").read_text())["decoded"] == 46
+    test_names = md.read_image_list(FIXTURE / md.TEST_LIST)
+    assert sorted(pd.read_csv(tmp_path / "splits" / "test.csv")["image"]) == sorted(test_names)
+    stats = json.loads((tmp_path / "split.json").read_text())
+    assert stats["test"]["images"] == 15 and stats["train"]["images"] + stats["val"]["images"] == 31
+    assert stats["shared_patients"] == {"train_val": 0, "train_test": 0, "val_test": 0}
+    assert len(pd.read_csv(tmp_path / "splits" / "loc.csv")) == 18
+
+
+def test_a_copy_without_labels_is_one_clear_message(tmp_path):
+    root = tmp_path / "copy"
+    root.mkdir()
+    for name in (md.BBOX_LIST, md.TRAIN_VAL_LIST, md.TEST_LIST):
+        (root / name).write_bytes((FIXTURE / name).read_bytes())
+    _kaggle_copy(root, ["00000001_000.png"])
+    params = _params(tmp_path, **{"data.source": str(root)})
+    result = CliRunner().invoke(download.main, ["--params", str(params), "--out", str(tmp_path / "raw")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"['{md.DATA_ENTRY_V2020} or {md.DATA_ENTRY_2017}']" in result.output
+
+
 @pytest.mark.skipif(
     not REAL_META.is_dir(), reason="set CXR_NIH_META to a folder of the real NIH metadata files (.gz)"
 )
-@pytest.mark.parametrize("layout", ["official", "kaggle"])
-def test_real_metadata_with_the_880_box_images(tmp_path, layout):
-    """Real metadata files + PNGs for the 880 box images only: 880 images and 984 boxes in the loc set."""
+@pytest.mark.parametrize(
+    ("layout", "label_file"), [("official", md.DATA_ENTRY_V2020), ("kaggle", md.DATA_ENTRY_2017)]
+)
+def test_real_metadata_with_the_880_box_images(tmp_path, layout, label_file):
+    """Real metadata files + PNGs for the 880 box images only: 880 images and 984 boxes in the loc set.
+
+    The Kaggle case writes the real v2020 table as Kaggle writes its file (a comma ending every line).
+    """
     root = tmp_path / "nih"
     root.mkdir()
-    for name in md.METADATA_FILES:
+    for name in md.NIH_METADATA_FILES:
         (root / name).write_bytes(gzip.decompress((REAL_META / f"{name}.gz").read_bytes()))
+    if label_file == md.DATA_ENTRY_2017:
+        v2020 = (root / md.DATA_ENTRY_V2020).read_text().splitlines()
+        (root / md.DATA_ENTRY_2017).write_text("".join(line + ",\n" for line in v2020))
+        (root / md.DATA_ENTRY_V2020).unlink()
     box_images = sorted(set(md.read_bbox_list(root / md.BBOX_LIST)["image"]))
-    pixels = Image.fromarray(np.full((32, 32), 90, np.uint8))
-    for i, name in enumerate(box_images):
-        folder = root / "images" if layout == "official" else root / f"images_{1 + i % 12:03d}" / "images"
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels.save(folder / name)
+    if layout == "official":
+        pixels = Image.fromarray(np.full((32, 32), 90, np.uint8))
+        (root / "images").mkdir()
+        for name in box_images:
+            pixels.save(root / "images" / name)
+    else:
+        _kaggle_copy(root, box_images, image_px=32)
     params = _params(
         tmp_path, **{"data.source": str(root), "preprocess.on_error": "skip", "preprocess.image_size": 32}
     )
@@ -78,6 +141,7 @@ def test_real_metadata_with_the_880_box_images(tmp_path, layout):
 
     manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
     assert manifest["layout"] == layout and manifest["images"] == 880
+    assert manifest["label_file"] == label_file
     assert len(manifest["missing"]) == 112120 - 880
     report = json.loads((tmp_path / "cache" / "report.json").read_text())
     assert report["decoded"] == 880 and len(report["skipped"]) == 112120 - 880
@@ -91,7 +155,13 @@ def test_phantom_through_the_data_stages(tmp_path):
     params = _params(
         tmp_path, **{"data.phantom.images": 60, "data.phantom.image_px": 256, "preprocess.image_size": 64}
     )
+    stale = tmp_path / "raw" / md.DATA_ENTRY_V2020  # as older versions left it: NIH's name, phantom labels
+    stale.parent.mkdir()
+    stale.write_text("Image Index,Finding Labels,Follow-up #,Patient ID\n00000001_000.png,Hernia,0,1\n")
     _stages(tmp_path, params)
+    manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
+    assert manifest["source"] == "synthetic" and manifest["label_file"] == phantom.LABEL_FILE
+    assert not stale.exists()  # gone: the nih source would have taken it for NIH's file
     images = np.load(tmp_path / "cache" / "images.npy", mmap_mode="r")
     assert images.shape == (60, 64, 64) and images.dtype == np.uint8
     stats = json.loads((tmp_path / "split.json").read_text())

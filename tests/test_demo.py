@@ -1,4 +1,5 @@
-"""The demo's page logic without Gradio (the browser test drives the real page) and ``cxr demo``."""
+"""The demo's page logic without Gradio (the browser test drives the real page) and ``cxr demo``:
+models as ``<model>/seed<k>`` and export folders, the phantom banner, messages and boxes."""
 
 from __future__ import annotations
 
@@ -12,13 +13,27 @@ from click.testing import CliRunner
 from cxr_core.app.cli import main
 from cxr_core.app.imaging import ImageLimits
 from cxr_core.labels import LABELS
+from cxr_core.models.checkpoints import load_checkpoint, save_checkpoint
 
 pytest.importorskip("pydicom", reason="DICOM support needs pydicom (pip install -e '.[demo]')")
 
 
+KEY = f"{MODEL}/seed0"
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("models") / MODEL / "best.pt")
+    """models/MODEL/seed0/best.pt, trained (so to speak) on NIH's data: no phantom warning."""
+    return with_source(
+        tiny_checkpoint(tmp_path_factory.mktemp("models") / MODEL / "seed0" / "best.pt"), "nih"
+    )
+
+
+def with_source(path: Path, data_source: str) -> Path:
+    state = load_checkpoint(path)
+    state.update(data_source=data_source, label_file="Data_Entry_2017_v2020.csv")
+    save_checkpoint(path, state)
+    return path
 
 
 def test_demo_backend_messages_and_boxes(checkpoint: Path, tmp_path: Path, single_thread: None) -> None:
@@ -30,11 +45,11 @@ def test_demo_backend_messages_and_boxes(checkpoint: Path, tmp_path: Path, singl
         "row,image,patient,label,label_index,x,y,w,h,x1024,y1024,w1024,h1024\n"
         "0,00000001_000.png,1,Effusion,2,1,1,1,1,512.0,600.0,256.0,200.0\n"
     )
-    backend = DemoBackend(checkpoint.parent.parent, splits, display_px=128)
-    assert backend.models == [MODEL]
+    backend = DemoBackend(checkpoint.parents[2], splits, display_px=128)
+    assert backend.models == [KEY]
     png = write_png(tmp_path / "00000001_000.png", (anatomy(256, 256) // 16).astype(np.uint8))
 
-    result = backend.analyse(str(png), MODEL, TOP_FINDING, "GradCAM")
+    result = backend.analyse(str(png), KEY, TOP_FINDING, "GradCAM")
     assert (
         not result.error and result.probabilities is not None and list(result.probabilities) == list(LABELS)
     )
@@ -43,14 +58,15 @@ def test_demo_backend_messages_and_boxes(checkpoint: Path, tmp_path: Path, singl
         (512.0, 600.0, 256.0, 200.0, "Effusion")
     ]
     assert tuple(result.input_image[75, 64]) == (0, 255, 0)  # box left edge at 512 / 1024 * 128 = 64
-    assert "radiologist box" in result.message
+    assert "radiologist box" in result.message and "Phantom" not in result.message
+    assert "Phantom" not in backend.notice(KEY) and "<code>nih</code>" in backend.notice(KEY)
 
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    refused = backend.analyse(str(text), MODEL, "Effusion", "GradCAM")
+    refused = backend.analyse(str(text), KEY, "Effusion", "GradCAM")
     assert refused.error and refused.probabilities is None and "`notes.txt`" in refused.message
     assert "not an image file" in refused.message
-    assert "Upload" in backend.analyse(None, MODEL, "Effusion", "GradCAM").message
+    assert "Upload" in backend.analyse(None, KEY, "Effusion", "GradCAM").message
 
 
 def test_demo_backend_reads_dicom_and_refuses_large_files(
@@ -59,17 +75,17 @@ def test_demo_backend_reads_dicom_and_refuses_large_files(
     from cxr_core.app.demo import DemoBackend
 
     dcm = write_dicom(tmp_path / "scan.dcm", (4095 - anatomy(128, 128)).astype(np.uint16), "MONOCHROME1")
-    result = DemoBackend(checkpoint.parent.parent, tmp_path / "no-splits", display_px=96).analyse(
-        str(dcm), MODEL, "Cardiomegaly", "GradCAM"
+    result = DemoBackend(checkpoint.parents[2], tmp_path / "no-splits", display_px=96).analyse(
+        str(dcm), KEY, "Cardiomegaly", "GradCAM"
     )
     assert not result.error and result.finding == "Cardiomegaly" and result.boxes == []
     assert result.heatmap_image.shape == (96, 96, 3)
 
-    small = DemoBackend(checkpoint.parent.parent, tmp_path, limits=ImageLimits(max_bytes=1000))
-    refused = small.analyse(str(dcm), MODEL, "Cardiomegaly", "GradCAM")
+    small = DemoBackend(checkpoint.parents[2], tmp_path, limits=ImageLimits(max_bytes=1000))
+    refused = small.analyse(str(dcm), KEY, "Cardiomegaly", "GradCAM")
     assert refused.error and "`scan.dcm`" in refused.message and "MB limit" in refused.message
     rgb = write_dicom(tmp_path / "colour.dcm", np.zeros((8, 8, 3), np.uint8), "RGB", 8)
-    assert "'RGB' is not supported" in small.analyse(str(rgb), MODEL, "Mass", "GradCAM").message
+    assert "'RGB' is not supported" in small.analyse(str(rgb), KEY, "Mass", "GradCAM").message
 
 
 def test_cxr_demo_without_trained_models_says_how_to_train(
@@ -78,3 +94,41 @@ def test_cxr_demo_without_trained_models_says_how_to_train(
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["demo", "--models-dir", str(tmp_path / "models")])
     assert result.exit_code == 1 and "no trained model" in result.output and "dvc repro" in result.output
+    assert "models/<model>/seed<k>/best.pt" in result.output
+
+
+def test_demo_lists_seeds_and_exports_and_warns_about_phantom_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread: None
+) -> None:
+    from cxr_core.app.demo import PHANTOM_NOTE, DemoBackend, pick_model, trained_models
+
+    models = tmp_path / "models"
+    for seed, source in ((10, "nih"), (2, "synthetic")):
+        with_source(tiny_checkpoint(models / MODEL / f"seed{seed}" / "best.pt", seed=seed), source)
+    (models / "old_layout").mkdir()
+    tiny_checkpoint(models / "old_layout" / "best.pt")  # the layout before seeds: not offered
+    assert list(trained_models(models)) == [f"{MODEL}/seed2", f"{MODEL}/seed10"]  # seeds in numeric order
+    assert pick_model(list(trained_models(models)), MODEL) == f"{MODEL}/seed2"
+    assert pick_model(list(trained_models(models)), "densenet121") is None
+
+    monkeypatch.chdir(tmp_path)
+    exported = CliRunner().invoke(
+        main, ["export", "--checkpoint", str(models / MODEL / "seed2/best.pt"), "shared"]
+    )
+    assert exported.exit_code == 0, exported.output
+    backend = DemoBackend(models, tmp_path / "no-splits", exports=[tmp_path / "shared"], display_px=64)
+    assert backend.models == [f"{MODEL}/seed2", f"{MODEL}/seed10", "shared"]
+
+    png = write_png(tmp_path / "x.png", (anatomy(64, 64) // 16).astype(np.uint8))
+    for key, phantom in ((f"{MODEL}/seed2", True), (f"{MODEL}/seed10", False), ("shared", True)):
+        notice = backend.notice(key)
+        assert ("Phantom model" in notice) is phantom and (
+            "never use them for a patient" in notice
+        ) is phantom
+        result = backend.analyse(str(png), key, "Effusion", "GradCAM")
+        assert not result.error and result.message.startswith(PHANTOM_NOTE) is phantom
+    np.testing.assert_allclose(  # the export scores as its checkpoint does
+        list(backend.analyse(str(png), "shared", "Mass", "GradCAM").probabilities.values()),
+        list(backend.analyse(str(png), f"{MODEL}/seed2", "Mass", "GradCAM").probabilities.values()),
+        atol=1e-6,
+    )

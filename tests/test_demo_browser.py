@@ -1,9 +1,11 @@
 """The demo in a real browser: Debian's headless Chromium driven by Selenium against a live Gradio server.
 
-Uploads a phantom X-ray from the localisation set (probabilities, heatmap and the radiologist's box
-must appear), saves a screenshot (printed; copied to ``$CXR_ARTIFACTS`` when set), then uploads a
-text file and checks the page shows the error message. Needs ``apt-get install -y chromium
-chromium-driver`` (skipped without them) and the demo extra (gradio, selenium).
+The model was trained on the phantom, so the page must show the phantom warning banner as soon as
+it opens and again in the upload's message. Uploads a phantom X-ray from the localisation set
+(probabilities, heatmap and the radiologist's box must appear), saves a screenshot (printed;
+copied to ``$CXR_ARTIFACTS`` when set), then uploads a text file and checks the page shows the
+error message. Needs ``apt-get install -y chromium chromium-driver`` (skipped without them) and the
+demo extra (gradio, selenium).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 from app_files import MODEL, tiny_checkpoint
 
 from cxr_core.labels import LABELS
+from cxr_core.models.checkpoints import load_checkpoint, save_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -70,7 +73,10 @@ def server(phantom_data, tmp_path_factory: pytest.TempPathFactory, single_thread
     from cxr_core.app.demo import build_app, launch
 
     models = tmp_path_factory.mktemp("models")
-    tiny_checkpoint(models / MODEL / "best.pt", phantom_data.image_size)
+    best = tiny_checkpoint(models / MODEL / "seed0" / "best.pt", phantom_data.image_size)
+    state = load_checkpoint(best)
+    state.update(data_source="synthetic", label_file="Data_Entry_2017_v2020.csv")  # as train@ on the phantom
+    save_checkpoint(best, state)
     app = build_app(models, phantom_data.splits, methods=["EigenCAM", "GradCAM", "GradCAMPlusPlus"])
     port = _free_port()
     launch(app, host="127.0.0.1", port=port, block=False)
@@ -157,11 +163,19 @@ def test_demo_upload_shows_probabilities_heatmap_box_and_errors(
     box_labels = sorted(set(loc.loc[loc["image"] == image_name, "label"]))
 
     _open(browser, server)
+    banner = _wait_for(
+        browser,
+        lambda d: "Phantom model" in (t := d.find_element(By.ID, "cxr-notice").text) and t,
+        "the phantom warning banner",
+    )
+    assert "not trained on real X-rays" in banner and "never use them for a patient" in banner
+    assert browser.find_element(By.ID, "cxr-notice").is_displayed()
     _upload(browser, xray)
     _wait_for(browser, lambda d: _image_src(d, "cxr-heatmap"), "the heatmap overlay")
     _wait_for(browser, lambda d: _image_src(d, "cxr-input"), "the input image with the box")
     message = browser.find_element(By.ID, "cxr-message").text
     assert image_name in message and "radiologist box" in message and all(b in message for b in box_labels)
+    assert "Phantom model" in message
     probs_text = _wait_for(
         browser,
         lambda d: (

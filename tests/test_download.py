@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_core.data.metadata import BBOX_LIST, DATA_ENTRY, METADATA_FILES, TEST_LIST, TRAIN_VAL_LIST
+from cxr_core.data.metadata import BBOX_LIST, DATA_ENTRY_V2020, NIH_METADATA_FILES, TEST_LIST, TRAIN_VAL_LIST
 from cxr_core.data.sources import http
 from cxr_core.data.sources.http import DownloadError, fetch
 from cxr_core.data.sources.nih import (
@@ -238,7 +238,7 @@ def _publish_nih(
         table.append(Archive(index, url, len(data), _md5(data)))
     names = sorted(Path(n).name for n in expected)
     metadata = {
-        DATA_ENTRY: (
+        DATA_ENTRY_V2020: (
             "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Sex,View Position\n"
             + "".join(f"{n},No Finding,0,{int(n[:8])},50,M,PA\n" for n in names)
         ).encode(),
@@ -276,8 +276,8 @@ def test_nih_table_is_the_official_one() -> None:
 
 
 def test_metadata_urls_follow_the_box_pattern() -> None:
-    assert set(METADATA_URLS) == {DATA_ENTRY, TRAIN_VAL_LIST, TEST_LIST}
-    assert METADATA_URLS[DATA_ENTRY] == (
+    assert set(METADATA_URLS) == {DATA_ENTRY_V2020, TRAIN_VAL_LIST, TEST_LIST}
+    assert METADATA_URLS[DATA_ENTRY_V2020] == (
         "https://nihcc.app.box.com/index.php?rm=box_download_shared_file"
         "&vanity_name=ChestXray-NIHCC&file_id=f_219760887468"
     )
@@ -491,8 +491,10 @@ def test_download_nih_end_to_end_then_no_second_download(server: Served, tmp_pat
     assert sorted(p.relative_to(raw).as_posix() for p in raw.glob("images/*.png")) == sorted(expected)
     for name, data in expected.items():
         assert (raw / name).read_bytes() == data
-    for name in METADATA_FILES:
+    for name in NIH_METADATA_FILES:
         assert (raw / name).read_bytes() == server.state.files[f"/meta/{name}"]
+    entry = server.state.files[f"/meta/{DATA_ENTRY_V2020}"].decode()
+    assert (raw / "Data_Entry.csv").read_text() == entry.replace("Patient Sex", "Patient Gender")
     assert sorted(p.name for p in (raw / "archives").iterdir()) == [
         "images_001.tar.gz.extracted",
         "images_002.tar.gz.extracted",
@@ -519,7 +521,7 @@ def test_download_nih_keeps_archives_and_adds_new_ones(server: Served, tmp_path:
 
 def test_download_nih_refuses_an_html_data_entry(server: Served, tmp_path: Path) -> None:
     table, urls, _ = _publish_nih(server)
-    server.state.html.add(f"/meta/{DATA_ENTRY}")
+    server.state.html.add(f"/meta/{DATA_ENTRY_V2020}")
     raw = tmp_path / "raw"
     with pytest.raises(DownloadError) as info:
         download_nih(
@@ -533,8 +535,8 @@ def test_download_nih_refuses_an_html_data_entry(server: Served, tmp_path: Path)
             progress=False,
         )
     message = str(info.value)
-    assert DATA_ENTRY in message and "HTML page" in message and urls[DATA_ENTRY] in message
-    assert not (raw / DATA_ENTRY).exists()
+    assert DATA_ENTRY_V2020 in message and "HTML page" in message and urls[DATA_ENTRY_V2020] in message
+    assert not (raw / DATA_ENTRY_V2020).exists()
     assert not server.state.gets("/static/archive1.gz")  # stopped before the archives
 
 
@@ -549,7 +551,7 @@ def test_download_nih_replaces_a_stale_html_metadata_file(server: Served, tmp_pa
 
 def test_download_nih_offline_names_the_manual_route(tmp_path: Path, backoffs: list[int]) -> None:
     closed = f"http://127.0.0.1:{_closed_port()}"
-    urls = {name: f"{closed}/meta/{name}" for name in METADATA_FILES}
+    urls = {name: f"{closed}/meta/{name}" for name in NIH_METADATA_FILES}
     with pytest.raises(DownloadError, match="cannot reach 127.0.0.1") as info:
         download_nih(tmp_path, archives=[1], urls=urls, timeout=5, retries=3, keep_archives=False)
     assert NIH_PAGE in str(info.value) and "data.source" in str(info.value)

@@ -245,3 +245,24 @@ def test_swin_at_128_px_uses_window_4() -> None:
         assert model(torch.randn(2, 3, 128, 128)).shape == (2, 14)
     assert swin_reshape_transform(seen["out"]).shape[-2:] == (4, 4)
     assert model.layers[0].blocks[0].window_size == (4, 4)
+
+
+@pytest.mark.parametrize(
+    ("name", "device", "mode", "expected"),
+    [
+        ("densenet121", "cpu", "auto", True),  # measured x1.5-1.7 on the CPU
+        ("swin_small", "cpu", "auto", True),  # x2.2-2.3
+        ("efficientnet_b0", "cpu", "auto", False),  # slower in bf16 on the CPU
+        ("resnet18", "cpu", "auto", False),  # unmeasured family: float32
+        ("efficientnet_b0", "cpu", "bf16", True),
+        ("densenet121", "cpu", "none", False),
+        ("efficientnet_b0", "cuda", "auto", True),
+        ("densenet121", "cuda", "none", False),
+    ],
+)
+def test_amp_policy_per_family_and_device(name: str, device: str, mode: str, expected: bool) -> None:
+    import torch
+
+    from cxr_core.runtime import resolve_amp
+
+    assert resolve_amp(mode, torch.device(device), models.get_spec(name)) is expected

@@ -82,7 +82,7 @@ def test_every_registry_of_the_schema_has_a_lookup_and_the_shipped_names_pass():
         ("report.example_methods", ["Eigen"], r"report.example_methods\[0\] = 'Eigen'.*EigenCAM"),
         ("train.loss", "focal", r"train.loss = 'focal'.*class_averaged_bce"),
         ("train.device", "tpu", r"train.device = 'tpu'.*\['auto', 'cpu', 'cuda'\]"),
-        ("train.amp", "fp16", r"train.amp = 'fp16'.*\['bf16', 'none'\]"),
+        ("train.amp", "fp16", r"train.amp = 'fp16'.*\['auto', 'bf16', 'none'\]"),
         ("cam.eigen_sign", "up", r"cam.eigen_sign = 'up'.*pytorch-grad-cam"),
     ],
 )
@@ -120,3 +120,24 @@ def test_file_errors_name_the_file(tmp_path):
 def test_open_upper_bounds_are_refused_before_any_work(path, message):
     with pytest.raises(ParamsError, match=message):
         validate(_with(path, 1.0))
+
+
+def test_example_methods_must_be_computed_ones_where_methods_are_looked_up():
+    params = _with("report.example_methods", ["LayerCAM"])  # a real method, not in cam.methods
+    validate(params)  # stages that do not draw CAMs need not care
+    with pytest.raises(ParamsError, match=r"report.example_methods = \['LayerCAM'\].*not in cam.methods"):
+        validate(params, LOOKUPS)
+
+
+def test_the_compared_box_accuracy_point_must_be_scored():
+    from cxr_core.compare.study import CompareSettings
+
+    ok = CompareSettings.from_params(validate(SHIPPED))
+    assert (ok.box_threshold, ok.box_cutoff) == (
+        SHIPPED["compare"]["box_threshold"],
+        SHIPPED["compare"]["box_cutoff"],
+    )
+    with pytest.raises(ParamsError, match=r"compare.box_threshold = 0.25: \[0.25\] not in cam.thresholds"):
+        CompareSettings.from_params(validate(_with("cam.thresholds", [0.1, 0.15, 0.3])))
+    with pytest.raises(ParamsError, match=r"compare.box_cutoff = 0.1: .* not in cam.box_thresholds"):
+        CompareSettings.from_params(validate(_with("cam.box_thresholds", [0.5])))

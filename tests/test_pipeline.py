@@ -1,8 +1,8 @@
 """End to end: the real `dvc repro` on a tiny phantom config, then DVC experiments on top of it.
 
 The project's files are copied into a fresh git repository (as a user's clone would be), the
-params are shrunk (80 phantom images at 256 px, 64 px cache, two tiny timm models, 2 epochs), and
-the DVC commands of the README are run as a user runs them.
+params are shrunk (80 phantom images at 256 px, 64 px cache, two tiny timm models, 2 epochs, two
+training seeds), and the DVC commands of the README are run as a user runs them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import yaml
 
 ROOT = Path(__file__).parents[1]
 MODELS = ["test_resnet", "test_efficientnet"]
+SEEDS = [0, 1]
 pytestmark = pytest.mark.slow
 
 
@@ -39,6 +40,7 @@ def project(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, repo / name)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["models"] = MODELS
+    params["seeds"] = SEEDS
     params["data"]["phantom"].update(images=80, image_px=256)
     params["preprocess"]["image_size"] = 64
     params["train"].update(epochs=2, batch_size=8)
@@ -62,13 +64,40 @@ def test_dvc_repro_runs_every_stage(project):
     split = json.loads((project / "metrics" / "split.json").read_text())
     assert split["loc"]["boxes"] > 0
     for model in MODELS:
-        test = json.loads((project / "metrics" / "test" / f"{model}.json").read_text())
-        assert set(test["auc"]) >= {"Atelectasis", "Hernia"} and test["n_images"] == split["test"]["images"]
-        loc = json.loads((project / "metrics" / "localise" / f"{model}.json").read_text())
-        assert set(loc["methods"]) == {"GradCAM", "EigenCAM", "GradCAMPlusPlus", "RandomCAM"}
-        assert set(loc["methods"]["GradCAM"]["iou"]) == {"t010", "t015", "t025", "t035", "t045"}
-        assert (project / "data" / "models" / model / "best.pt").is_file()
+        for seed in SEEDS:
+            test = json.loads((project / "metrics" / "test" / model / f"seed{seed}.json").read_text())
+            assert (
+                set(test["auc"]) >= {"Atelectasis", "Hernia"} and test["n_images"] == split["test"]["images"]
+            )
+            loc = json.loads((project / "metrics" / "localise" / model / f"seed{seed}.json").read_text())
+            assert set(loc["methods"]) == {"GradCAM", "EigenCAM", "GradCAMPlusPlus", "RandomCAM"}
+            assert set(loc["methods"]["GradCAM"]["iou"]) == {"t010", "t015", "t025", "t035", "t045"}
+            assert (project / "data" / "models" / model / f"seed{seed}" / "best.pt").is_file()
     assert (project / "reports" / "report.md").read_text().count("PHANTOM") >= 1
+
+
+def test_seed_matrix_gives_per_seed_runs_and_an_aggregate(project):
+    """Two seeds train two different models; the comparison and the report aggregate them."""
+    runs = {
+        seed: json.loads((project / "metrics" / "test" / MODELS[0] / f"seed{seed}.json").read_text())
+        for seed in SEEDS
+    }
+    assert runs[0]["macro_auc"] != runs[1]["macro_auc"]  # the seed reached the training
+    compare = json.loads((project / "metrics" / "compare.json").read_text())
+    spread = compare["seed_runs"][MODELS[0]]
+    assert spread["macro_auc"] == {f"seed{s}": runs[s]["macro_auc"] for s in SEEDS}
+    assert spread["mean"] == pytest.approx((runs[0]["macro_auc"] + runs[1]["macro_auc"]) / 2)
+    assert spread["sd"] > 0
+    pair = compare["auc"]["pairs"][f"{MODELS[0]}_vs_{MODELS[1]}"]["macro"]
+    assert pair["ci"][0] <= pair["diff"] <= pair["ci"][1] and 0 < pair["p_holm"] <= 1
+    report = (project / "reports" / "report.md").read_text()
+    assert "<!-- table: seeds -->" in report and "<!-- table: pairwise_macro_auc -->" in report
+    assert "**Verdict (classification).**" in report
+    headline = json.loads((project / "metrics" / "headline.json").read_text())
+    best = headline["best"]
+    assert best["model"] == compare["ranking"]["best"] and (project / best["checkpoint"]).is_file()
+    stages = _sh(project, "dvc", "stage", "list", "--name-only").split()
+    assert {f"train@{m}-{s}" for m in MODELS for s in SEEDS} <= set(stages)
 
 
 def _stale_stages(project: Path) -> set[str]:
@@ -87,9 +116,10 @@ def _touch(project: Path, module: str) -> None:
     [
         ("cxr_core/explain/methods.py", {"cams"}),  # a CAM change never retrains
         ("cxr_core/data/metadata.py", {"download", "preprocess", "split"}),  # box parsing re-splits
-        ("cxr_core/explain/scoring.py", {"localise"}),
+        ("cxr_core/explain/scoring.py", {"localise", "compare", "report"}),  # they read its box records
         ("cxr_core/train/losses.py", {"train"}),
-        ("cxr_core/runtime.py", {"train", "test", "cams"}),
+        ("cxr_core/runtime.py", {"train", "test", "cams", "compare"}),  # compare loads predictions files
+        ("cxr_core/compare/paired.py", {"compare", "report"}),  # the report reads its JSON format
     ],
 )
 def test_touching_a_module_makes_exactly_its_stages_stale(project, module, expected):
@@ -131,35 +161,40 @@ def test_threshold_change_rescores_without_retraining(project):
         _sh(project, "git", "checkout", "params.yaml")
 
 
-def test_experiments_lr_and_queue(project):
-    """`dvc exp run -S lr=...` retrains without re-preprocessing; a queued grid runs with -j 2."""
+def test_experiments_lr_and_queued_grid(project):
+    """`dvc exp run -S lr=...` retrains without re-preprocessing; a queued lr x seeds grid runs with -j 2."""
     run = _sh(project, "dvc", "exp", "run", "-S", "lr=0.001", "-n", "lr-001")
     assert "Running stage 'train@" in run and "Running stage 'test@" in run
     assert "Running stage 'preprocess'" not in run and "Running stage 'download'" not in run
-    _sh(project, "dvc", "exp", "run", "--queue", "-S", "lr=0.002", "-n", "lr-002")
-    _sh(project, "dvc", "exp", "run", "--queue", "-S", "lr=0.004", "-n", "lr-004")
+    _sh(project, "dvc", "exp", "run", "--queue", "-S", "lr=0.002,0.004", "-S", "seeds=[0],[1]")
     _sh(project, "dvc", "queue", "start", "-j", "2")
     deadline = time.monotonic() + 1800
-    while True:  # bounded wait for both queued runs to finish
+    while True:  # bounded wait for the four queued runs to finish
         status = _sh(project, "dvc", "queue", "status")
         if not any(word in status for word in ("Queued", "Running")):
             break
         assert time.monotonic() < deadline, status
         time.sleep(5)
-    assert "Failed" not in status, _sh(project, "dvc", "queue", "logs", "lr-002") + status
+    assert "Failed" not in status, status
     shown = json.loads(_sh(project, "dvc", "exp", "show", "--json"))
-    names = {}
+    runs = {}
     for commit in shown:
         for exp in commit.get("experiments") or []:
             rev = exp["revs"][0]
             data = rev.get("data") or {}
-            lr = (data.get("params", {}).get("params.yaml", {}).get("data", {}) or {}).get("lr")
+            params = data.get("params", {}).get("params.yaml", {}).get("data", {}) or {}
             metrics = data.get("metrics", {})
-            names[exp.get("name") or rev.get("name")] = (lr, metrics)
-    assert {"lr-001", "lr-002", "lr-004"} <= set(names), names.keys()
-    for name, lr in (("lr-001", 0.001), ("lr-002", 0.002), ("lr-004", 0.004)):
-        got_lr, metrics = names[name]
-        assert got_lr == lr
-        assert f"metrics/test/{MODELS[0]}.json" in metrics
+            runs[exp.get("name") or rev.get("name")] = (params.get("lr"), params.get("seeds"), metrics)
+    grid = {(lr, tuple(seeds)) for lr, seeds, _ in runs.values()}
+    assert {(0.001, tuple(SEEDS)), (0.002, (0,)), (0.002, (1,)), (0.004, (0,)), (0.004, (1,))} <= grid, grid
+    for _lr, seeds, metrics in runs.values():
+        # the leaderboard is the one declared metrics file: `dvc exp show` stays readable
+        assert set(metrics) == {"metrics/headline.json"}, metrics.keys()
+        board = metrics["metrics/headline.json"]["data"]
+        assert set(board["models"]) == set(MODELS) and board["models"][MODELS[0]]["seeds"] == len(seeds)
     diff = _sh(project, "dvc", "metrics", "diff", "--all")
-    assert "macro_auc" in diff
+    assert "models.test_resnet.auc" in diff
+    detailed = _sh(
+        project, "dvc", "metrics", "diff", "--all", "--targets", f"metrics/test/{MODELS[0]}/seed0.json"
+    )
+    assert "macro_auc" in detailed

@@ -21,8 +21,10 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from cxr_core.compare.study import CompareSettings, ComparisonMetrics, compare_study
 from cxr_core.data.metadata import BOX_SPACE
 from cxr_core.data.tables import LocTable
+from cxr_core.evaluate.predict import Predictions
 from cxr_core.explain.heatmaps import SavedHeatmaps
 from cxr_core.labels import BOX_LABELS, LABELS
 from cxr_core.report import ReportPaths, figures, inputs, literature, make_report, provenance
@@ -251,12 +253,40 @@ def build_inputs(root: Path, source: str = "synthetic") -> Inputs:
     }
     k = _loc_and_images(root, rng)
     for epochs, m in zip((4, 3), MODELS, strict=True):
-        _write_json(root / "metrics" / "test" / f"{m}.json", tests[m])
-        _write_json(root / "metrics" / "localise" / f"{m}.json", locs[m])
-        _dvclive(root / "metrics" / "train" / m, rng, epochs)
-        _roc(root / "plots" / "roc" / f"{m}.csv", rng)
-        _heatmaps(root / "data" / "heatmaps" / f"{m}.npz", rng, k, METHODS)
+        _write_json(root / "metrics" / "test" / m / "seed0.json", tests[m])
+        _write_json(root / "metrics" / "localise" / m / "seed0.json", locs[m])
+        _dvclive(root / "metrics" / "train" / m / "seed0", rng, epochs)
+        _roc(root / "plots" / "roc" / m / "seed0.csv", rng)
+        _heatmaps(root / "data" / "heatmaps" / m / "seed0.npz", rng, k, METHODS)
+    _compare_json(root, rng, params)
     return Inputs(root, params_path, tests, locs)
+
+
+def _compare_json(root: Path, rng: np.random.Generator, params: dict) -> None:
+    """metrics/compare.json from the real compare code on fake runs in which swin_small is better."""
+    n = 120
+    targets = (rng.uniform(size=(n, len(LABELS))) < 0.3).astype(np.uint8)
+    patients = np.arange(n) // 3
+    rows = np.arange(n)
+    runs = {}
+    for m, signal in (("densenet121", 0.2), ("swin_small", 0.8)):
+        probs = (signal * targets + rng.uniform(size=targets.shape)).astype(np.float32) / 2
+        runs[m] = [Predictions(np.array([f"{i:08d}_000.png" for i in rows]), rows, patients, probs, targets)]
+    loc = LocTable.read(root / "data" / "splits").table
+    records = {}
+    for m, p_hit in (("densenet121", 0.3), ("swin_small", 0.7)):
+        frames = []
+        for method in METHODS:
+            hit = rng.uniform(size=len(loc)) < (0.1 if method == "RandomCAM" else p_hit)
+            frames.append(
+                loc[["row", "label"]].assign(
+                    method=method, pointing_hit=hit, box_iou_t025=rng.uniform(size=len(loc))
+                )
+            )
+        records[m] = [pd.concat(frames, ignore_index=True)]
+    settings = CompareSettings(n_boot=200, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    doc = compare_study(runs, records, loc, params["seeds"], settings)
+    ComparisonMetrics.write(root / "metrics" / "compare.json", doc)
 
 
 def report_paths(case: Inputs, out: str = "reports") -> ReportPaths:
@@ -457,11 +487,21 @@ def test_table5_cells_sit_under_the_right_model_and_class(phantom_report: Inputs
     tables = parse_tables((phantom_report.root / "reports" / "report.md").read_text())
     t5 = tables["table5_auc"]
     by_abbrev = PAPER_ABBREVIATIONS
-    assert t5["columns"] == [*PAPER_COLUMNS, "Macro"]
+    assert t5["columns"] == [*PAPER_COLUMNS, "Macro", "vs best"]
+    compare = json.loads((phantom_report.root / "metrics" / "compare.json").read_text())
     for model in MODELS:
         cells = t5["rows"][inputs.display_name(model)]
         source = phantom_report.test[model]
         for column, cell in zip(t5["columns"], cells, strict=True):
+            if column == "vs best":
+                gap = compare["ranking"]["gap"].get(model)
+                want = (
+                    "best"
+                    if gap is None
+                    else f"{'worse' if gap['worse'] else 'n.s.'} (p {gap['p_holm']:.3f})"
+                )
+                assert cell == want, (model, cell)
+                continue
             if column == "Macro":
                 value, (lo, hi) = source["macro_auc"], source["macro_auc_ci"]
             else:
@@ -549,11 +589,30 @@ def test_best_model_has_the_highest_macro_auc(phantom_report: Inputs) -> None:
     assert t6["rows"][ours][-1] == f"{macro[best]:.3f}"
     results = [
         inputs.ModelResults(
-            m, phantom_report.test[m], Path(), {}, Path(), {}, Path(), pd.DataFrame(), pd.DataFrame()
+            m, 0, phantom_report.test[m], Path(), {}, Path(), {}, Path(), pd.DataFrame(), pd.DataFrame()
         )
         for m in MODELS
     ]
     assert inputs.best_model(results).name == best
+    assert inputs.best_model(results, "densenet121").name == "densenet121"  # the comparison's pick wins
+    headline = json.loads((phantom_report.root / "metrics" / "headline.json").read_text())
+    assert headline["best"] == {
+        "model": best,
+        "seed": 0,
+        "checkpoint": f"data/models/{best}/seed0/best.pt",
+        "macro_auc": macro[best],
+    }
+    compare = json.loads((phantom_report.root / "metrics" / "compare.json").read_text())
+    assert headline["loc_method"] == "GradCAM"  # report.headline_method: fixed, not the test's best
+    for m in MODELS:
+        row = headline["models"][m]
+        assert (row["auc"], [row["auc_lo"], row["auc_hi"]]) == (
+            macro[m],
+            phantom_report.test[m]["macro_auc_ci"],
+        )
+        assert row["loc"] == phantom_report.localise[m]["methods"]["GradCAM"]["pointing"]["mean"]
+        assert (row["auc_mean"], row["auc_sd"]) == (compare["seed_runs"][m]["mean"], None)
+        assert row["seeds"] == 1
 
 
 def test_figures_are_valid_pngs(phantom_report: Inputs) -> None:
@@ -615,7 +674,7 @@ def test_example_methods_decide_the_grid(
 
 
 def test_example_figure_draws_the_grid_methods(phantom_report: Inputs) -> None:
-    loc, images, heatmaps = figures.load_examples(report_paths(phantom_report), "densenet121")
+    loc, images, heatmaps = figures.load_examples(report_paths(phantom_report), "densenet121", 0)
     grid = figures.example_grid(loc, heatmaps, "densenet121", ["EigenCAM", "LayerCAM"], EXAMPLES)
     assert grid.methods == ("EigenCAM",) and grid.not_computed == ("LayerCAM",)
     fig = figures.heatmap_examples_figure(grid, loc, images, heatmaps)
@@ -629,10 +688,11 @@ def test_example_figure_draws_the_grid_methods(phantom_report: Inputs) -> None:
 @pytest.mark.parametrize(
     ("rel", "stage"),
     [
-        ("metrics/localise/densenet121.json", "localise@densenet121"),
-        ("metrics/test/swin_small.json", "test@swin_small"),
-        ("metrics/train/swin_small/plots/metrics/val_loss.tsv", "train@swin_small"),
-        ("data/heatmaps/swin_small.npz", "cams@swin_small"),
+        ("metrics/localise/densenet121/seed0.json", "localise@densenet121-0"),
+        ("metrics/test/swin_small/seed0.json", "test@swin_small-0"),
+        ("metrics/train/swin_small/seed0/plots/metrics/val_loss.tsv", "train@swin_small-0"),
+        ("data/heatmaps/swin_small/seed0.npz", "cams@swin_small-0"),
+        ("metrics/compare.json", "compare"),
     ],
 )
 def test_missing_input_names_file_and_stage(tmp_path: Path, rel: str, stage: str) -> None:
@@ -646,7 +706,7 @@ def test_missing_input_names_file_and_stage(tmp_path: Path, rel: str, stage: str
 
 def test_malformed_metrics_are_named(tmp_path: Path) -> None:
     case = build_inputs(tmp_path)
-    path = tmp_path / "metrics" / "test" / "densenet121.json"
+    path = tmp_path / "metrics" / "test" / "densenet121" / "seed0.json"
     doc = json.loads(path.read_text())
     del doc["auc_ci"]
     path.write_text(json.dumps(doc))
@@ -698,7 +758,7 @@ def test_choose_examples_spreads_over_classes() -> None:
 def test_method_order_puts_configured_first() -> None:
     def fake(methods: dict) -> inputs.ModelResults:
         return inputs.ModelResults(
-            "m", {}, Path(), {"methods": methods}, Path(), {}, Path(), pd.DataFrame(), pd.DataFrame()
+            "m", 0, {}, Path(), {"methods": methods}, Path(), {}, Path(), pd.DataFrame(), pd.DataFrame()
         )
 
     models = [fake({"LayerCAM": {}, "GradCAM": {}}), fake({"AblationCAM": {}})]
@@ -714,8 +774,9 @@ def test_method_order_puts_configured_first() -> None:
     "victim",
     [
         "metrics/split.json",
-        "metrics/test/densenet121.json",
-        "plots/roc/swin_small.csv",
+        "metrics/test/densenet121/seed0.json",
+        "plots/roc/swin_small/seed0.csv",
+        "metrics/compare.json",
         "data/splits/loc.csv",
     ],
 )
@@ -725,3 +786,16 @@ def test_a_corrupt_input_stops_the_stage_naming_the_file(tmp_path: Path, victim:
     result = run_stage(case)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert Path(victim).name in result.output and "Traceback" not in result.output
+
+
+def test_verdict_follows_the_comparison(phantom_report: Inputs) -> None:
+    text = (phantom_report.root / "reports" / "report.md").read_text()
+    compare = json.loads((phantom_report.root / "metrics" / "compare.json").read_text())
+    assert compare["ranking"]["best"] == "swin_small" and compare["ranking"]["gap"]["densenet121"]["worse"]
+    head = text.split("<!-- table:")[0]
+    assert "**Verdict (classification).** Swin-Small has the highest macro test AUC." in head
+    assert "Every other model is significantly worse (DenseNet-121)." in head
+    assert "conditional on the trained runs (one training run per model)" in head
+    tables = parse_tables(text)
+    assert list(tables["pairwise_macro_auc"]["rows"]) == ["DenseNet-121 vs Swin-Small"]
+    assert set(tables["vs_random_pointing"]["rows"]) == {"DenseNet-121", "Swin-Small"}

@@ -17,7 +17,7 @@ REAL_META = Path(os.environ.get("CXR_NIH_META", "/nonexistent"))
 
 
 def _fixture_splits(group_by="patient", image_size=224, drop=()):
-    entry = md.read_data_entry(FIXTURE / md.DATA_ENTRY)
+    entry = md.read_data_entry(FIXTURE / md.DATA_ENTRY_V2020)
     kept = [n for n in entry["image"] if n not in drop]
     index = pd.DataFrame({"row": np.arange(len(kept)), "image": kept})
     return make_splits(
@@ -46,7 +46,7 @@ def test_official_test_list_and_patient_disjoint_val():
 
 def test_rows_point_into_the_cache_index():
     splits = _fixture_splits(drop=("00000001_000.png",))
-    entry = md.read_data_entry(FIXTURE / md.DATA_ENTRY)
+    entry = md.read_data_entry(FIXTURE / md.DATA_ENTRY_V2020)
     kept = [n for n in entry["image"] if n != "00000001_000.png"]
     for table in (splits.train, splits.val, splits.test, splits.loc):
         assert [kept[r] for r in table["row"]] == table["image"].tolist()
@@ -91,9 +91,9 @@ def test_stratified_group_split_keeps_rare_labels_and_groups():
 def test_real_metadata_split_is_stratified_and_patient_disjoint(tmp_path):
     import gzip
 
-    for name in md.METADATA_FILES:
+    for name in md.NIH_METADATA_FILES:
         (tmp_path / name).write_bytes(gzip.decompress((REAL_META / f"{name}.gz").read_bytes()))
-    entry = md.read_data_entry(tmp_path / md.DATA_ENTRY)
+    entry = md.read_data_entry(tmp_path / md.DATA_ENTRY_V2020)
     index = pd.DataFrame({"row": np.arange(len(entry)), "image": entry["image"]})
     splits = make_splits(
         entry,

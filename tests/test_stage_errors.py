@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-STAGES = ("download", "preprocess", "split", "train", "test", "cams", "localise", "report")
+STAGES = ("download", "preprocess", "split", "train", "test", "cams", "localise", "compare", "report")
 
 
 def run(stage: str, args: list[str]) -> tuple[int, str]:
@@ -45,7 +45,11 @@ def _args(stage: str, params: Path, d: dict[str, Path]) -> list[str]:
         ],
         "train": [
             *model,
+            "--seed",
+            "0",
             *common,
+            "--raw",
+            str(d["raw"]),
             "--cache",
             str(d["cache"]),
             "--splits",
@@ -99,6 +103,17 @@ def _args(stage: str, params: Path, d: dict[str, Path]) -> list[str]:
             "--metrics",
             str(d["out"] / "l.json"),
         ],
+        "compare": [
+            *common,
+            "--predictions",
+            str(d["out"] / "predictions"),
+            "--localisation",
+            str(d["out"] / "localisation"),
+            "--splits",
+            str(d["splits"]),
+            "--out",
+            str(d["out"] / "compare.json"),
+        ],
         "report": [
             *common,
             "--metrics",
@@ -132,7 +147,7 @@ def inputs(phantom_data, tmp_path: Path) -> dict[str, Path]:
     (d["raw"] / "images").symlink_to(phantom_data.raw / "images")
     from cxr_core.data.rawdata import write_manifest
 
-    write_manifest(d["raw"], "synthetic", d["raw"])
+    write_manifest(d["raw"], "synthetic", d["raw"], label_file="Data_Entry_2017_v2020.csv (phantom)")
     d["out"] = tmp_path / "out"
     d["checkpoint"] = tmp_path / "best.pt"
     d["predictions"] = tmp_path / "test.npz"
@@ -150,12 +165,13 @@ def test_bad_params_name_the_key(stage: str, inputs: dict[str, Path], write_para
 #: stage -> (what to remove / corrupt, the file name the message must contain)
 MISSING: dict[str, tuple[str, str]] = {
     "download": ("raw-source", "missing metadata file(s)"),
-    "preprocess": ("raw/Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv"),
+    "preprocess": ("raw/Data_Entry.csv", "Data_Entry.csv"),
     "split": ("cache/index.csv", "index.csv"),
     "train": ("splits/val.csv", "val.csv"),
     "test": ("checkpoint", "best.pt"),
     "cams": ("checkpoint", "best.pt"),
     "localise": ("heatmaps", "h.npz"),
+    "compare": ("predictions", "test_resnet/seed0.npz"),
     "report": ("metrics", "split.json"),
 }
 
@@ -182,7 +198,7 @@ def _corrupt(path: Path) -> None:
 
 CORRUPT: dict[str, Callable[[dict[str, Path]], Path]] = {
     "download": lambda d: d["raw"] / "copy" / "Data_Entry_2017_v2020.csv",
-    "preprocess": lambda d: d["raw"] / "Data_Entry_2017_v2020.csv",
+    "preprocess": lambda d: d["raw"] / "Data_Entry.csv",
     "split": lambda d: d["cache"] / "images.npy",
     "train": lambda d: d["splits"] / "train.csv",
     "test": lambda d: d["checkpoint"],

@@ -20,7 +20,7 @@ from cxr_core.evaluate.metrics import roc_points, summarise
 from cxr_core.evaluate.predict import infer_logits, predict_probs
 from cxr_core.files import _clean
 from cxr_core.labels import LABELS
-from cxr_core.models.checkpoints import load_checkpoint, load_model
+from cxr_core.models.checkpoints import CheckpointMeta, load_checkpoint, load_model
 from cxr_core.models.registry import create_model, get_spec
 from cxr_core.params import load_params
 from cxr_core.runtime import Runtime
@@ -56,7 +56,7 @@ def data(phantom_data, single_thread):
 def cfg(phantom_data) -> TrainConfig:
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     params["train"].update(epochs=EPOCHS, batch_size=8, eval_batch_size=16, device="cpu")
-    return TrainConfig.from_params(params, TINY, image_size=phantom_data.image_size)
+    return TrainConfig.from_params(params, TINY, image_size=phantom_data.image_size, seed=params["seeds"][0])
 
 
 @pytest.fixture(scope="module")
@@ -328,17 +328,18 @@ def stage_run(tmp_path_factory, phantom_data, single_thread):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     p = {
         "params": root / "params.yaml",
-        "model_dir": root / "data" / "models" / TINY,
-        "metrics": root / "metrics" / "test" / f"{TINY}.json",
-        "roc": root / "plots" / "roc" / f"{TINY}.csv",
-        "predictions": root / "data" / "predictions" / TINY / "test.npz",
+        "model_dir": root / "data" / "models" / TINY / "seed0",
+        "metrics": root / "metrics" / "test" / TINY / "seed0.json",
+        "roc": root / "plots" / "roc" / TINY / "seed0.csv",
+        "predictions": root / "data" / "predictions" / TINY / "seed0.npz",
     }
     common = ["--model", TINY, "--params", str(p["params"]), "--cache", str(phantom_data.cache)]
     common += ["--splits", str(phantom_data.splits)]
     runner = CliRunner()
     out = runner.invoke(
         train_stage.main,
-        [*common, "--out", str(p["model_dir"]), "--live", str(root / "metrics" / "train" / TINY)]
+        [*common, "--seed", "0", "--raw", str(phantom_data.raw), "--out", str(p["model_dir"])]
+        + ["--live", str(root / "metrics" / "train" / TINY / "seed0")]
         + ["--timings", str(root / "logs" / f"{TINY}.tsv")],
         catch_exceptions=False,
     )
@@ -398,6 +399,40 @@ def test_test_stage_json_matches_summarise_on_saved_probabilities(stage_run, pha
 def test_train_stage_writes_one_checkpoint_pair(stage_run) -> None:
     assert sorted(p.name for p in stage_run["model_dir"].iterdir()) == [BEST_FILE, LAST_FILE]
     assert load_checkpoint(stage_run["model_dir"] / LAST_FILE)["resume_key"]["world_size"] == 1
+
+
+def test_checkpoints_say_which_data_trained_them(stage_run) -> None:
+    """The raw manifest's source and label file go into both checkpoints: phantom weights say so."""
+    for name in (BEST_FILE, LAST_FILE):
+        state = load_checkpoint(stage_run["model_dir"] / name)
+        assert (state["data_source"], state["label_file"]) == (
+            "synthetic",
+            "Data_Entry_2017_v2020.csv (phantom)",
+        )
+        assert CheckpointMeta.of(state, name).phantom
+
+
+def test_the_seed_option_is_the_training_seed(tmp_path, cfg, data) -> None:
+    """Another seed: other initial weights and batches (the seeds matrix trains different models)."""
+    images, train, val = data
+    one = fit(replace(cfg, epochs=1, seed=1), images, train, val, tmp_path / "one")
+    two = fit(replace(cfg, epochs=1, seed=1), images, train, val, tmp_path / "two")
+    other = fit(replace(cfg, epochs=1, seed=2), images, train, val, tmp_path / "other")
+    assert one.best_val_loss == two.best_val_loss != other.best_val_loss
+    _assert_same_weights(tmp_path / "one" / BEST_FILE, tmp_path / "two" / BEST_FILE)
+
+
+def test_cpu_bf16_training_is_repeatable_and_in_the_resume_key(tmp_path, cfg, data) -> None:
+    """``amp: bf16`` on the CPU autocasts (as ``auto`` does for DenseNets and Swins): still
+    byte-repeatable, and a float32 last.pt is not resumed under it."""
+    images, train, val = data
+    bf16 = replace(cfg, epochs=1, amp="bf16")
+    assert bf16.runtime().amp and not cfg.runtime().amp  # test_resnet: not a family that gains
+    fit(bf16, images, train, val, tmp_path / "a")
+    fit(bf16, images, train, val, tmp_path / "b")
+    assert (tmp_path / "a" / LAST_FILE).read_bytes() == (tmp_path / "b" / LAST_FILE).read_bytes()
+    fit(replace(cfg, epochs=1), images, train, val, tmp_path / "fp32")
+    assert fit(replace(bf16, epochs=2), images, train, val, tmp_path / "fp32").resumed_from == 0
 
 
 def test_pixel_digest_sees_a_regenerated_cache():

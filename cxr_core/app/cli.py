@@ -1,14 +1,19 @@
-"""``cxr``: the user-facing command (``cxr predict`` on files, ``cxr demo`` for the web app).
+"""``cxr``: the user-facing command (``cxr predict`` on files, ``cxr export`` to share a model,
+``cxr demo`` for the web app).
 
 The DVC stages are ``python -m stages.<name>``; this group is for people who bring their own
-images. Exit codes of ``cxr predict``: 0 every file was scored; 1 some file could not be read (it
-is named on stderr, the others are still scored and written) or the model / checkpoint could not
-be loaded; 2 a usage error (bad option).
+images. Which model: ``--model M [--seed K]`` (``data/models/M/seedK/best.pt``), ``--checkpoint``
+(a ``best.pt`` or a ``cxr export`` folder), ``--model-dir`` (an export folder), or nothing: the
+best model of the last run, named in ``metrics/headline.json``. A model trained on the synthetic
+phantom is always announced with a warning on stderr. Exit codes of ``cxr predict``: 0 every file
+was scored; 1 some file could not be read (it is named on stderr, the others are still scored and
+written) or the model / checkpoint could not be loaded; 2 a usage error (bad option).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +24,8 @@ import click
 
 from cxr_core.app.imaging import DEFAULT_LIMITS
 from cxr_core.app.overlay import DISPLAY_PX
+from cxr_core.app.pr_report import main as pr_report
+from cxr_core.errors import CxrError
 from cxr_core.logs import setup_logging
 from cxr_core.runtime import DEVICES, check_amp, check_device
 
@@ -59,12 +66,51 @@ def _load_params(params_path: Path | None) -> dict[str, Any] | None:
         raise click.ClickException(str(exc)) from exc
 
 
-def _default_checkpoint(model: str | None, checkpoint: Path | None) -> Path:
-    if checkpoint is not None:
-        return checkpoint
-    if model is None:
-        raise click.UsageError("give --model (its checkpoint is data/models/<model>/best.pt) or --checkpoint")
-    return Path("data/models") / model / "best.pt"
+def checkpoint_path(model: str, seed: int) -> Path:
+    """Where ``train@`` writes the best weights of (model, seed), relative to the project root."""
+    from cxr_core.models.checkpoints import CHECKPOINT_PATTERN
+
+    return Path(CHECKPOINT_PATTERN.format(model=model, seed=seed))
+
+
+def default_seed(params: dict[str, Any] | None) -> int:
+    """The first of params.yaml's ``seeds`` (the training matrix), else 0."""
+    seeds = (params or {}).get("seeds")
+    return int(seeds[0]) if isinstance(seeds, list | tuple) and seeds else 0
+
+
+def _choose_model(
+    model_name: str | None,
+    seed: int | None,
+    checkpoint: Path | None,
+    model_dir: Path | None,
+    params: dict[str, Any] | None,
+) -> tuple[Path, str | None, int | None]:
+    """(checkpoint or export folder, model name to check it against, seed if known)."""
+    from cxr_core.app.predictor import HEADLINE, read_headline
+
+    if model_dir is not None and checkpoint is not None:
+        raise click.UsageError("give --model-dir (an exported folder) or --checkpoint, not both")
+    given = model_dir if model_dir is not None else checkpoint
+    if given is not None:
+        return given, model_name, seed
+    if model_name is not None:
+        k = default_seed(params) if seed is None else seed
+        return checkpoint_path(model_name, k), model_name, k
+    if seed is not None:
+        raise click.UsageError("--seed needs --model")
+    try:
+        best = read_headline(HEADLINE)
+    except CxrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    auc = f", test macro AUC {best.macro_auc:.3f}" if best.macro_auc is not None else ""
+    seed_text = f" seed {best.seed}" if best.seed is not None else ""
+    click.echo(
+        f"no --model given: using {best.model}{seed_text} ({best.checkpoint}{auc}), "
+        f"the best model of the last run ({HEADLINE})",
+        err=True,
+    )
+    return best.checkpoint, best.model, best.seed
 
 
 def inference_options(reads: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -112,13 +158,50 @@ def main(verbose: bool) -> None:
     setup_logging(verbose)
 
 
+def model_options(what: str, folders: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--model / --seed / --checkpoint: which trained model ``what`` uses (see the module docstring)."""
+    options = [
+        click.option(
+            "--model",
+            "model_name",
+            help="params name (densenet121, ...); checked against the checkpoint "
+            "[default: the best model of the last run, from metrics/headline.json]",
+        ),
+        click.option(
+            "--seed",
+            type=click.IntRange(0),
+            help="training seed of --model [default: the first of params.yaml seeds, else 0]",
+        ),
+        click.option(
+            "--checkpoint",
+            type=click.Path(path_type=Path),
+            help=f"{what}: a best.pt{', or a folder written by `cxr export`' if folders else ''} "
+            "[default: data/models/<model>/seed<seed>/best.pt]",
+        ),
+    ]
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def _warn_if_phantom(predictor: Any) -> None:
+    """The phantom warning (or, for a checkpoint that does not say, a note) on stderr."""
+    warning = predictor.phantom_warning() or predictor.provenance_note()
+    if warning:
+        click.echo(warning, err=True)
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_name", help="params name (densenet121, ...); checked against the checkpoint")
+@model_options("the model to run")
 @click.option(
-    "--checkpoint",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="trained weights [default: data/models/<model>/best.pt]",
+    "--model-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="a folder written by `cxr export` (config.json + model.safetensors), e.g. a downloaded hub repo",
 )
 @inference_options(
     "the runtime (train.device, amp, channels_last, eval_batch_size) and cam (batch_size, eigen_sign, random_stride, seed)"
@@ -126,7 +209,15 @@ def main(verbose: bool) -> None:
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="CSV file (file + 14 findings) [default: stdout]",
+    help="output file [default: stdout]",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json"]),
+    default="csv",
+    show_default=True,
+    help="csv: file + the 14 probabilities per row; json: one object with the model and every file",
 )
 @click.option(
     "--heatmaps",
@@ -148,10 +239,13 @@ def main(verbose: bool) -> None:
 def predict(
     inputs: tuple[Path, ...],
     model_name: str | None,
+    seed: int | None,
     checkpoint: Path | None,
+    model_dir: Path | None,
     params_path: Path | None,
     device: str | None,
     out: Path | None,
+    fmt: str,
     heatmap_dir: Path | None,
     finding: str,
     method: str,
@@ -162,13 +256,14 @@ def predict(
 ) -> None:
     """Score PNG / JPEG / DICOM files (or folders of them) with a trained model.
 
-    Prints a CSV (file + the 14 finding probabilities) or writes it to --out. Files that cannot be
-    read are named on stderr and skipped; the exit code is then 1. Folders are searched recursively
-    for .png/.jpg/.jpeg/.dcm/.dicom files and extension-less DICOMs.
+    Prints a CSV (file + the 14 finding probabilities) or JSON, or writes it to --out. Without
+    --model / --checkpoint / --model-dir, the best model of the last run (metrics/headline.json)
+    is used and named on stderr. Files that cannot be read are named on stderr and skipped; the
+    exit code is then 1. Folders are searched recursively for .png/.jpg/.jpeg/.dcm/.dicom files
+    and extension-less DICOMs.
     """
     from cxr_core.app.imaging import ImageLimits, collect_files
     from cxr_core.app.predictor import InferenceSettings, Predictor, finding_index, predict_files
-    from cxr_core.errors import CxrError
     from cxr_core.explain.methods import get_cam_method
     from cxr_core.labels import LABELS
 
@@ -181,15 +276,17 @@ def predict(
             raise click.BadParameter(str(exc)) from exc
     params = _load_params(params_path)
     cam_batch = int(params["cam"]["batch_size"]) if params else 16
+    source, model_name, _ = _choose_model(model_name, seed, checkpoint, model_dir, params)
     try:
         predictor = Predictor.from_checkpoint(
-            _default_checkpoint(model_name, checkpoint),
+            source,
             model_name,
             settings=InferenceSettings.from_params(params, device),
             limits=ImageLimits.from_mb(max_mb, max_px),
         )
     except (CxrError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
+    _warn_if_phantom(predictor)
     if params and params["preprocess"]["image_size"] != predictor.image_size:
         logger.info(
             "checkpoint image size %d differs from preprocess.image_size %d: using the checkpoint's",
@@ -199,13 +296,20 @@ def predict(
 
     files = collect_files(inputs)
     ok, probs, failed = predict_files(predictor, files, batch_size=batch_size)
+
+    def write(fh: TextIO) -> None:
+        if fmt == "json":
+            _write_json(fh, predictor, ok, probs, failed)
+        else:
+            _write_csv(fh, ok, probs, LABELS)
+
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", newline="") as fh:
-            _write_csv(fh, ok, probs, LABELS)
+            write(fh)
         logger.info("wrote %d rows to %s", len(ok), out)
     else:
-        _write_csv(sys.stdout, ok, probs, LABELS)
+        write(sys.stdout)
         sys.stdout.flush()
     if heatmap_dir is not None and ok:
         _write_overlays(predictor, ok, probs, heatmap_dir, finding, method, overlay_px, cam_batch)
@@ -222,6 +326,31 @@ def _write_csv(fh: TextIO, files: Sequence[Path], probs: Any, labels: Sequence[s
     writer.writerow(["file", *labels])
     for path, row in zip(files, probs, strict=True):
         writer.writerow([str(path), *(f"{float(p):.6f}" for p in row)])
+
+
+def _write_json(fh: TextIO, predictor: Any, files: Sequence[Path], probs: Any, failed: Sequence[Any]) -> None:
+    """One object: which model (and whether it is a phantom one), then every file's probabilities."""
+    from cxr_core.labels import LABELS
+
+    doc = {
+        "model": predictor.name,
+        "checkpoint": str(predictor.checkpoint),
+        "data_source": predictor.meta.data_source,
+        "label_file": predictor.meta.label_file,
+        "phantom": predictor.phantom,
+        "warning": predictor.phantom_warning(),
+        "labels": list(LABELS),
+        "predictions": [
+            {
+                "file": str(path),
+                "probabilities": {lab: round(float(p), 6) for lab, p in zip(LABELS, row, strict=True)},
+            }
+            for path, row in zip(files, probs, strict=True)
+        ],
+        "failed": [{"file": str(exc.path), "reason": exc.reason} for exc in failed],
+    }
+    json.dump(doc, fh, indent=2)
+    fh.write("\n")
 
 
 def _overlay_names(files: Sequence[Path], suffixes: Sequence[str]) -> list[str]:
@@ -268,14 +397,102 @@ def _write_overlays(
     logger.info("wrote %d %s heatmap overlays to %s", len(files), method, out_dir)
 
 
+@main.command("export")
+@click.argument("out_dir", type=click.Path(path_type=Path, dir_okay=True))
+@model_options("the checkpoint to export", folders=False)
+@click.option(
+    "--metrics",
+    "metrics_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="test metrics for the card [default: metrics/test/<model>/seed<seed>.json; none with --checkpoint]",
+)
+@click.option(
+    "--predictions",
+    "predictions_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="test predictions for predictions.csv "
+    "[default: data/predictions/<model>/seed<seed>.npz; none with --checkpoint]",
+)
+@click.option(
+    "--params",
+    "params_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="params.yaml for the card's training recipe [default: ./params.yaml if present]",
+)
+@click.option("--force", is_flag=True, help="replace an earlier export in OUT_DIR")
+def export(
+    out_dir: Path,
+    model_name: str | None,
+    seed: int | None,
+    checkpoint: Path | None,
+    metrics_path: Path | None,
+    predictions_path: Path | None,
+    params_path: Path | None,
+    force: bool,
+) -> None:
+    """Write a trained model as a Hugging Face hub / timm folder: weights, config, card, test predictions.
+
+    OUT_DIR gets model.safetensors + config.json (timm's hub format: `timm.create_model("local-dir:OUT_DIR",
+    pretrained=True)` loads it), a model card README.md and predictions.csv. Without --model or
+    --checkpoint, the best model of the last run (metrics/headline.json) is exported. The test
+    metrics and predictions of (model, seed) are attached from the pipeline's files; with an
+    explicit --checkpoint only those given by --metrics / --predictions are, since nothing ties
+    the pipeline's files to another checkpoint. See docs/export.md.
+    """
+    from cxr_core.app.export import export_model
+
+    params = _load_params(params_path)
+    if checkpoint is not None and checkpoint.is_dir():
+        raise click.BadParameter(
+            f"{checkpoint} is a folder; export takes a best.pt", param_hint="--checkpoint"
+        )
+    source, model_name, seed = _choose_model(model_name, seed, checkpoint, None, params)
+    if checkpoint is None and model_name is not None and seed is not None:
+        metrics_path = metrics_path or Path("metrics/test") / model_name / f"seed{seed}.json"
+        predictions_path = predictions_path or Path("data/predictions") / model_name / f"seed{seed}.npz"
+    try:
+        result = export_model(
+            source,
+            out_dir,
+            model_name=model_name,
+            seed=seed,
+            params=params,
+            metrics=metrics_path,
+            predictions=predictions_path,
+            split=Path("metrics/split.json"),
+            force=force,
+        )
+    except (CxrError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if result.phantom:
+        click.echo(
+            f"WARNING: {source} was trained on the phantom (synthetic data); its model card and "
+            "config.json say so (phantom: true). Do not publish it as a chest X-ray model.",
+            err=True,
+        )
+    click.echo(f"exported {source} to {result.folder}: {', '.join(result.files)}")
+
+
 @main.command()
-@click.option("--model", "model_name", help="model selected at start [default: the first trained one]")
+@click.option(
+    "--model",
+    "model_name",
+    help="model selected at start: <model> (its first seed) or <model>/seed<k> "
+    "[default: the first trained one]",
+)
 @click.option(
     "--models-dir",
     default="data/models",
     show_default=True,
     type=click.Path(path_type=Path, file_okay=False),
-    help="one folder per model with best.pt",
+    help="trained models, as data/models/<model>/seed<k>/best.pt",
+)
+@click.option(
+    "--model-dir",
+    "model_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="also offer this `cxr export` folder (repeatable)",
 )
 @click.option(
     "--splits",
@@ -293,6 +510,7 @@ def _write_overlays(
 def demo(
     model_name: str | None,
     models_dir: Path,
+    model_dirs: tuple[Path, ...],
     splits_dir: Path,
     params_path: Path | None,
     device: str | None,
@@ -305,12 +523,12 @@ def demo(
     from cxr_core.app.demo import build_app, default_methods, launch
     from cxr_core.app.imaging import ImageLimits
     from cxr_core.app.predictor import InferenceSettings
-    from cxr_core.errors import CxrError
 
     params = _load_params(params_path)
     try:
         app = build_app(
             models_dir=models_dir,
+            exports=model_dirs,
             splits_dir=splits_dir,
             default_model=model_name,
             methods=default_methods(params),
@@ -321,6 +539,8 @@ def demo(
         raise click.ClickException(str(exc)) from exc
     launch(app, host=host, port=port)
 
+
+main.add_command(pr_report, name="pr-report")
 
 if __name__ == "__main__":
     main()

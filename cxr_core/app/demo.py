@@ -1,9 +1,11 @@
 """The demo app (paper section 4.3): the paper's two programs, classification and localisation, in one page.
 
-Pick a trained model (every ``<models_dir>/<model>/best.pt``), upload a PNG, JPEG or DICOM, and
-see the 14 probabilities and a heatmap of a chosen finding by a chosen CAM method. When the file
-name is in the localisation set (``loc.csv``), the radiologists' boxes are drawn on both images,
-as in the paper's Figure 4, so the heatmap can be judged against them.
+Pick a trained model (every ``<models_dir>/<model>/seed<k>/best.pt``, and any ``cxr export``
+folder given), upload a PNG, JPEG or DICOM, and see the 14 probabilities and a heatmap of a chosen
+finding by a chosen CAM method. When the file name is in the localisation set (``loc.csv``), the
+radiologists' boxes are drawn on both images, as in the paper's Figure 4, so the heatmap can be
+judged against them. A model trained on the synthetic phantom gets a red banner above the results
+(and a line in every result's message), so nobody mistakes its numbers for a reading.
 
 Bad uploads (not an image, over the size limit, a colour / multi-frame / pixel-less DICOM) get a
 message in the page, never a stack trace. Gradio is an optional extra
@@ -12,6 +14,7 @@ message in the page, never a stack trace. Gradio is an optional extra
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import threading
@@ -37,6 +40,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TOP_FINDING = "(most probable)"
+#: The page's banner for a model trained on the phantom (cxr predict says the same on stderr).
+PHANTOM_BANNER = (
+    '<div role="alert" style="border: 3px solid #b91c1c; background: #fee2e2; color: #7f1d1d; '
+    'padding: 0.6em 1em; border-radius: 6px;">'
+    '<strong style="font-size: 1.2em;">⚠️ Phantom model: not trained on real X-rays</strong><br>'
+    "<code>{model}</code> was trained on the <strong>phantom</strong>, synthetic images drawn by this "
+    "project so the pipeline can be tested. Its probabilities and heatmaps mean nothing for a real chest "
+    "X-ray; never use them for a patient.</div>"
+)
+PHANTOM_NOTE = "⚠️ Phantom model (synthetic training data): these numbers mean nothing for a real X-ray."
 #: CAM methods offered when params.yaml is not at hand (RandomCAM is a scoring control, not a view).
 DEFAULT_METHODS: tuple[str, ...] = ("GradCAM", "EigenCAM", "GradCAMPlusPlus")
 INSTALL_HINT = "the demo needs Gradio, an optional extra: pip install -e '.[demo]'"
@@ -56,12 +69,24 @@ def import_gradio() -> Any:
     return gradio
 
 
-def trained_models(models_dir: str | os.PathLike) -> list[str]:
-    """Names of the models with a ``best.pt`` under ``models_dir``, sorted."""
+def trained_models(models_dir: str | os.PathLike) -> dict[str, Path]:
+    """``<model>/seed<k>`` -> its ``best.pt``, for every one under ``models_dir``; by model, then seed."""
     root = Path(models_dir)
     if not root.is_dir():
-        return []
-    return sorted(p.parent.name for p in root.glob("*/best.pt") if p.is_file())
+        return {}
+    found = []
+    for path in root.glob("*/seed*/best.pt"):
+        digits = path.parent.name.removeprefix("seed")
+        if path.is_file() and digits.isdigit():
+            found.append((path.parent.parent.name, int(digits), path))
+    return {f"{model}/seed{seed}": path for model, seed, path in sorted(found)}
+
+
+def pick_model(models: Sequence[str], wanted: str | None) -> str | None:
+    """``wanted`` as a key of ``models``: itself, or a bare model name -> its first seed."""
+    if wanted is None or wanted in models:
+        return wanted
+    return next((m for m in models if m.split("/seed")[0] == wanted), None)
 
 
 def default_methods(params: Mapping[str, Any] | None) -> list[str]:
@@ -106,12 +131,17 @@ class DemoBackend:
         models_dir: str | os.PathLike = "data/models",
         splits_dir: str | os.PathLike = "data/splits",
         *,
+        exports: Sequence[str | os.PathLike] = (),
         settings: InferenceSettings = FALLBACK_SETTINGS,
         limits: ImageLimits = DEFAULT_LIMITS,
         display_px: int = DISPLAY_PX,
     ) -> None:
         self.models_dir = Path(models_dir)
-        self.models = trained_models(self.models_dir)
+        self.sources: dict[str, Path] = trained_models(self.models_dir)
+        for folder in exports:  # exported folders by their own name (the path if two share one)
+            key = Path(folder).name or str(folder)
+            self.sources[f"{folder}" if key in self.sources else key] = Path(folder)
+        self.models = list(self.sources)
         self.boxes = load_boxes(splits_dir)
         self.settings = settings
         self.limits = limits
@@ -120,15 +150,35 @@ class DemoBackend:
         self._lock = threading.Lock()
 
     def predictor(self, model: str) -> Predictor:
-        """The model's predictor, loaded from ``best.pt`` the first time it is asked for."""
-        if model not in self.models:
+        """The model's predictor, loaded from its ``best.pt`` / export folder when first asked for."""
+        if model not in self.sources:
             raise ValueError(f"no trained model {model!r}; trained: {self.models}")
         with self._lock:
             if model not in self._predictors:
                 self._predictors[model] = Predictor.from_checkpoint(
-                    self.models_dir / model / "best.pt", model, settings=self.settings, limits=self.limits
+                    self.sources[model], settings=self.settings, limits=self.limits
                 )
             return self._predictors[model]
+
+    def notice(self, model: str | None) -> str:
+        """The banner (HTML) above the results: a loud warning for a phantom-trained model, else its data."""
+        if not model:
+            return ""
+        try:
+            predictor = self.predictor(model)
+        except Exception as exc:  # shown again, with the details, when an upload tries it
+            logger.exception("loading %s failed", model)
+            name, reason = html.escape(model), html.escape(str(exc))
+            return f"<p>⚠️ Cannot load model <code>{name}</code>: {reason}</p>"
+        if predictor.phantom:
+            return PHANTOM_BANNER.format(model=html.escape(model))
+        name, source, labels = (
+            html.escape(x) for x in (model, predictor.meta.data_source, predictor.meta.label_file)
+        )
+        return (
+            f"<p><code>{name}</code>: trained on data source <code>{source}</code> (labels: "
+            f"<code>{labels}</code>). For research, not diagnosis.</p>"
+        )
 
     def analyse(
         self, path: str | os.PathLike | None, model: str | None, finding: str, method: str
@@ -170,6 +220,8 @@ class DemoBackend:
             f"**{name}**: {model} at {predictor.image_size} px; {method} heatmap for **{chosen}** "
             f"(p = {probabilities[chosen]:.3f})."
         )
+        if predictor.phantom:
+            message = f"{PHANTOM_NOTE}\n\n{message}"
         if boxes:
             message += " Localisation-set image: radiologist box(es) in green for " + ", ".join(
                 sorted({b[4] for b in boxes})
@@ -188,22 +240,26 @@ def build_app(
     models_dir: str | os.PathLike = "data/models",
     splits_dir: str | os.PathLike = "data/splits",
     *,
+    exports: Sequence[str | os.PathLike] = (),
     default_model: str | None = None,
     methods: Sequence[str] = DEFAULT_METHODS,
     settings: InferenceSettings = FALLBACK_SETTINGS,
     limits: ImageLimits = DEFAULT_LIMITS,
 ) -> gr.Blocks:
     """The Gradio Blocks of the demo (launch it with :func:`launch`, or ``.launch()`` in a test)."""
-    backend = DemoBackend(models_dir, splits_dir, settings=settings, limits=limits)
+    backend = DemoBackend(models_dir, splits_dir, exports=exports, settings=settings, limits=limits)
     if not backend.models:
         raise DemoError(
-            f"no trained model in {models_dir} (expected {models_dir}/<model>/best.pt); "
-            "train one first: `dvc repro` (or `dvc repro train@densenet121`)"
+            f"no trained model in {models_dir} (expected {models_dir}/<model>/seed<k>/best.pt); "
+            "train one first: `dvc repro` (or `dvc repro train@densenet121-0`), or pass --model-dir"
         )
-    if default_model is not None and default_model not in backend.models:
+    chosen = pick_model(backend.models, default_model)
+    if default_model is not None and chosen is None:
         raise DemoError(
-            f"--model {default_model!r} has no {models_dir}/{default_model}/best.pt; trained: {backend.models}"
+            f"--model {default_model!r} has no {models_dir}/{default_model}/seed<k>/best.pt; "
+            f"trained: {backend.models}"
         )
+    first = chosen or backend.models[0]
     gr = import_gradio()
     methods = list(methods) or list(DEFAULT_METHODS)
 
@@ -221,8 +277,9 @@ def build_app(
             "ChestX-ray14 findings; the heatmap shows where it looked for the chosen finding. Images from "
             "the localisation set also show the radiologist's box (green). For research, not diagnosis."
         )
+        notice = gr.HTML(backend.notice(first), elem_id="cxr-notice")
         with gr.Row():
-            model = gr.Dropdown(backend.models, value=default_model or backend.models[0], label="Model")
+            model = gr.Dropdown(backend.models, value=first, label="Model")
             finding = gr.Dropdown([TOP_FINDING, *LABELS], value=TOP_FINDING, label="Finding for the heatmap")
             method = gr.Dropdown(methods, value=methods[0], label="Heatmap method")
         with gr.Row():
@@ -249,6 +306,7 @@ def build_app(
             inputs=[upload, model, finding, method],
             outputs=[message, probabilities, heatmap, original],
         )
+        model.change(backend.notice, inputs=[model], outputs=[notice])
     app.cxr_backend = backend  # for tests and callers that want the models / boxes
     return app
 

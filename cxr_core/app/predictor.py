@@ -3,6 +3,11 @@
 The forward is the pipeline's own (:func:`cxr_core.evaluate.predict.predict_probs`) with the
 runtime settings of params.yaml, so ``cxr predict`` and the demo give the test stage's
 probabilities for the same image. Reading files is :mod:`cxr_core.app.imaging`.
+
+A model comes from a train-stage checkpoint (``data/models/<model>/seed<k>/best.pt``) or from a
+folder written by ``cxr export`` (timm's hub format: ``config.json`` + ``model.safetensors``);
+:meth:`Predictor.from_checkpoint` takes either. Whichever it is, the predictor knows what the
+model was trained on, so callers can warn when it is the synthetic phantom.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import torch
 from cxr_core.app.imaging import DEFAULT_LIMITS, ImageLimits, read_image
 from cxr_core.data.batches import normalise, to_device
 from cxr_core.data.decode import ImageDecodeError
+from cxr_core.errors import CxrError
 from cxr_core.evaluate.predict import predict_probs
 from cxr_core.explain.methods import compute_heatmaps
 from cxr_core.labels import LABEL_INDEX, LABELS
+from cxr_core.models.checkpoints import CheckpointMeta
 from cxr_core.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -32,6 +39,19 @@ if TYPE_CHECKING:
     from cxr_core.models.registry import ModelSpec
 
 logger = logging.getLogger(__name__)
+
+#: What the report stage writes about the last run; ``best`` names the model ``cxr predict`` defaults to.
+HEADLINE = Path("metrics/headline.json")
+#: Said (stderr, the demo page) whenever a model trained on the phantom is used.
+PHANTOM_WARNING = (
+    "WARNING: {name} was trained on the phantom (data_source: synthetic), computer-drawn images that "
+    "stand in for ChestX-ray14 so the pipeline can be tested. Its probabilities mean nothing for real "
+    "chest X-rays; never use them for a patient."
+)
+
+
+class ModelSourceError(CxrError, ValueError):
+    """A model folder or the last run's headline file cannot give a model; the message says why."""
 
 
 def finding_index(finding: str) -> int:
@@ -108,6 +128,7 @@ class Predictor:
         settings: InferenceSettings = FALLBACK_SETTINGS,
         limits: ImageLimits = DEFAULT_LIMITS,
         checkpoint: Path | None = None,
+        meta: CheckpointMeta | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = settings.runtime(spec)
@@ -116,6 +137,7 @@ class Predictor:
         self.image_size = int(image_size)
         self.limits = limits
         self.checkpoint = checkpoint
+        self.meta = meta or CheckpointMeta(spec.name, spec.timm_name, int(image_size))
         self._lock = threading.Lock()
 
     @classmethod
@@ -127,10 +149,15 @@ class Predictor:
         settings: InferenceSettings = FALLBACK_SETTINGS,
         limits: ImageLimits = DEFAULT_LIMITS,
     ) -> Predictor:
-        """Load ``best.pt`` (``weights_only=True``); architecture and image size come from the file."""
+        """Load ``best.pt`` (``weights_only=True``) or an export folder; the model comes from the file(s).
+
+        A folder is read as ``cxr export`` output (:meth:`from_export`).
+        """
         from cxr_core.models.checkpoints import load_model
         from cxr_core.models.registry import get_spec
 
+        if Path(checkpoint).is_dir():
+            return cls.from_export(checkpoint, model_name, settings=settings, limits=limits)
         model, meta = load_model(checkpoint, model_name=model_name, map_location="cpu")
         name = str(meta["model_name"])
         logger.info(
@@ -147,11 +174,71 @@ class Predictor:
             settings=settings,
             limits=limits,
             checkpoint=Path(checkpoint),
+            meta=CheckpointMeta.of({**meta, "model": None}, checkpoint),
+        )
+
+    @classmethod
+    def from_export(
+        cls,
+        folder: str | os.PathLike,
+        model_name: str | None = None,
+        *,
+        settings: InferenceSettings = FALLBACK_SETTINGS,
+        limits: ImageLimits = DEFAULT_LIMITS,
+    ) -> Predictor:
+        """A ``cxr export`` folder, rebuilt by timm itself (``local-dir:``), no network.
+
+        Its ``config.json`` must describe this pipeline's model: 14 outputs named as ChestX-ray14's
+        in order, a square input and the pipeline's normalisation (the predictor feeds images the
+        pipeline's way, so a folder expecting other preprocessing would score them wrongly).
+        """
+        meta, spec = read_export_config(folder)
+        if model_name is not None and meta.model_name != model_name:
+            raise ModelSourceError(
+                f"{folder}: exported model is {meta.model_name!r}, not {model_name!r}; "
+                "pass the folder of that model"
+            )
+        import timm
+        from safetensors import SafetensorError
+
+        try:
+            model = timm.create_model(f"local-dir:{Path(folder).resolve()}", pretrained=True)
+        except (RuntimeError, OSError, ValueError, KeyError, SafetensorError) as exc:
+            raise ModelSourceError(
+                f"{folder}: timm cannot rebuild the exported model ({exc}); export it again with `cxr export`"
+            ) from exc
+        logger.info("loaded %s (%s px) from the export %s", meta.model_name, meta.image_size, folder)
+        return cls(
+            model.eval(),
+            spec,
+            meta.image_size,
+            settings=settings,
+            limits=limits,
+            checkpoint=Path(folder),
+            meta=meta,
         )
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def phantom(self) -> bool:
+        """Trained on the synthetic phantom (its probabilities mean nothing on real X-rays)."""
+        return self.meta.phantom
+
+    def provenance_note(self) -> str | None:
+        """A note for a model that does not record its training data (checkpoints from before it was)."""
+        if self.meta.data_source != "unknown":
+            return None
+        return (
+            f"note: {self.name} ({self.checkpoint}) does not record what it was trained on (written before "
+            "checkpoints recorded data_source); with this project's default params.yaml that was the phantom"
+        )
+
+    def phantom_warning(self) -> str | None:
+        """:data:`PHANTOM_WARNING` for this model, or None when it was not trained on the phantom."""
+        return PHANTOM_WARNING.format(name=f"{self.name} ({self.checkpoint})") if self.phantom else None
 
     def load(self, path: str | os.PathLike) -> np.ndarray:
         """One file -> the ``S x S`` uint8 model input (what the cache would hold for it)."""
@@ -237,3 +324,94 @@ def predict_files(
             probs.append(predictor.predict(np.stack(images)))
             ok.extend(chunk)
     return ok, (np.concatenate(probs) if probs else np.zeros((0, len(LABELS)), np.float32)), failed
+
+
+def read_export_config(folder: str | os.PathLike) -> tuple[CheckpointMeta, ModelSpec]:
+    """The metadata and model spec of a ``cxr export`` folder, checked against what the pipeline feeds."""
+    import json
+
+    from cxr_core.data.batches import IMAGENET_MEAN, IMAGENET_STD
+    from cxr_core.models.registry import get_spec
+
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelSourceError(
+            f"{folder}: not an exported model folder (no config.json); write one with `cxr export`, "
+            "or pass a best.pt"
+        )
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelSourceError(f"{path}: not valid JSON ({exc})") from None
+    pre = cfg.get("pretrained_cfg") if isinstance(cfg, dict) else None
+    if not isinstance(pre, dict) or not isinstance(cfg.get("architecture"), str):
+        raise ModelSourceError(f"{path}: not timm's hub format (needs 'architecture' and 'pretrained_cfg')")
+    if cfg.get("num_classes") != len(LABELS) or list(cfg.get("label_names") or []) != list(LABELS):
+        raise ModelSourceError(
+            f"{path}: num_classes / label_names are {cfg.get('num_classes')} / {cfg.get('label_names')}, "
+            f"not the 14 ChestX-ray14 findings in order {list(LABELS)}"
+        )
+    size = list(pre.get("input_size") or [])
+    if len(size) != 3 or size[0] != 3 or size[1] != size[2]:
+        raise ModelSourceError(f"{path}: pretrained_cfg.input_size {size} is not [3, S, S]")
+    for key, want in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        got = pre.get(key)
+        if not isinstance(got, list) or not np.allclose(got, want):
+            raise ModelSourceError(
+                f"{path}: pretrained_cfg.{key} = {got}, not the pipeline's ImageNet {list(want)}; "
+                "cxr predict feeds images the pipeline's way and would score this model wrongly"
+            )
+    info = cfg.get("cxr_pipeline") if isinstance(cfg.get("cxr_pipeline"), dict) else {}
+    name = str(info.get("model") or cfg["architecture"])
+    try:
+        spec = get_spec(name)
+    except ValueError as exc:
+        raise ModelSourceError(f"{path}: {exc}") from None
+    data_source = str(cfg.get("data_source") or "unknown")
+    if cfg.get("phantom") is True:
+        data_source = "synthetic"
+    meta = CheckpointMeta(
+        name,
+        str(info.get("timm_name") or spec.timm_name),
+        int(size[1]),
+        tuple(LABELS),
+        data_source,
+        str(cfg.get("label_file") or "unknown"),
+    )
+    return meta, spec
+
+
+@dataclass(frozen=True)
+class BestModel:
+    """The last run's best model, as the report stage names it in ``metrics/headline.json``."""
+
+    model: str
+    seed: int | None
+    checkpoint: Path
+    macro_auc: float | None
+
+
+def read_headline(path: str | os.PathLike = HEADLINE, root: str | os.PathLike | None = None) -> BestModel:
+    """``best`` of the headline file; ``checkpoint`` is taken relative to ``root`` (default: the cwd)."""
+    from cxr_core.report.comparison import HeadlineMetrics
+
+    path = Path(path)
+    fix = "run `dvc repro` (its report stage picks the best model) or pass --model / --checkpoint"
+    if not path.is_file():
+        raise ModelSourceError(f"{path} not found, so there is no best model of a last run to use: {fix}")
+    try:
+        doc = HeadlineMetrics.read(path)
+    except CxrError as exc:
+        raise ModelSourceError(f"{exc}; or pass --model / --checkpoint") from None
+    best = doc.get("best")
+    if not isinstance(best, dict) or not isinstance(best.get("model"), str) or not best.get("checkpoint"):
+        raise ModelSourceError(f"{path}: lacks best.model / best.checkpoint; {fix}")
+    seed = best.get("seed")
+    auc = best.get("macro_auc")
+    return BestModel(
+        best["model"],
+        int(seed) if isinstance(seed, int) else None,
+        Path(root or ".") / str(best["checkpoint"]),
+        float(auc) if isinstance(auc, int | float) else None,
+    )

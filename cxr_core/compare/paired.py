@@ -178,17 +178,26 @@ def _design_aucs(design: Any, counts_t: Sequence[np.ndarray], n_boot: int) -> np
 
 
 def _check_models(targets: Any, probs: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Targets (N x C) and every model's scores as S x N x C: S training seeds (S = 1 for N x C)."""
     if not isinstance(probs, Mapping) or len(probs) < 2:
-        raise ValueError("probs must map at least two model names to N x C score arrays")
+        raise ValueError("probs must map at least two model names to N x C (or seeds x N x C) score arrays")
     checked: dict[str, np.ndarray] = {}
     t = None
     for name, p in probs.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"probs keys must be non-empty model names, got {name!r}")
-        try:
-            t, checked[name] = _check_scores(targets, p)
-        except ValueError as exc:
-            raise ValueError(f"probs[{name!r}]: {exc}") from None
+        runs = np.asarray(p, dtype=np.float64)
+        runs = runs[None] if runs.ndim < 3 else runs
+        if runs.ndim != 3 or runs.shape[0] == 0:
+            raise ValueError(f"probs[{name!r}] must be N x C or seeds x N x C, got shape {np.shape(p)}")
+        seeds = []
+        for run in runs:
+            try:
+                t, checked_run = _check_scores(targets, run)
+            except ValueError as exc:
+                raise ValueError(f"probs[{name!r}]: {exc}") from None
+            seeds.append(checked_run)
+        checked[name] = np.stack(seeds)
     assert t is not None
     return t, checked
 
@@ -200,6 +209,8 @@ def paired_auc_replicates(
 
     The draws are :func:`cxr_core.evaluate.metrics.bootstrap_auc_replicates`' (same seed, same
     replicates, same values), so these numbers and the test stage's CIs come from one bootstrap.
+    A model given as seeds x N x C gets, per replicate, the mean AUC of its seeds (all scored on
+    that replicate's draw): the expected AUC of one training run, not the AUC of an ensemble.
     """
     t, scores = _check_models(targets, probs)
     n, n_classes = t.shape
@@ -212,12 +223,15 @@ def paired_auc_replicates(
         np.ascontiguousarray(counts[lo : lo + _CHUNK_REPLICATES].T, dtype=dtype)
         for lo in range(0, n_boot, _CHUNK_REPLICATES)
     ]
-    out = {name: np.empty((n_boot, n_classes)) for name in scores}
-    for name, p in scores.items():
-        for c in range(n_classes):
-            out[name][:, c] = _design_aucs(
-                _auc_design(t[:, c], p[:, c], codes, n_patients, dtype), chunks, n_boot
-            )
+    out = {}
+    for name, runs in scores.items():
+        per_seed = np.empty((runs.shape[0], n_boot, n_classes))
+        for s, p in enumerate(runs):
+            for c in range(n_classes):
+                per_seed[s, :, c] = _design_aucs(
+                    _auc_design(t[:, c], p[:, c], codes, n_patients, dtype), chunks, n_boot
+                )
+        out[name] = per_seed.mean(axis=0)  # one seed: the values themselves, bit for bit
     return out
 
 
@@ -239,8 +253,9 @@ def paired_auc_bootstrap(
 ) -> dict[str, Any]:
     """AUC difference A - B of every pair of models (A listed before B): per class and macro.
 
-    ``targets`` N x C (0/1), ``probs`` model name -> N x C scores, ``groups`` N patient ids. Point
-    differences use sklearn's AUC on all images; intervals (percentile) and p-values (module
+    ``targets`` N x C (0/1), ``probs`` model name -> N x C scores (or seeds x N x C: every AUC is
+    then the mean over the seeds), ``groups`` N patient ids. Point differences use sklearn's AUC on
+    all images; intervals (percentile) and p-values (module
     docstring) come from a patient-level bootstrap in which each replicate draws patients once and
     scores every model on that draw, so every pair shares it. The macro AUC is the mean over the
     classes defined on the full data; a replicate missing one of them is left out of the macro.
@@ -257,7 +272,7 @@ def paired_auc_bootstrap(
     names = list(scores)
     reps = paired_auc_replicates(t, scores, groups, n_boot=n_boot, seed=seed)
     defined = np.array([_defined(t[:, c]) for c in range(t.shape[1])])
-    auc = {name: per_class_auc(t, scores[name]) for name in names}
+    auc = {name: np.mean([per_class_auc(t, run) for run in scores[name]], axis=0) for name in names}
     macro_auc = {name: float(_macro(auc[name], defined)) for name in names}
     macro_reps = {name: _macro(reps[name], defined) for name in names}
 
@@ -294,6 +309,7 @@ def paired_auc_bootstrap(
         "seed": seed,
         "n_images": int(t.shape[0]),
         "n_patients": int(np.unique(np.asarray(groups)).shape[0]),
+        "seeds": {name: int(scores[name].shape[0]) for name in names},
         "defined": defined,
         "auc": auc,
         "macro_auc": macro_auc,
@@ -388,11 +404,11 @@ def _check_hits(hits: Any, name: str, n: int | None) -> np.ndarray:
     if h.ndim != 1 or h.shape[0] == 0 or (n is not None and h.shape[0] != n):
         want = "a non-empty 1-D array" if n is None else f"a 1-D array of {n} boxes"
         raise ValueError(f"{name} must be {want}, got shape {h.shape}")
-    if not np.isin(h, (0, 1)).all():
-        raise ValueError(
-            f"{name} must hold only 0/1 (or bools), found {np.unique(h[~np.isin(h, (0, 1))])[:5]}"
-        )
-    return h.astype(np.float64)
+    h = h.astype(np.float64)
+    bad = ~(np.isfinite(h) & (h >= 0) & (h <= 1))
+    if bad.any():
+        raise ValueError(f"{name} must hold hits in [0, 1] (0/1, or a mean over seeds), found {h[bad][:5]}")
+    return h
 
 
 def _class_order(values: Sequence[Any]) -> list[Any]:
@@ -403,7 +419,7 @@ def _class_order(values: Sequence[Any]) -> list[Any]:
 def _rate_stats(a: np.ndarray, b: np.ndarray, total: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
     """Rates and their difference from patient-level sums (hits of a, of b, boxes) per class column.
 
-    ``a``, ``b``, ``total`` are P x L; a replicate's sums are ``counts @`` them (exact integers),
+    ``a``, ``b``, ``total`` are P x L; a replicate's sums are ``counts @`` them (exact for 0/1 hits),
     and its difference (A - B) / N has one rounding, so identical inputs give exactly 0.
     """
     n_all = total.sum(axis=0)
@@ -426,8 +442,8 @@ def paired_rate_bootstrap(
 ) -> dict[str, Any]:
     """Difference of two paired hit rates (A - B) over the same boxes, with a patient bootstrap.
 
-    ``hits_a``, ``hits_b``: 0/1 per box (pointing hit, box accuracy at T), ``groups``: the box's
-    patient. ``overall`` is the share of boxes hit. With ``classes`` (the box's finding) there is
+    ``hits_a``, ``hits_b``: 0/1 per box (pointing hit, box accuracy at T; or the mean over training
+    seeds, in [0, 1]), ``groups``: the box's patient. ``overall`` is the share of boxes hit. With ``classes`` (the box's finding) there is
     also ``per_class`` and ``class_mean``: the mean over the classes that have boxes of the
     per-class rates, the number the localise stage reports; a replicate that draws no box of one
     of them is left out of the class mean. Each entry holds ``rate_a``, ``rate_b``, ``diff``,

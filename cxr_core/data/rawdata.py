@@ -1,9 +1,12 @@
-"""The three data sources, and finding images in the official or the Kaggle layout.
+"""The raw folder, its manifest, and existing local copies in the official or the Kaggle layout.
 
-``data/raw/`` always ends up holding the four metadata files and ``manifest.json``; the images
-stay where they are (``data/raw/images`` for the phantom and the NIH download, the user's own folder
-for a local copy, which is used in place: no 42 GB copy). Only the manifest and the metadata files are
-DVC outputs, so DVC never hashes 112,120 PNGs.
+``data/raw/`` always ends up holding the four metadata files (the label table under the one name
+:data:`DATA_ENTRY`, ``Data_Entry.csv``, whichever NIH file it came from) and ``manifest.json``, which
+records where the images are and which label file was used. The images stay where they are
+(``data/raw/images`` for the phantom and the NIH download, the user's own folder for a local copy,
+which is used in place: no 42 GB copy). Only the manifest and the metadata files are DVC outputs,
+so DVC never hashes 112,120 PNGs. The sources that write ``data/raw`` live in
+:mod:`cxr_core.data.sources`.
 """
 
 from __future__ import annotations
@@ -16,44 +19,29 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cxr_core.data.metadata import DATA_ENTRY, METADATA_FILES, check_metadata_file, read_data_entry
+from cxr_core.data.metadata import (
+    BBOX_LIST,
+    DATA_ENTRY,
+    DATA_ENTRY_2017,
+    DATA_ENTRY_NAMES,
+    DATA_ENTRY_V2020,
+    TEST_LIST,
+    TRAIN_VAL_LIST,
+    check_metadata_file,
+    normalise_data_entry,
+    read_data_entry,
+)
 from cxr_core.errors import CxrError
-from cxr_core.files import contract, read_json
+from cxr_core.data.manifest import MANIFEST, Manifest, read_manifest
+from cxr_core.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class RawDataError(CxrError, ValueError):
     """The raw data folder is not in a layout we know, or misses files we need."""
-
-
-@contract(
-    "data/raw/manifest.json",
-    writer="download",
-    fields=("source", "layout", "image_root", "images", "missing", "fingerprint"),
-)
-@dataclass(frozen=True)
-class Manifest:
-    """What ``download`` produced: where the images are and a fingerprint of what is there."""
-
-    source: str
-    layout: str  # "official" (images/NAME.png) | "kaggle" (images_NNN/images/NAME.png)
-    image_root: str  # relative to the raw folder when inside it, else absolute
-    images: int  # image files found
-    missing: list[str]  # images named in Data_Entry but not found
-    fingerprint: str  # sha256 over (name, size) of every image file
-
-    def root(self, raw_dir: Path) -> Path:
-        root = Path(self.image_root)
-        return root if root.is_absolute() else Path(raw_dir) / root
-
-    @classmethod
-    def read(cls, raw_dir: Path) -> Manifest:
-        """``manifest.json`` of a raw folder (written by :func:`write_manifest`)."""
-        return read_manifest(raw_dir)
 
 
 def detect_layout(root: Path) -> str:
@@ -102,8 +90,11 @@ def _fingerprint(found: dict[str, Path]) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(raw_dir: Path, source: str, image_root: Path) -> Manifest:
-    """Scan the images, compare with ``Data_Entry``, and write ``raw_dir/manifest.json``."""
+def write_manifest(raw_dir: Path, source: str, image_root: Path, *, label_file: str) -> Manifest:
+    """Scan the images, compare with ``Data_Entry.csv``, and write ``raw_dir/manifest.json``.
+
+    ``label_file`` names the file the raw folder's label table came from (recorded, never read).
+    """
     raw_dir = Path(raw_dir)
     layout = detect_layout(image_root)
     found = scan_images(image_root, layout)
@@ -123,32 +114,63 @@ def write_manifest(raw_dir: Path, source: str, image_root: Path) -> Manifest:
         rel = str(Path(image_root).resolve().relative_to(raw_dir.resolve()))
     except ValueError:
         rel = str(Path(image_root).resolve())
-    manifest = Manifest(source, layout, rel, len(found), missing, _fingerprint(found))
-    (raw_dir / MANIFEST).write_text(json.dumps(asdict(manifest), indent=1) + "\n")
+    manifest = Manifest(source, label_file, layout, rel, len(found), missing, _fingerprint(found))
+    with atomic_path(raw_dir / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(asdict(manifest), indent=1) + "\n")
     return manifest
 
 
-def read_manifest(raw_dir: Path) -> Manifest:
-    path = Path(raw_dir) / MANIFEST
-    doc = read_json(path, "the download stage", Manifest.CONTRACT.fields)  # type: ignore[attr-defined]
-    return Manifest(**{k: doc[k] for k in Manifest.CONTRACT.fields})  # type: ignore[attr-defined]
+def choose_data_entry(folder: Path) -> Path:
+    """The label table of a copy: ``Data_Entry_2017_v2020.csv`` if present, else ``Data_Entry_2017.csv``.
+
+    NIH re-released the labels in 2020 and serves only that file today, so it wins when a copy holds
+    both (an old Kaggle copy topped up from NIH); the choice is logged either way.
+    """
+    folder = Path(folder)
+    present = [name for name in DATA_ENTRY_NAMES if (folder / name).is_file()]
+    if not present:
+        raise RawDataError(
+            f"{folder}: no label table: expected {DATA_ENTRY_V2020} (NIH's 2020 labels) or "
+            f"{DATA_ENTRY_2017} (the 2017 labels, as in Kaggle's copy)"
+        )
+    chosen = present[0]
+    if len(present) > 1:
+        log.info(
+            "%s: labels from %s, not %s: both are present and NIH's 2020 re-release replaces the 2017 labels",
+            folder,
+            chosen,
+            ", ".join(present[1:]),
+        )
+    else:
+        log.info("%s: labels from %s", folder, chosen)
+    return folder / chosen
 
 
 def link_local_copy(source: Path, raw_dir: Path) -> Manifest:
-    """Use an existing NIH / Kaggle copy in place: copy only the four metadata files.
+    """Use an existing NIH / Kaggle copy in place: copy only the metadata files into ``raw_dir``.
 
-    The metadata may sit in the copy's root (both layouts ship it there) and is checked for HTML
-    pages and the expected header.
+    The metadata sits in the copy's root (both layouts ship it there). The label table may be either
+    NIH file (:func:`choose_data_entry`); it is written as ``raw_dir/Data_Entry.csv`` in the v2020
+    format (:func:`normalise_data_entry`) and its name goes into the manifest. Every file is checked
+    (HTML pages, headers) before anything is written.
     """
     source = Path(source).expanduser().resolve()
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    absent = [name for name in METADATA_FILES if not (source / name).is_file()]
+    raw_dir = Path(raw_dir)
+    others = (BBOX_LIST, TRAIN_VAL_LIST, TEST_LIST)
+    absent = [name for name in others if not (source / name).is_file()]
+    if not any((source / name).is_file() for name in DATA_ENTRY_NAMES):
+        absent.insert(0, " or ".join(DATA_ENTRY_NAMES))
     if absent:
         raise RawDataError(
-            f"{source}: missing metadata file(s) {absent}; a local copy needs {list(METADATA_FILES)} "
-            "next to its images folder(s)"
+            f"{source}: missing metadata file(s) {absent}; a local copy needs {DATA_ENTRY_V2020} "
+            f"(or the older {DATA_ENTRY_2017}), {', '.join(others)} next to its images folder(s)"
         )
-    for name in METADATA_FILES:
+    entry = choose_data_entry(source)
+    for name in others:
         check_metadata_file(source / name, name)
-        shutil.copyfile(source / name, raw_dir / name)
-    return write_manifest(raw_dir, str(source), source)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    normalise_data_entry(entry, raw_dir / DATA_ENTRY)
+    for name in others:
+        if (raw_dir / name).resolve() != (source / name).resolve():
+            shutil.copyfile(source / name, raw_dir / name)
+    return write_manifest(raw_dir, str(source), source, label_file=entry.name)

@@ -328,7 +328,7 @@ TEST_METRICS_KEYS: tuple[str, ...] = (
 )
 
 
-@contract("metrics/test/<model>.json", writer="test@<model>", fields=TEST_METRICS_KEYS)
+@contract("metrics/test/<model>/seed<k>.json", writer="test@<model>-<k>", fields=TEST_METRICS_KEYS)
 class TestMetrics:
     """Per-class AUC with patient-bootstrap CIs, AUPRC and the macro means of one model."""
 
@@ -341,10 +341,10 @@ class TestMetrics:
 
     @staticmethod
     def read(path: str | os.PathLike) -> dict[str, Any]:
-        return read_json(path, "the test stage (test@<model>)", TEST_METRICS_KEYS)
+        return read_json(path, "the test stage (test@<model>-<seed>)", TEST_METRICS_KEYS)
 
 
-@contract("plots/roc/<model>.csv", writer="test@<model>", fields=("label", "fpr", "tpr"))
+@contract("plots/roc/<model>/seed<k>.csv", writer="test@<model>-<k>", fields=("label", "fpr", "tpr"))
 class RocTable:
     """ROC points of every class with an AUC, as one long table for ``dvc plots``."""
 
@@ -367,4 +367,4 @@ class RocTable:
 
     @staticmethod
     def read(path: str | os.PathLike) -> Any:
-        return read_csv(path, "the test stage (test@<model>)", RocTable.COLUMNS)
+        return read_csv(path, "the test stage (test@<model>-<seed>)", RocTable.COLUMNS)

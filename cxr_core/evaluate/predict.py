@@ -70,12 +70,12 @@ def predict_probs(
     return torch.sigmoid(logits).numpy().astype(np.float32)
 
 
-_PREDICTIONS_PRODUCER = "the test stage (test@<model>)"
+_PREDICTIONS_PRODUCER = "the test stage (test@<model>-<seed>)"
 
 
 @contract(
-    "data/predictions/<model>/test.npz",
-    writer="test@<model>",
+    "data/predictions/<model>/seed<k>.npz",
+    writer="test@<model>-<k>",
     fields=("images", "rows", "patients", "probs", "targets"),
 )
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from cxr_core.data.tables import LocTable
 from cxr_core.files import contract, malformed, read_npz, write_npz
 from cxr_core.labels import LABELS
 
-_PRODUCER = "the CAM stage (cams@<model>)"
+_PRODUCER = "the CAM stage (cams@<model>-<seed>)"
 
 
 @contract(
-    "data/heatmaps/<model>.npz",
-    writer="cams@<model>",
+    "data/heatmaps/<model>/seed<k>.npz",
+    writer="cams@<model>-<k>",
     fields=("methods", "probs", "maps_<method>", "degenerate_<method>"),
 )
 @dataclass(frozen=True)

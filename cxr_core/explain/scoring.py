@@ -39,8 +39,8 @@ LOCALISE_METRICS_KEYS: tuple[str, ...] = ("model", "n_boxes", "n_images", "image
 
 
 @contract(
-    "data/localisation/<model>/boxes.csv",
-    writer="localise@<model>",
+    "data/localisation/<model>/seed<k>.csv",
+    writer="localise@<model>-<k>",
     fields=(*RECORD_COLUMNS, "iou_<t>", "box_iou_<t>", "box_iobb_<t>"),
 )
 class BoxRecords:
@@ -52,10 +52,14 @@ class BoxRecords:
 
     @staticmethod
     def read(path: str | os.PathLike) -> pd.DataFrame:
-        return read_csv(path, "the localise stage (localise@<model>)", RECORD_COLUMNS, dtype={"image": str})
+        return read_csv(
+            path, "the localise stage (localise@<model>-<seed>)", RECORD_COLUMNS, dtype={"image": str}
+        )
 
 
-@contract("metrics/localise/<model>.json", writer="localise@<model>", fields=LOCALISE_METRICS_KEYS)
+@contract(
+    "metrics/localise/<model>/seed<k>.json", writer="localise@<model>-<k>", fields=LOCALISE_METRICS_KEYS
+)
 class LocaliseMetrics:
     """Per method: paper IoU per class x threshold, box accuracy, pointing game, degenerate share."""
 
@@ -65,7 +69,7 @@ class LocaliseMetrics:
 
     @staticmethod
     def read(path: str | os.PathLike) -> dict:
-        return read_json(path, "the localise stage (localise@<model>)", LOCALISE_METRICS_KEYS)
+        return read_json(path, "the localise stage (localise@<model>-<seed>)", LOCALISE_METRICS_KEYS)
 
 
 def threshold_key(a: float, prefix: str = "t") -> str:
@@ -161,7 +165,7 @@ def score_heatmaps(
     if any(len(m) != len(loc) for m in heatmaps.values()):
         raise ValueError(
             f"heatmaps have {[len(m) for m in heatmaps.values()]} maps for {len(loc)} boxes in loc.csv; "
-            "re-run the cams stage (dvc repro cams@<model>)"
+            "re-run the cams stage (dvc repro cams@<model>-<seed>)"
         )
     tables, methods = [], {}
     for method, maps in heatmaps.items():

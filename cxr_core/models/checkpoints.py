@@ -36,7 +36,20 @@ logger = logging.getLogger(__name__)
 #: Version of the metadata layout below; bump it when a field changes meaning.
 CHECKPOINT_FORMAT = 1
 #: Metadata every train-stage checkpoint carries beside its weights (``best.pt`` adds the epoch's scores).
-META_FIELDS: tuple[str, ...] = ("format", "model_name", "timm_name", "image_size", "labels", "num_classes")
+META_FIELDS: tuple[str, ...] = (
+    "format",
+    "model_name",
+    "timm_name",
+    "image_size",
+    "labels",
+    "num_classes",
+    "data_source",
+    "label_file",
+)
+#: Where the train stage writes a run's best checkpoint (dvc.yaml), relative to the project root.
+CHECKPOINT_PATTERN = "data/models/{model}/seed{seed}/best.pt"
+#: ``data_source`` of a checkpoint trained on the embedded phantom (the raw manifest's ``source``).
+PHANTOM_SOURCE = "synthetic"
 #: What ``best.pt`` records of the epoch it was saved at.
 BEST_FIELDS: tuple[str, ...] = ("epoch", "val_loss", "val_macro_auc")
 
@@ -48,7 +61,11 @@ class CheckpointError(CxrError, RuntimeError):
     """A checkpoint file is missing, unreadable, or holds more than tensors and plain values."""
 
 
-@contract("data/models/<model>/best.pt", writer="train@<model>", fields=("model", *META_FIELDS, *BEST_FIELDS))
+@contract(
+    "data/models/<model>/seed<k>/best.pt",
+    writer="train@<model>-<k>",
+    fields=("model", *META_FIELDS, *BEST_FIELDS),
+)
 @dataclass(frozen=True)
 class CheckpointMeta:
     """What a checkpoint says about its model, so it loads without the params that trained it."""
@@ -57,6 +74,13 @@ class CheckpointMeta:
     timm_name: str
     image_size: int
     labels: tuple[str, ...] = tuple(LABELS)
+    data_source: str = "unknown"  # the raw manifest's source: synthetic (phantom) | nih | a local copy
+    label_file: str = "unknown"  # the Data_Entry file the labels came from (NIH re-released them in 2020)
+
+    @property
+    def phantom(self) -> bool:
+        """Trained on the embedded phantom: its probabilities mean nothing on real radiographs."""
+        return self.data_source == PHANTOM_SOURCE
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +90,8 @@ class CheckpointMeta:
             "image_size": int(self.image_size),
             "labels": list(self.labels),
             "num_classes": len(self.labels),
+            "data_source": self.data_source,
+            "label_file": self.label_file,
         }
 
     @classmethod
@@ -80,7 +106,12 @@ class CheckpointMeta:
                 f"{path}: trained on labels {list(labels)}, not the 14 of ChestX-ray14 in order"
             )
         return cls(
-            str(state["model_name"]), str(state.get("timm_name", "")), int(state["image_size"]), labels
+            str(state["model_name"]),
+            str(state.get("timm_name", "")),
+            int(state["image_size"]),
+            labels,
+            str(state.get("data_source", "unknown")),
+            str(state.get("label_file", "unknown")),
         )
 
 

@@ -62,20 +62,22 @@ class ModelSpec:
     family: str  # "densenet" | "efficientnet" | "swin" | "other"
     display_name: str  # how tables and figures name it (the paper's names for its six)
     channels_last: bool  # channels_last memory format helps (CNNs) or not (Swin)
+    cpu_bf16: bool = False  # bf16 autocast pays on the CPU (``train.amp: auto``)
 
 
 @dataclass(frozen=True)
 class FamilyDefaults:
-    """Per-family settings, used for every timm name of that family."""
+    """Per-family settings, used for every timm name of that family (measured: benchmarks/models.py)."""
 
-    channels_last: bool  # measured: CNNs x1.2-1.3 on CPU, Swin ~x1.0 (benchmarks/models.py)
+    channels_last: bool  # CNNs x1.2-1.3 on CPU, Swin ~x1.0
+    cpu_bf16: bool  # CPU training with bf16 autocast: DenseNets x1.5-1.7, Swins x2.2-2.3, EfficientNets x0.8
 
 
 FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
-    "densenet": FamilyDefaults(channels_last=True),
-    "efficientnet": FamilyDefaults(channels_last=True),
-    "swin": FamilyDefaults(channels_last=False),
-    "other": FamilyDefaults(channels_last=True),
+    "densenet": FamilyDefaults(channels_last=True, cpu_bf16=True),
+    "efficientnet": FamilyDefaults(channels_last=True, cpu_bf16=False),
+    "swin": FamilyDefaults(channels_last=False, cpu_bf16=True),
+    "other": FamilyDefaults(channels_last=True, cpu_bf16=False),  # unmeasured: float32 is the safe default
 }
 
 #: timm-name prefixes -> family, first match wins. swinv2_cr nests its blocks under ``stages`` and
@@ -109,7 +111,8 @@ def family_of(timm_name: str) -> str:
 
 def _spec_from_family(name: str, timm_name: str, display_name: str | None = None) -> ModelSpec:
     family = family_of(timm_name)
-    return ModelSpec(name, timm_name, family, display_name or name, FAMILY_DEFAULTS[family].channels_last)
+    defaults = FAMILY_DEFAULTS[family]
+    return ModelSpec(name, timm_name, family, display_name or name, defaults.channels_last, defaults.cpu_bf16)
 
 
 #: The paper's six models (``models`` in params.yaml) -> timm names with the ImageNet-1k tags used.

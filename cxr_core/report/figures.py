@@ -27,6 +27,7 @@ from cxr_core.report.inputs import (
     ReportPaths,
     display_name,
     key_value,
+    run_stage,
     threshold_keys,
 )
 from cxr_core.report.provenance import finite, format_value, lookup
@@ -258,21 +259,24 @@ def plot_heatmap_examples(
     return _save(heatmap_examples_figure(grid, loc, images, heatmaps), path)
 
 
-def load_examples(paths: ReportPaths, model: str) -> tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray]]:
-    """loc.csv, the image cache (memmap) and the model's heatmaps, checked to line up."""
+def load_examples(
+    paths: ReportPaths, model: str, seed: int
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray]]:
+    """loc.csv, the image cache (memmap) and one run's heatmaps, checked to line up."""
     loc = LocTable.read(paths.splits).table
     images, _ = load_cache(paths.cache)
-    saved = SavedHeatmaps.load(paths.heatmaps_npz(model))
+    path, stage = paths.heatmaps_npz(model, seed), run_stage("cams", model, seed)
+    saved = SavedHeatmaps.load(path)
     heatmaps = {**saved.maps, "probs": saved.probs}
     for name, arr in heatmaps.items():
         if len(arr) != len(loc):
             raise InputFormatError(
-                f"{paths.heatmaps_npz(model)}: '{name}' has {len(arr)} rows but {paths.loc_csv} has {len(loc)} "
-                f"boxes; re-run stage 'cams@{model}'"
+                f"{path}: '{name}' has {len(arr)} rows but {paths.loc_csv} has {len(loc)} "
+                f"boxes; re-run stage '{stage}'"
             )
         if name != "probs" and arr.shape[1:] != images.shape[1:]:
             raise InputFormatError(
-                f"{paths.heatmaps_npz(model)}: '{name}' maps are {arr.shape[1:]} but the cache images are "
-                f"{images.shape[1:]}; re-run stage 'cams@{model}'"
+                f"{path}: '{name}' maps are {arr.shape[1:]} but the cache images are "
+                f"{images.shape[1:]}; re-run stage '{stage}'"
             )
     return loc, images, heatmaps

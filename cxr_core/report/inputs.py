@@ -46,26 +46,35 @@ class ReportPaths:
     raw: Path
     out: Path
 
-    def test_json(self, model: str) -> Path:
-        return self.metrics / "test" / f"{model}.json"
+    def test_json(self, model: str, seed: int) -> Path:
+        return self.metrics / "test" / model / f"seed{seed}.json"
 
-    def localise_json(self, model: str) -> Path:
-        return self.metrics / "localise" / f"{model}.json"
+    def localise_json(self, model: str, seed: int) -> Path:
+        return self.metrics / "localise" / model / f"seed{seed}.json"
 
-    def train_dir(self, model: str) -> Path:
-        return self.metrics / "train" / model
+    def train_dir(self, model: str, seed: int) -> Path:
+        return self.metrics / "train" / model / f"seed{seed}"
 
-    def train_tsv(self, model: str, metric: str) -> Path:
-        return self.train_dir(model) / "plots" / "metrics" / f"{metric}.tsv"
+    def train_tsv(self, model: str, seed: int, metric: str) -> Path:
+        return self.train_dir(model, seed) / "plots" / "metrics" / f"{metric}.tsv"
 
-    def train_summary(self, model: str) -> Path:
-        return self.train_dir(model) / "metrics.json"
+    def train_summary(self, model: str, seed: int) -> Path:
+        return self.train_dir(model, seed) / "metrics.json"
 
-    def roc_csv(self, model: str) -> Path:
-        return self.plots / "roc" / f"{model}.csv"
+    def roc_csv(self, model: str, seed: int) -> Path:
+        return self.plots / "roc" / model / f"seed{seed}.csv"
 
-    def heatmaps_npz(self, model: str) -> Path:
-        return self.heatmaps / f"{model}.npz"
+    def heatmaps_npz(self, model: str, seed: int) -> Path:
+        return self.heatmaps / model / f"seed{seed}.npz"
+
+    @property
+    def compare_json(self) -> Path:
+        return self.metrics / "compare.json"
+
+    @property
+    def headline_json(self) -> Path:
+        """Written by the report: the compact leaderboard ``dvc exp show`` displays."""
+        return self.metrics / "headline.json"
 
     @property
     def split_json(self) -> Path:
@@ -88,29 +97,38 @@ class ReportPaths:
         return self.plots / "figures"
 
 
-def required_inputs(paths: ReportPaths, models: Sequence[str]) -> list[tuple[Path, str]]:
+def run_stage(stage: str, model: str, seed: int) -> str:
+    """DVC's name of a matrix stage's run: ``test@densenet121-0``."""
+    return f"{stage}@{model}-{seed}"
+
+
+def required_inputs(
+    paths: ReportPaths, models: Sequence[str], seeds: Sequence[int]
+) -> list[tuple[Path, str]]:
     """Every file the report reads, with the DVC stage that writes it (heatmap inputs: see below)."""
     needed: list[tuple[Path, str]] = [
         (paths.manifest, "download"),
         (paths.split_json, "split"),
+        (paths.compare_json, "compare"),
     ]
     for m in models:
-        needed += [
-            (paths.test_json(m), f"test@{m}"),
-            (paths.roc_csv(m), f"test@{m}"),
-            (paths.localise_json(m), f"localise@{m}"),
-            (paths.train_summary(m), f"train@{m}"),
-            (paths.train_tsv(m, "val_loss"), f"train@{m}"),
-        ]
+        for k in seeds:
+            needed += [
+                (paths.test_json(m, k), run_stage("test", m, k)),
+                (paths.roc_csv(m, k), run_stage("test", m, k)),
+                (paths.localise_json(m, k), run_stage("localise", m, k)),
+                (paths.train_summary(m, k), run_stage("train", m, k)),
+                (paths.train_tsv(m, k, "val_loss"), run_stage("train", m, k)),
+            ]
     return needed
 
 
-def example_inputs(paths: ReportPaths, model: str) -> list[tuple[Path, str]]:
-    """Files the example heatmap grid reads (only the best model's heatmaps)."""
+def example_inputs(paths: ReportPaths, model: str, seed: int) -> list[tuple[Path, str]]:
+    """Files the example heatmap grid reads (only the best model's heatmaps, of its first seed)."""
     return [
         (paths.loc_csv, "split"),
         (paths.images_npy, "preprocess"),
-        (paths.heatmaps_npz(model), f"cams@{model}"),
+        (paths.heatmaps_npz(model, seed), run_stage("cams", model, seed)),
     ]
 
 
@@ -147,16 +165,17 @@ def _require_keys(doc: Mapping[str, Any], keys: Iterable[str], path: Path, stage
         )
 
 
-def _read_history(paths: ReportPaths, model: str) -> pd.DataFrame:
-    """Per-epoch DVCLive values of one model, indexed by epoch (``val_loss`` must be there)."""
-    return EpochLog.read(paths.train_dir(model))
+def _read_history(paths: ReportPaths, model: str, seed: int) -> pd.DataFrame:
+    """Per-epoch DVCLive values of one run, indexed by epoch (``val_loss`` must be there)."""
+    return EpochLog.read(paths.train_dir(model, seed))
 
 
 @dataclass
 class ModelResults:
-    """Everything the report reads for one model."""
+    """Everything the report reads for one (model, seed) run."""
 
     name: str
+    seed: int
     test: dict
     test_path: Path
     localise: dict
@@ -178,21 +197,24 @@ class ModelResults:
         return self.localise.get("methods", {}).get(name)
 
 
-def load_model_results(paths: ReportPaths, model: str) -> ModelResults:
-    """Read and shape-check one model's metrics (files must exist: see :func:`check_inputs`)."""
-    test = read_json(paths.test_json(model), f"test@{model}", ("auc", "auc_ci", "macro_auc", "macro_auc_ci"))
-    loc = read_json(paths.localise_json(model), f"localise@{model}", ("methods",))
-    roc = RocTable.read(paths.roc_csv(model))
+def load_model_results(paths: ReportPaths, model: str, seed: int) -> ModelResults:
+    """Read and shape-check one run's metrics (files must exist: see :func:`check_inputs`)."""
+    test_path, loc_path = paths.test_json(model, seed), paths.localise_json(model, seed)
+    test = read_json(
+        test_path, run_stage("test", model, seed), ("auc", "auc_ci", "macro_auc", "macro_auc_ci")
+    )
+    loc = read_json(loc_path, run_stage("localise", model, seed), ("methods",))
     return ModelResults(
         name=model,
+        seed=seed,
         test=test,
-        test_path=paths.test_json(model),
+        test_path=test_path,
         localise=loc,
-        localise_path=paths.localise_json(model),
-        train=read_json(paths.train_summary(model), f"train@{model}"),
-        train_path=paths.train_summary(model),
-        history=_read_history(paths, model),
-        roc=roc,
+        localise_path=loc_path,
+        train=read_json(paths.train_summary(model, seed), run_stage("train", model, seed)),
+        train_path=paths.train_summary(model, seed),
+        history=_read_history(paths, model, seed),
+        roc=RocTable.read(paths.roc_csv(model, seed)),
     )
 
 
@@ -201,8 +223,11 @@ def display_name(model: str) -> str:
     return get_spec(model).display_name
 
 
-def best_model(models: Sequence[ModelResults]) -> ModelResults | None:
-    """The model with the highest macro AUC (first in params order on ties); None if none has one."""
+def best_model(models: Sequence[ModelResults], name: str | None = None) -> ModelResults | None:
+    """The model called ``name`` (the comparison's best, over all seeds) if given, else the one with
+    the highest macro AUC (first in params order on ties); None if none has one."""
+    if name is not None:
+        return next((m for m in models if m.name == name), None)
     scored = [m for m in models if m.macro_auc is not None]
     if not scored:
         return None

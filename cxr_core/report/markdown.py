@@ -16,6 +16,16 @@ from typing import Any
 
 import pandas as pd
 
+from cxr_core.report.comparison import (
+    Comparison,
+    control_table,
+    loc_ranking_table,
+    pairwise_auc_table,
+    pairwise_loc_table,
+    seeds_table,
+    verdict,
+    vs_best_cell,
+)
 from cxr_core.report.figures import ExampleGrid
 from cxr_core.report.inputs import ModelResults, best_model, data_source, display_name, method_names
 from cxr_core.report.provenance import NA, Table
@@ -46,10 +56,11 @@ def header(params: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
         "## Chest X-ray classification and localisation report",
         "",
         f"- Data source: **{source}** (raw data manifest: source = `{manifest.get('source')}`, "
+        f"label file `{manifest.get('label_file', NA)}`, "
         f"{manifest.get('images', NA)} images, fingerprint `{manifest.get('fingerprint', NA)}`)",
         f"- Config: image size {params['preprocess']['image_size']} px; epochs (max) {train['epochs']}; "
         f"lr {params['lr']}; loss {train['loss']}; pretrained {str(train['pretrained']).lower()}; "
-        f"models {', '.join(params['models'])}",
+        f"models {', '.join(params['models'])}; training seeds {', '.join(map(str, params['seeds']))}",
         "",
     ]
     return "\n".join(lines)
@@ -78,10 +89,11 @@ def build_report(
     figures: Mapping[str, Path],
     out_dir: Path,
     examples: ExampleGrid | None = None,
+    comparison: Comparison | None = None,
 ) -> Report:
-    """Assemble report.md: header, data, training, Tables 5-8 and the localisation extras, figures."""
+    """Assemble report.md: header, data, training, Tables 5-8, the model comparison, localisation."""
     _, phantom = data_source(manifest)
-    best = best_model(models)
+    best = best_model(models, comparison.ranking["best"] if comparison else None)
     methods = method_names(models, params["cam"]["methods"])
 
     def figure(key: str, caption: str) -> str:
@@ -103,10 +115,25 @@ def build_report(
         ),
         (
             "Classification",
-            [auc_table(models), literature_table(best, phantom)],
+            [
+                auc_table(models, (lambda m: vs_best_cell(comparison, m)) if comparison else None),
+                literature_table(best, phantom),
+            ],
             [figure("roc", "ROC curves per class")],
         ),
     ]
+    if comparison is not None:
+        names = [m.name for m in models]
+        compare_tables = []
+        if comparison.has_pairs:
+            compare_tables.append(pairwise_auc_table(comparison))
+        if len(comparison.doc["seeds"]) > 1:
+            compare_tables.append(seeds_table(comparison, names))
+        if comparison.has_pairs:
+            compare_tables += [loc_ranking_table(comparison, names), pairwise_loc_table(comparison)]
+        if comparison.doc["localisation"]:
+            compare_tables.append(control_table(comparison, names))
+        sections.append(("Which model is best?", compare_tables, []))
     loc_tables = localisation_tables(models, methods)
     degenerate = degenerate_table(models, methods)
     if degenerate is not None:
@@ -125,7 +152,10 @@ def build_report(
 
     parts = [header(params, manifest)]
     if best is not None:
-        parts.append(f"Best model (highest macro test AUC): **{best.display}**.\n")
+        seeds = "seed-mean " if comparison is not None and len(comparison.doc["seeds"]) > 1 else ""
+        parts.append(f"Best model (highest {seeds}macro test AUC): **{best.display}**.\n")
+    if comparison is not None and comparison.has_pairs:
+        parts.append(verdict(comparison))
     for title, tables, extra in sections:
         parts.append(f"## {title}\n")
         parts += [t.markdown() for t in tables]

@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cxr_core.compare.study import ComparisonMetrics
+from cxr_core.models.checkpoints import CHECKPOINT_PATTERN
+from cxr_core.report.comparison import Comparison, HeadlineMetrics, headline
 from cxr_core.report.figures import (
     ExampleGrid,
     example_grid,
@@ -39,18 +42,21 @@ logger = logging.getLogger(__name__)
 def make_report(params: Mapping[str, Any], paths: ReportPaths) -> Report:
     """Read every input, draw the figures, write report.md + tables; returns the report."""
     models_cfg: list[str] = list(params["models"])
-    check_inputs(required_inputs(paths, models_cfg))
+    seeds: list[int] = list(params["seeds"])
+    check_inputs(required_inputs(paths, models_cfg, seeds))
     manifest = read_json(paths.manifest, "download", ("source", "fingerprint"))
     split = read_json(paths.split_json, "split")
-    models = [load_model_results(paths, m) for m in models_cfg]
-    best = best_model(models)
+    # every table shows each model's first-seed run; the comparison averages over all seeds
+    models = [load_model_results(paths, m, seeds[0]) for m in models_cfg]
+    comparison = Comparison(ComparisonMetrics.read(paths.compare_json), paths.compare_json)
+    best = best_model(models, comparison.ranking["best"])
     source, _ = data_source(manifest)
     methods = method_names(models, params["cam"]["methods"])
 
     examples = int(params["report"]["examples"])
     example_model = (best or models[0]).name
     if examples > 0:
-        check_inputs(example_inputs(paths, example_model))
+        check_inputs(example_inputs(paths, example_model, seeds[0]))
 
     figures: dict[str, Path] = {}
     for stale in paths.figures.glob("*.png"):  # e.g. the example grid after report.examples -> 0
@@ -66,20 +72,24 @@ def make_report(params: Mapping[str, Any], paths: ReportPaths) -> Report:
     figures["iou"] = plot_iou_vs_threshold(iou, methods, models, paths.figures / "iou_vs_threshold.png")
     grid: ExampleGrid | None = None
     if examples > 0:
-        loc, images, heatmaps = load_examples(paths, example_model)
+        loc, images, heatmaps = load_examples(paths, example_model, seeds[0])
         grid = example_grid(loc, heatmaps, example_model, params["report"]["example_methods"], examples)
         if grid.not_computed:
             logger.warning(
                 "report.example_methods %s: no heatmaps of %s in %s; not drawn",
                 list(grid.not_computed),
                 example_model,
-                paths.heatmaps_npz(example_model),
+                paths.heatmaps_npz(example_model, seeds[0]),
             )
         if grid.methods:
             figures["examples"] = plot_heatmap_examples(
                 grid, loc, images, heatmaps, paths.figures / "heatmap_examples.png"
             )
 
-    report = build_report(params, manifest, split, paths.split_json, models, figures, paths.out, grid)
+    report = build_report(
+        params, manifest, split, paths.split_json, models, figures, paths.out, grid, comparison
+    )
     write_report(report, paths.out)
+    board = headline(models, best, comparison, params["report"]["headline_method"], CHECKPOINT_PATTERN)
+    HeadlineMetrics.write(paths.headline_json, board)
     return report

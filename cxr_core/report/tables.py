@@ -6,7 +6,7 @@ Table 6 are labelled as other papers' numbers on the real NIH data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from cxr_core.report.literature import (
     PAPER_BOX_COLUMNS,
     PAPER_IOU_TABLES,
 )
-from cxr_core.report.provenance import Number, Table, ci_cell, control_cell, number, plain_cell, quoted
+from cxr_core.report.provenance import Cell, Number, Table, ci_cell, control_cell, number, plain_cell, quoted
 
 
 def abbreviation_legend(columns: Sequence[tuple[str, str]]) -> str:
@@ -65,9 +65,10 @@ def training_table(models: Sequence[ModelResults]) -> Table:
     return table
 
 
-def auc_table(models: Sequence[ModelResults]) -> Table:
-    """Table 5: per-class test AUC per model with 95% bootstrap CIs, and the macro mean."""
-    columns = [column for _, column in PAPER_AUC_COLUMNS] + ["Macro"]
+def auc_table(models: Sequence[ModelResults], vs_best: Callable[[str], Cell] | None = None) -> Table:
+    """Table 5: per-class test AUC per model with 95% bootstrap CIs, the macro mean and, given the
+    comparison, whether each model is significantly worse than the best (``vs_best(model)``)."""
+    columns = [column for _, column in PAPER_AUC_COLUMNS] + ["Macro"] + (["vs best"] if vs_best else [])
     table = Table("table5_auc", "Table 5: test AUC per class [95% CI]", "model", columns)
     for m in models:
         cells = [
@@ -85,11 +86,20 @@ def auc_table(models: Sequence[ModelResults]) -> Table:
                 number(m.test, m.test_path, ("macro_auc_ci", "1"), role="ci_high"),
             )
         )
+        if vs_best:
+            cells.append(vs_best(m.name))
         table.add_row(m.display, cells)
     table.notes.append(
         "Columns in the paper's order. Macro = mean over the classes with an AUC; "
         "CIs from a patient-level bootstrap. " + abbreviation_legend(PAPER_AUC_COLUMNS)
     )
+    if vs_best:
+        table.notes.append(
+            "vs best: the model with the highest macro AUC (the mean over its training seeds when `seeds` "
+            "lists several), and for every other whether it is significantly worse (worse) or not "
+            "separable from it (n.s.), with the Holm-adjusted p of the paired patient bootstrap (pairwise "
+            "table below). Each row's numbers are the first training seed's run."
+        )
     return table
 
 

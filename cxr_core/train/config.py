@@ -12,7 +12,11 @@ from cxr_core.runtime import Runtime
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every setting the loop uses: top-level ``lr`` / ``seed`` and the ``train`` section of params.yaml."""
+    """Every setting the loop uses: ``lr``, the ``train`` section and the run's seed (one of ``seeds``).
+
+    ``data_source`` / ``label_file`` (from the raw manifest) go into every checkpoint, so a model
+    trained on the phantom says so wherever it is used.
+    """
 
     model: str
     image_size: int
@@ -34,16 +38,27 @@ class TrainConfig:
     amp: str
     channels_last: bool
     compile: bool
+    data_source: str = "unknown"
+    label_file: str = "unknown"
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], model: str, image_size: int) -> TrainConfig:
-        """Build from a validated params dict (``cxr_core.params.load_params``)."""
+    def from_params(
+        cls,
+        params: Mapping[str, Any],
+        model: str,
+        image_size: int,
+        seed: int,
+        *,
+        data_source: str = "unknown",
+        label_file: str = "unknown",
+    ) -> TrainConfig:
+        """Build from a validated params dict (``cxr_core.params.load_params``) for one training seed."""
         t = params["train"]
         return cls(
             model=model,
             image_size=int(image_size),
             lr=float(params["lr"]),
-            seed=int(params["seed"]),
+            seed=int(seed),
             epochs=t["epochs"],
             batch_size=t["batch_size"],
             eval_batch_size=t["eval_batch_size"],
@@ -60,6 +75,8 @@ class TrainConfig:
             amp=t["amp"],
             channels_last=t["channels_last"],
             compile=t["compile"],
+            data_source=data_source,
+            label_file=label_file,
         )
 
     @property

@@ -16,7 +16,7 @@ import pandas as pd
 
 from cxr_core.files import contract, missing, read_csv
 
-_PRODUCER = "the train stage (train@<model>)"
+_PRODUCER = "the train stage (train@<model>-<seed>)"
 
 #: Per-epoch values logged to DVCLive and kept in the history, in this order.
 EPOCH_METRICS: tuple[str, ...] = ("train_loss", "val_loss", "val_macro_auc", "lr")
@@ -25,8 +25,8 @@ TIMING_COLUMNS: tuple[str, ...] = ("epoch", "epoch_seconds", "images_per_second"
 
 
 @contract(
-    "metrics/train/<model>/",
-    writer="train@<model>",
+    "metrics/train/<model>/seed<k>/",
+    writer="train@<model>-<k>",
     fields=("metrics.json", "plots/metrics/<metric>.tsv (step, <metric>)"),
 )
 class EpochLog:

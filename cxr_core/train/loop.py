@@ -331,7 +331,13 @@ class _Run:
     def checkpoint(self, row: Mapping[str, float], improved: bool) -> None:
         """``best.pt`` (weights + metadata) when improved, then the full ``last.pt``; rank 0 only."""
         cfg = self.cfg
-        meta = CheckpointMeta(cfg.model, get_spec(cfg.model).timm_name, cfg.image_size).to_dict()
+        meta = CheckpointMeta(
+            cfg.model,
+            get_spec(cfg.model).timm_name,
+            cfg.image_size,
+            data_source=cfg.data_source,
+            label_file=cfg.label_file,
+        ).to_dict()
         weights = self.model.state_dict()
         if improved:
             best = {"epoch": row["epoch"], "val_loss": row["val_loss"], "val_macro_auc": row["val_macro_auc"]}

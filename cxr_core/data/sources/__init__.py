@@ -2,7 +2,9 @@
 
 ``synthetic`` writes the phantom ChestX-ray14 and ``nih`` downloads NIH's official archives, both
 into ``data/raw/images``; any other value is the folder of an existing official or Kaggle copy,
-used in place. Every source ends with ``manifest.json``, so later stages never ask which one ran.
+used in place. Every source ends with the label table as ``data/raw/Data_Entry.csv`` and with
+``manifest.json`` (which records the label file it came from), so later stages never ask which one
+ran.
 """
 
 from __future__ import annotations
@@ -13,15 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from cxr_core.data import rawdata
+from cxr_core.data.metadata import DATA_ENTRY_NAMES, DATA_ENTRY_V2020
 from cxr_core.data.sources import nih, phantom
 
 
-def _phantom(data: Mapping[str, Any], raw_dir: Path) -> None:
+def _phantom(data: Mapping[str, Any], raw_dir: Path) -> str:
     shutil.rmtree(raw_dir / "images", ignore_errors=True)  # no stale PNGs from a larger phantom
+    # Older versions wrote the phantom's table under NIH's name, no longer a DVC output: left there,
+    # the nih source would take it for its own download of NIH's labels.
+    for name in DATA_ENTRY_NAMES:
+        (raw_dir / name).unlink(missing_ok=True)
     phantom.generate(phantom.PhantomConfig(**data["phantom"]), raw_dir)
+    return phantom.LABEL_FILE
 
 
-def _nih(data: Mapping[str, Any], raw_dir: Path) -> None:
+def _nih(data: Mapping[str, Any], raw_dir: Path) -> str:
     cfg = data["nih"]
     nih.download_nih(
         raw_dir,
@@ -31,10 +39,12 @@ def _nih(data: Mapping[str, Any], raw_dir: Path) -> None:
         retries=cfg["retries"],
         keep_archives=cfg["keep_archives"],
     )
+    return DATA_ENTRY_V2020
 
 
-#: ``data.source`` values that write ``data/raw/images`` themselves (anything else is a folder path).
-SOURCES: dict[str, Callable[[Mapping[str, Any], Path], None]] = {"synthetic": _phantom, "nih": _nih}
+#: ``data.source`` values that write ``data/raw/images`` themselves (anything else is a folder path);
+#: each returns the name of the label file it wrote ``Data_Entry.csv`` from, for the manifest.
+SOURCES: dict[str, Callable[[Mapping[str, Any], Path], str]] = {"synthetic": _phantom, "nih": _nih}
 
 
 def fill_raw(data: Mapping[str, Any], raw_dir: Path) -> rawdata.Manifest:
@@ -43,6 +53,6 @@ def fill_raw(data: Mapping[str, Any], raw_dir: Path) -> rawdata.Manifest:
     raw_dir.mkdir(parents=True, exist_ok=True)
     source = data["source"]
     if source in SOURCES:
-        SOURCES[source](data, raw_dir)
-        return rawdata.write_manifest(raw_dir, source, raw_dir)
+        label_file = SOURCES[source](data, raw_dir)
+        return rawdata.write_manifest(raw_dir, source, raw_dir, label_file=label_file)
     return rawdata.link_local_copy(Path(source), raw_dir)

@@ -9,6 +9,9 @@ Why it is written this way:
   land outside ``data/raw``), then marked as extracted so a re-run skips them.
 * Box sometimes answers with an HTML page instead of a file: metadata files are checked with
   :func:`cxr_core.data.metadata.check_metadata_file` right after download.
+* The files keep NIH's names (a re-run finds them and skips the download); the label table is also
+  written as ``Data_Entry.csv``, the raw folder's one name for it whatever the source, before any
+  archive is fetched.
 * Every failure names the manual route (:data:`MANUAL_HINT`): download by hand, point
   ``data.source`` at the copy.
 """
@@ -24,11 +27,13 @@ from pathlib import Path
 from cxr_core.data.metadata import (
     BBOX_LIST,
     DATA_ENTRY,
-    METADATA_FILES,
+    DATA_ENTRY_V2020,
+    NIH_METADATA_FILES,
     TEST_LIST,
     TRAIN_VAL_LIST,
     MetadataError,
     check_metadata_file,
+    normalise_data_entry,
 )
 from cxr_core.data.sources.http import DownloadError, fetch
 from cxr_core.data.sources.tarsafe import safe_extract
@@ -48,7 +53,7 @@ BOX_FILE_URL = (
     "&vanity_name=ChestXray-NIHCC&file_id=f_{file_id}"
 )
 METADATA_FILE_IDS: dict[str, str] = {
-    DATA_ENTRY: "219760887468",
+    DATA_ENTRY_V2020: "219760887468",
     TRAIN_VAL_LIST: "256056636701",
     TEST_LIST: "256055473534",
 }
@@ -137,7 +142,7 @@ def _metadata_urls(raw_dir: Path, urls: Mapping[str, str]) -> dict[str, str]:
     """:data:`METADATA_URLS` overlaid with ``urls``; a file with no URL must already be in ``raw_dir``."""
     all_urls = {**METADATA_URLS, **{name: url for name, url in urls.items() if url}}
     missing = [
-        name for name in METADATA_FILES if name not in all_urls and not _is_valid_metadata(raw_dir, name)
+        name for name in NIH_METADATA_FILES if name not in all_urls and not _is_valid_metadata(raw_dir, name)
     ]
     if missing:
         raise DownloadError(
@@ -202,7 +207,8 @@ def download_nih(
 
     ``urls`` maps metadata file names to URLs and is laid over :data:`METADATA_URLS`; a file with
     no URL (``BBox_List_2017.csv`` unless given) must already be in ``raw_dir``, copied by hand.
-    Metadata is fetched and checked before any archive. Archives land in ``raw_dir/archives/``,
+    Metadata is fetched and checked before any archive, and the label table is also written as
+    ``Data_Entry.csv`` (the raw folder's name for it, whatever the source). Archives land in ``raw_dir/archives/``,
     are MD5-checked, extracted into ``raw_dir`` and marked as extracted so a re-run skips them;
     ``keep_archives=False`` deletes each archive once extracted. ``archive_table`` replaces
     NIH's table (tests serve small archives locally).
@@ -216,13 +222,14 @@ def download_nih(
             f"unknown archive number(s) {unknown} in data.nih.archives; allowed: {sorted(table)}"
         )
     all_urls = _metadata_urls(raw_dir, urls)
-    for name in METADATA_FILES:
+    for name in NIH_METADATA_FILES:
         if name in all_urls:
             _fetch_metadata(
                 name, all_urls[name], raw_dir, timeout=timeout, retries=retries, progress=progress
             )
         else:
             log.info("%s: no URL given, using the copy already in %s", name, raw_dir)
+    normalise_data_entry(raw_dir / DATA_ENTRY_V2020, raw_dir / DATA_ENTRY)
 
     (raw_dir / "archives").mkdir(exist_ok=True)
     for index in dict.fromkeys(archives):  # de-duplicated, order kept

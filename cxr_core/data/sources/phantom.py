@@ -1,8 +1,9 @@
 """A phantom ChestX-ray14: synthetic chest radiographs in exactly the official layout.
 
 The embedded default data source. It is written as NIH ships the real set (1024 x 1024 PNGs in
-``images/``, a few RGBA; ``Data_Entry_2017_v2020.csv`` unsorted, with split bracketed headers and a
-few ``Follow-up #`` values that disagree with the file name; ``BBox_List_2017.csv`` with its 9-field
+``images/``, a few RGBA; the label table in the format of ``Data_Entry_2017_v2020.csv``, unsorted,
+with split bracketed headers and a few ``Follow-up #`` values that disagree with the file name,
+written straight under the raw folder's name ``Data_Entry.csv``; ``BBox_List_2017.csv`` with its 9-field
 header, float boxes and ``Infiltrate``; patient-disjoint ``train_val_list.txt`` / ``test_list.txt``
 without a final newline), so every stage after ``download`` runs the same code on phantom and real
 data.
@@ -32,9 +33,16 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from cxr_core.data.metadata import (
+    BBOX_LIST,
+    BOX_SPACE,
+    DATA_ENTRY,
+    TEST_LIST,
+    TRAIN_VAL_LIST,
+    write_image_list,
+)
 from cxr_core.data.pool import pool_context
 from cxr_core.labels import BOX_LABELS, LABELS, REAL_COUNTS, REAL_IMAGES, decode
-from cxr_core.data.metadata import BBOX_LIST, BOX_SPACE, DATA_ENTRY, TEST_LIST, TRAIN_VAL_LIST, write_image_list
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +50,14 @@ log = logging.getLogger(__name__)
 _BASE_PX = 256
 #: A pixel counts as part of a sign when the sign changed it by at least this many grey levels.
 SIGN_SUPPORT = 1.0
-#: Header NIH ships (``Patient Sex`` in the official v2020 file; older copies say ``Patient Gender``).
+#: The header of NIH's ``Data_Entry_2017_v2020.csv`` (the raw folder's normalised format).
 DATA_ENTRY_HEADER = (
-    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Sex,View Position,"
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+#: What the manifest's ``label_file`` says for the phantom: its own labels, in the v2020 file's format.
+LABEL_FILE = "Data_Entry_2017_v2020.csv (phantom)"
 
 
 @dataclass(frozen=True)
@@ -514,7 +524,7 @@ def plan(cfg: PhantomConfig) -> PhantomPlan:
                     "Follow-up #": follow_up,
                     "Patient ID": patient,
                     "Patient Age": age0 + k // 3,
-                    "Patient Sex": sex,
+                    "Patient Gender": sex,
                     "View Position": "PA" if rng.random() < 0.6 else "AP",
                     "OriginalImage[Width": int(rng.integers(2000, 3000)),
                     "Height]": int(rng.integers(2000, 3000)),

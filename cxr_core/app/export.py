@@ -1,0 +1,460 @@
+"""``cxr export``: a trained checkpoint as a folder the Hugging Face hub and timm load as they are.
+
+A ``best.pt`` is this project's format (tensors + metadata, read with ``weights_only=True``); to
+share a model, people expect a hub model folder instead. :func:`export_model` writes one:
+
+* ``model.safetensors`` and ``config.json``, written by timm's own ``save_for_hf`` (the files
+  ``timm.models.push_to_hf_hub`` uploads), so ``timm.create_model("local-dir:OUT",
+  pretrained=True)`` or ``"hf-hub:user/repo"`` rebuilds the model with its 14 outputs, its input
+  size and the pipeline's preprocessing (grey repeated to 3 channels, /255, ImageNet mean / std, the
+  whole image resized bilinearly to S x S: timm's ``crop_mode: squash`` with ``crop_pct: 1.0``).
+  Beside timm's keys, ``config.json`` says what the weights were trained on (``phantom``,
+  ``data_source``, ``label_file``), ``operating_points`` (null: no decision thresholds have been
+  chosen; probabilities only) and ``cxr_pipeline`` (model name, seed, best epoch).
+* ``README.md``: a model card (data, label file, split, recipe, test AUCs with CIs, intended use,
+  "not for clinical use", and a loud warning for a phantom-trained model).
+* ``predictions.csv``: the test stage's per-image probabilities and 0/1 labels, when known.
+
+A local ``data_source`` path is written as ``local`` so a published card does not leak a path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cxr_core.errors import CxrError
+from cxr_core.labels import LABELS
+from cxr_core.models.checkpoints import PHANTOM_SOURCE, CheckpointMeta
+
+logger = logging.getLogger(__name__)
+
+#: Files an export folder holds (all rewritten by a forced re-export; ``predictions.csv`` is optional).
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+PREDICTIONS_FILE = "predictions.csv"
+EXPORT_FILES: tuple[str, ...] = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, PREDICTIONS_FILE)
+#: Version of the ``cxr_pipeline`` section of config.json; bump it when a field changes meaning.
+EXPORT_FORMAT = 1
+#: Column names of predictions.csv beyond ``image`` and ``patient``.
+PROB_PREFIX = "prob_"
+LABEL_PREFIX = "label_"
+
+#: The pipeline's input transform in timm's data-config terms (``cxr_core.data.decode`` / ``batches``).
+INTERPOLATION = "bilinear"
+CROP_PCT = 1.0
+CROP_MODE = "squash"
+
+PHANTOM_CARD_WARNING = (
+    "> [!WARNING]\n"
+    "> **PHANTOM MODEL: TRAINED ON SYNTHETIC IMAGES, NOT ON CHEST X-RAYS.** This checkpoint was trained on\n"
+    "> the cxr-pipeline's embedded phantom, computer-drawn images with one artificial sign per finding.\n"
+    "> Its outputs and every number on this card say only that the training and evaluation code is wired\n"
+    "> correctly. They say nothing about real radiographs: do not run it on real images expecting findings.\n"
+)
+
+NOT_CLINICAL = (
+    "**Not for clinical use.** This is a research model. It is not a medical device, has not been validated\n"
+    "for diagnosis, triage or screening, and must not inform decisions about any patient."
+)
+
+
+class ExportError(CxrError, ValueError):
+    """An export cannot be written: the target folder holds other files, or an input is unusable."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_model` wrote."""
+
+    folder: Path
+    files: tuple[str, ...]
+    phantom: bool
+
+
+def public_source(data_source: str) -> str:
+    """``data_source`` as published: synthetic / nih / unknown kept, a local folder path -> ``local``."""
+    return data_source if data_source in (PHANTOM_SOURCE, "nih", "unknown") else "local"
+
+
+def _meta_of(meta: Mapping[str, Any], path: Path) -> CheckpointMeta:
+    return CheckpointMeta.of({**meta, "model": None}, path)
+
+
+def export_model(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    model_name: str | None = None,
+    seed: int | None = None,
+    params: Mapping[str, Any] | None = None,
+    metrics: str | os.PathLike | None = None,
+    predictions: str | os.PathLike | None = None,
+    split: str | os.PathLike | None = None,
+    force: bool = False,
+) -> ExportResult:
+    """Write the hub folder of ``checkpoint`` into ``out_dir`` (see the module docstring).
+
+    ``metrics`` (the test stage's JSON), ``predictions`` (its ``.npz``) and ``split``
+    (``metrics/split.json``) are optional: a path that does not exist is skipped with a warning
+    and the card says so. ``params`` (validated params.yaml) fills the recipe section. An
+    ``out_dir`` holding files other than an earlier export's is refused; an earlier export is
+    replaced only with ``force``.
+    """
+    from timm.models import save_for_hf
+
+    from cxr_core.data.batches import IMAGENET_MEAN, IMAGENET_STD
+    from cxr_core.models.checkpoints import load_model
+    from cxr_core.models.registry import get_spec
+
+    checkpoint, out = Path(checkpoint), Path(out_dir)
+    _check_target(out, force)
+    model, raw_meta = load_model(checkpoint, model_name=model_name, map_location="cpu")
+    meta = _meta_of(raw_meta, checkpoint)
+    spec = get_spec(meta.model_name)
+    size = int(meta.image_size)
+    test = _read_metrics(Path(metrics)) if metrics is not None else None
+    preds = _read_predictions(Path(predictions)) if predictions is not None else None
+    split_counts = _read_split(Path(split)) if split is not None else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in EXPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+    extra = {
+        "label_names": list(LABELS),
+        "phantom": meta.phantom,
+        "data_source": public_source(meta.data_source),
+        "label_file": meta.label_file,
+        "operating_points": None,
+        "cxr_pipeline": {
+            "format": EXPORT_FORMAT,
+            "model": meta.model_name,
+            "timm_name": meta.timm_name or spec.timm_name,
+            "image_size": size,
+            "seed": seed,
+            **{k: raw_meta[k] for k in ("epoch", "val_loss", "val_macro_auc") if k in raw_meta},
+        },
+    }
+    data_config = {
+        "input_size": (3, size, size),
+        "mean": tuple(IMAGENET_MEAN),
+        "std": tuple(IMAGENET_STD),
+        "interpolation": INTERPOLATION,
+        "crop_pct": CROP_PCT,
+        "crop_mode": CROP_MODE,
+    }
+    save_for_hf(model, str(out), model_config=extra, safe_serialization=True, data_config=data_config)
+    files = [WEIGHTS_FILE, CONFIG_FILE]
+    if preds is not None:
+        _write_predictions(out / PREDICTIONS_FILE, preds)
+        files.append(PREDICTIONS_FILE)
+    card = model_card(
+        meta,
+        spec,
+        seed=seed,
+        epoch_scores={k: raw_meta.get(k) for k in ("epoch", "val_loss", "val_macro_auc")},
+        n_params=sum(p.numel() for p in model.parameters()),
+        params=params,
+        test=test,
+        split=split_counts,
+        has_predictions=preds is not None,
+    )
+    (out / CARD_FILE).write_text(card, encoding="utf-8")
+    files.append(CARD_FILE)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):  # safetensors writes 0600; a folder to share reads like the card
+        shutil.copymode(out / CARD_FILE, out / name)
+    logger.info("exported %s (%s) to %s: %s", meta.model_name, checkpoint, out, ", ".join(files))
+    return ExportResult(out, tuple(sorted(files)), meta.phantom)
+
+
+def _check_target(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder; give a new or empty folder")
+    if not out.is_dir():
+        return
+    present = sorted(p.name for p in out.iterdir())
+    foreign = [n for n in present if n not in EXPORT_FILES and not n.startswith(".")]
+    if foreign:
+        raise ExportError(
+            f"{out}: holds files that are not an export's ({foreign[:5]}); give a new or empty folder"
+        )
+    if present and not force:
+        raise ExportError(f"{out}: already holds an export ({present}); pass --force to replace it")
+
+
+def _read_metrics(path: Path) -> dict[str, Any] | None:
+    """The test stage's metrics JSON (macro_auc, macro_auc_ci, auc, auc_ci), or None when absent."""
+    from cxr_core.files import malformed, read_json
+
+    if not path.is_file():
+        logger.warning("%s not found: the model card will have no test metrics", path)
+        return None
+    doc = read_json(
+        path, "the test stage (test@<model>-<seed>)", ("macro_auc", "macro_auc_ci", "auc", "auc_ci")
+    )
+    for key in ("auc", "auc_ci"):
+        if not isinstance(doc[key], dict):
+            raise malformed(
+                path, f"{key} is not a mapping of finding -> value", "the test stage (test@<model>-<seed>)"
+            )
+    return doc
+
+
+def _read_predictions(path: Path) -> Any:
+    from cxr_core.evaluate.predict import Predictions
+
+    if not path.is_file():
+        logger.warning("%s not found: the export will have no %s", path, PREDICTIONS_FILE)
+        return None
+    return Predictions.load(path)
+
+
+def _read_split(path: Path) -> dict[str, Any] | None:
+    from cxr_core.files import read_json
+
+    if not path.is_file():
+        return None
+    doc = read_json(path, "the split stage")
+    return doc if isinstance(doc, dict) else None
+
+
+def prediction_columns() -> list[str]:
+    """predictions.csv's header: image, patient, ``prob_<finding>`` x 14, ``label_<finding>`` x 14."""
+    return ["image", "patient", *(PROB_PREFIX + x for x in LABELS), *(LABEL_PREFIX + x for x in LABELS)]
+
+
+def _write_predictions(path: Path, preds: Any) -> None:
+    """One row per test image: probabilities to 6 decimals (as ``cxr predict``), labels 0/1."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(prediction_columns())
+        for image, patient, probs, targets in zip(
+            preds.images, preds.patients, preds.probs, preds.targets, strict=True
+        ):
+            writer.writerow(
+                [str(image), int(patient), *(f"{float(p):.6f}" for p in probs), *(int(t) for t in targets)]
+            )
+
+
+# ------------------------------------------------------------------------------------------- model card
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ci(ci: Sequence[Any] | None) -> str:
+    if not ci or len(ci) != 2:
+        return "n/a"
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _source_text(data_source: str, label_file: str) -> str:
+    if data_source == PHANTOM_SOURCE:
+        return (
+            "the cxr-pipeline **phantom**: synthetic 1024 x 1024 PNGs in NIH ChestX-ray14's layout, one "
+            "drawn sign per finding (a known-answer test set, not medical data)"
+        )
+    if data_source == "nih":
+        return "NIH ChestX-ray14 (Wang et al., CVPR 2017), downloaded from NIH's official share"
+    if data_source == "unknown":
+        return "not recorded in the checkpoint (written before the pipeline recorded it)"
+    return "a local copy of NIH ChestX-ray14 (Wang et al., CVPR 2017)"
+
+
+def _yaml(value: Any) -> str:
+    """A params value as params.yaml spells it (true / false / null)."""
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+
+
+def _recipe_lines(params: Mapping[str, Any] | None, seed: int | None) -> list[str]:
+    if params is None:
+        return ["Training parameters were not at hand at export time (no params.yaml)."]
+    train = params["train"]
+    lines = [
+        "From `params.yaml` at export time: the checkpoint's own when `dvc status` shows its `train@` "
+        "stage up to date (DVC re-trains whenever these change).",
+        "",
+        "| parameter | value |",
+        "|---|---|",
+        f"| lr (Adam) | {params.get('lr')} |",
+        f"| seed | {seed if seed is not None else params.get('seed')} |",
+    ]
+    for key, value in train.items():
+        if isinstance(value, Mapping):
+            for sub, subvalue in value.items():
+                lines.append(f"| train.{key}.{sub} | {_yaml(subvalue)} |")
+        else:
+            lines.append(f"| train.{key} | {_yaml(value)} |")
+    return lines
+
+
+def _init_text(params: Mapping[str, Any] | None) -> str:
+    if params is None:
+        return ""
+    if params["train"].get("pretrained"):
+        return "Fine-tuned from timm's ImageNet-1k weights. "
+    return "Trained from random initial weights (`train.pretrained: false`). "
+
+
+def _split_lines(params: Mapping[str, Any] | None, split: Mapping[str, Any] | None) -> list[str]:
+    lines = ["Test: NIH's official `test_list.txt` (patient-disjoint from training)."]
+    if params is not None:
+        s = params["split"]
+        by = "patient-disjoint" if s.get("group_by") == "patient" else "per image"
+        lines.append(
+            f"Validation: {s.get('val_fraction')} of `train_val_list.txt`, stratified on the 14 labels, "
+            f"{by}; it picks the best epoch."
+        )
+    if split:
+        parts = [
+            f"{part} {split[part].get('images')} images / {split[part].get('patients')} patients"
+            for part in ("train", "val", "test")
+            if isinstance(split.get(part), Mapping)
+        ]
+        if parts:
+            lines.append("Sizes: " + "; ".join(parts) + ".")
+    return lines
+
+
+def _metric_lines(
+    test: Mapping[str, Any] | None, has_predictions: bool, params: Mapping[str, Any] | None
+) -> list[str]:
+    if test is None:
+        return ["No test metrics were found at export time (the test stage's JSON was absent)."]
+    ci = params.get("test", {}).get("ci") if params is not None else None
+    level = f"{100 * float(ci):g}% " if isinstance(ci, int | float) else ""
+    lines = [
+        f"Macro AUC over the 14 findings: **{_fmt(test['macro_auc'])}** {_ci(test['macro_auc_ci'])} "
+        f"({level}patient-level bootstrap CI; {test.get('n_images', '?')} images, "
+        f"{test.get('n_patients', '?')} patients).",
+        "",
+        "| finding | ROC AUC | CI | positives |",
+        "|---|---|---|---|",
+    ]
+    positives = test.get("positives") or {}
+    for label in LABELS:
+        lines.append(
+            f"| {label} | {_fmt(test['auc'].get(label))} | {_ci(test['auc_ci'].get(label))} "
+            f"| {positives.get(label, 'n/a')} |"
+        )
+    if has_predictions:
+        lines += ["", f"Per-image test probabilities and labels: `{PREDICTIONS_FILE}`."]
+    return lines
+
+
+def model_card(
+    meta: CheckpointMeta,
+    spec: Any,
+    *,
+    seed: int | None,
+    epoch_scores: Mapping[str, Any],
+    n_params: int,
+    params: Mapping[str, Any] | None,
+    test: Mapping[str, Any] | None,
+    split: Mapping[str, Any] | None,
+    has_predictions: bool,
+) -> str:
+    """The README.md of an export: hub front matter, then what the model is, was trained on and scores."""
+    size = meta.image_size
+    seed_text = f"seed {seed}" if seed is not None else ""
+    names = ", ".join(
+        x for x in (meta.model_name if spec.display_name != meta.model_name else "", seed_text) if x
+    )
+    tags = ["image-classification", "timm", "chest-x-ray", "multi-label-classification", "cxr-pipeline"]
+    if meta.phantom:
+        tags.append("synthetic-data")
+    front = [
+        "---",
+        "tags:",
+        *(f"- {t}" for t in tags),
+        "library_name: timm",
+        "pipeline_tag: image-classification",
+    ]
+    if meta.data_source not in (PHANTOM_SOURCE, "unknown"):
+        front += ["datasets:", "- nih-chest-xrays"]
+    front.append("---")
+    body = [f"# {spec.display_name}{f' ({names})' if names else ''}: 14 ChestX-ray14 findings", ""]
+    if meta.phantom:
+        body += [PHANTOM_CARD_WARNING]
+    body += [NOT_CLINICAL, ""]
+    body += [
+        f"A timm `{spec.timm_name}` classifier with 14 sigmoid outputs (multi-label: one probability per "
+        "finding, not a softmax), trained by cxr-pipeline, a DVC re-run of Crawley's Durham MEng study "
+        '*"Evaluating the Localisation and Classification Performance of Deep Learning Architectures in the '
+        'Context of Multi Pathology Chest X-Ray Classification"*.',
+        "",
+        "## Model details",
+        "",
+        f"- Architecture: timm `{spec.timm_name}` ({n_params / 1e6:.2f} M parameters)",
+        f"- Input: {size} x {size} px; the 8-bit grey image repeated to 3 channels, scaled to 0..1, "
+        "normalised with ImageNet mean / std; the whole image is resized (bilinear) to the square, no crop "
+        "(`config.json` `pretrained_cfg`: `crop_mode: squash`, `crop_pct: 1.0`)",
+        "- Outputs, in order: " + ", ".join(f"`{x}`" for x in LABELS),
+        "- Operating points: none. The model gives probabilities; no decision threshold has been chosen or "
+        "validated (`config.json` `operating_points` is null).",
+        "",
+        "## Training data",
+        "",
+        f"- Data source: {_source_text(meta.data_source, meta.label_file)}",
+        f"- Label file: `{meta.label_file}`"
+        + (" (NIH's 2020 re-release of the labels)" if "v2020" in meta.label_file else ""),
+        "- Labels are 14 findings mined from radiology reports by NLP (Wang et al. 2017), not read from the "
+        "images; they are noisy.",
+        *(f"- {line}" for line in _split_lines(params, split)),
+        "",
+        "## Training recipe",
+        "",
+        _init_text(params)
+        + "Adam, ReduceLROnPlateau on the validation loss, early stopping; the best-validation-loss epoch "
+        "is kept; random horizontal flip and rotation on the fly; loss as `train.loss` below.",
+        "",
+        f"Kept epoch: {_fmt(epoch_scores.get('epoch'))}; validation loss "
+        f"{_fmt(epoch_scores.get('val_loss'), 4)}, validation macro AUC "
+        f"{_fmt(epoch_scores.get('val_macro_auc'))}.",
+        "",
+        *_recipe_lines(params, seed),
+        "",
+        "## Evaluation (official test split)",
+        "",
+        *_metric_lines(test, has_predictions, params),
+        "",
+        "## Intended use",
+        "",
+        "- Research and teaching: reproducing the study, comparing architectures, studying CAM heatmaps.",
+        "- Out of scope: any clinical use, and any use on images unlike ChestX-ray14's frontal radiographs.",
+        "",
+        "## How to use",
+        "",
+        "```python",
+        "import timm, torch",
+        "from PIL import Image",
+        "",
+        'model = timm.create_model("local-dir:path/to/this/folder", pretrained=True).eval()'
+        '  # or "hf-hub:<user>/<repo>"',
+        "cfg = timm.data.resolve_data_config(model=model)",
+        "transform = timm.data.create_transform(**cfg)",
+        'x = transform(Image.open("xray.png").convert("L").convert("RGB")).unsqueeze(0)',
+        "with torch.no_grad():",
+        "    probs = torch.sigmoid(model(x))[0]",
+        'print(dict(zip(model.pretrained_cfg["label_names"], probs.tolist())))',
+        "```",
+        "",
+        "License: not set by the exporter; choose one before publishing (NIH asks users of ChestX-ray14 to "
+        "cite Wang et al. 2017; ImageNet-pretrained weights keep their own license, see "
+        "`pretrained_cfg.license` in `config.json`).",
+    ]
+    return "\n".join(front + body) + "\n"

@@ -1,0 +1,313 @@
+"""``cxr export``: the hub folder loads back in plain timm, offline, with the checkpoint's exact logits.
+
+Known answers: the logits of the checkpoint's own model (``load_model``), the test metrics and
+predictions written here, and the pipeline's probabilities for an S x S image, which timm's
+documented preprocessing (``resolve_data_config`` + ``create_transform``) must reproduce.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from cxr_core.app.cli import main
+from cxr_core.app.export import EXPORT_FILES, prediction_columns
+from cxr_core.app.predictor import Predictor
+from cxr_core.evaluate.predict import Predictions
+from cxr_core.labels import LABELS
+from cxr_core.models.checkpoints import CheckpointMeta, load_model, save_checkpoint
+from cxr_core.models.registry import create_model, get_spec
+
+ARCH = "resnet10t"  # a real timm architecture, ~5 M parameters: exports and loads in well under a second
+SIZE = 48
+LABEL_FILE = "Data_Entry_2017_v2020.csv"
+
+
+def write_checkpoint(path: Path, data_source: str = "synthetic", seed: int = 0) -> Path:
+    """A best.pt as train@ writes it (CheckpointMeta + weights + the epoch's scores), 0 training steps."""
+    torch.manual_seed(seed)
+    model = create_model(ARCH, image_size=SIZE)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval-mode buffers are exported too
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    meta = CheckpointMeta(
+        ARCH, get_spec(ARCH).timm_name, SIZE, data_source=data_source, label_file=LABEL_FILE
+    )
+    save_checkpoint(
+        path,
+        {**meta.to_dict(), "model": model.state_dict(), "epoch": 2, "val_loss": 1.25, "val_macro_auc": 0.6},
+    )
+    return path
+
+
+def known_metrics() -> dict:
+    auc = {label: 0.5 + i / 100 for i, label in enumerate(LABELS)}
+    return {
+        "macro_auc": 0.75,
+        "macro_auc_ci": [0.7, 0.8],
+        "auc": auc,
+        "auc_ci": {label: [v - 0.1, v + 0.05] for label, v in auc.items()},
+        "positives": {label: 3 + i for i, label in enumerate(LABELS)},
+        "n_images": 50,
+        "n_patients": 20,
+    }
+
+
+def known_predictions() -> Predictions:
+    rng = np.random.default_rng(0)
+    return Predictions(
+        images=np.array(["00000001_000.png", "00000001_001.png", "00000007_000.png"]),
+        rows=np.array([4, 5, 9]),
+        patients=np.array([1, 1, 7]),
+        probs=rng.random((3, 14)).astype(np.float32),
+        targets=(rng.random((3, 14)) < 0.3).astype(np.uint8),
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_params: Callable[..., Path]) -> Path:
+    """A project folder as after `dvc repro` with seeds [0]: best.pt, test metrics, predictions, split."""
+    write_checkpoint(tmp_path / "data/models" / ARCH / "seed0/best.pt")
+    (tmp_path / "metrics/test" / ARCH).mkdir(parents=True)
+    (tmp_path / "metrics/test" / ARCH / "seed0.json").write_text(json.dumps(known_metrics()))
+    (tmp_path / "metrics/split.json").write_text(
+        json.dumps(
+            {p: {"images": n, "patients": n // 2} for p, n in (("train", 90), ("val", 20), ("test", 50))}
+        )
+    )
+    known_predictions().save(tmp_path / "data/predictions" / ARCH / "seed0.npz")
+    write_params({"train.epochs": 3})
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network: hub offline mode, and any socket connection fails loudly."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(f"network access attempted in an offline test: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_export_loads_back_in_timm_offline_with_identical_logits(
+    project: Path, offline: None, single_thread: None
+) -> None:
+    import timm
+
+    result = CliRunner().invoke(main, ["export", "--model", ARCH, "out"])
+    assert result.exit_code == 0, result.output
+    assert "phantom" in result.stderr
+    out = project / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(EXPORT_FILES)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # the weights are as readable as the card
+
+    reference, _ = load_model(project / "data/models" / ARCH / "seed0/best.pt")
+    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = reference(x)
+        by_folder = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+        assert torch.equal(by_folder(x), want)
+        cfg = json.loads((out / "config.json").read_text())
+        by_file = timm.create_model(
+            cfg["architecture"],
+            pretrained=True,
+            pretrained_cfg_overlay={"file": str(out / "model.safetensors"), "num_classes": 14},
+            num_classes=14,  # the overlay's num_classes keeps the head: timm drops it when they differ
+        ).eval()
+        assert torch.equal(by_file(x), want)
+    assert by_folder.pretrained_cfg["label_names"] == list(LABELS)
+
+
+def test_config_is_timms_hub_format_with_the_pipelines_preprocessing(project: Path) -> None:
+    assert CliRunner().invoke(main, ["export", "--model", ARCH, "--seed", "0", "out"]).exit_code == 0
+    cfg = json.loads((project / "out/config.json").read_text())
+    assert cfg["architecture"] == ARCH and cfg["num_classes"] == 14 and cfg["label_names"] == list(LABELS)
+    pre = cfg["pretrained_cfg"]
+    assert pre["input_size"] == [3, SIZE, SIZE] and pre["num_classes"] == 14
+    assert pre["mean"] == [0.485, 0.456, 0.406] and pre["std"] == [0.229, 0.224, 0.225]
+    assert (pre["interpolation"], pre["crop_pct"], pre["crop_mode"]) == ("bilinear", 1.0, "squash")
+    assert cfg["phantom"] is True and cfg["data_source"] == "synthetic" and cfg["label_file"] == LABEL_FILE
+    assert "operating_points" in cfg and cfg["operating_points"] is None
+    assert cfg["cxr_pipeline"] == {
+        "format": 1,
+        "model": ARCH,
+        "timm_name": get_spec(ARCH).timm_name,
+        "image_size": SIZE,
+        "seed": 0,
+        "epoch": 2,
+        "val_loss": 1.25,
+        "val_macro_auc": 0.6,
+    }
+
+
+def test_timms_documented_preprocessing_gives_the_pipelines_probabilities(
+    project: Path, tmp_path: Path, single_thread: None
+) -> None:
+    import timm
+
+    assert CliRunner().invoke(main, ["export", "--model", ARCH, "out"]).exit_code == 0
+    model = timm.create_model(f"local-dir:{project / 'out'}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    grey = np.random.default_rng(3).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)  # already S x S: no resize
+    png = tmp_path / "x.png"
+    Image.fromarray(grey).save(png)
+    with torch.no_grad():
+        via_timm = torch.sigmoid(model(transform(Image.open(png).convert("L").convert("RGB"))[None]))[0]
+    pipeline = Predictor.from_checkpoint(project / "data/models" / ARCH / "seed0/best.pt").predict(grey)[0]
+    np.testing.assert_allclose(via_timm.numpy(), pipeline, atol=1e-5)
+
+
+def test_predictions_csv_and_model_card(project: Path) -> None:
+    assert CliRunner().invoke(main, ["export", "--model", ARCH, "out"]).exit_code == 0
+    rows = list(csv.reader((project / "out/predictions.csv").open()))
+    assert rows[0] == prediction_columns()
+    assert rows[0][:4] == ["image", "patient", "prob_Atelectasis", "prob_Cardiomegaly"]
+    assert rows[0][16] == "label_Atelectasis" and len(rows[0]) == 2 + 28
+    preds = known_predictions()
+    assert [r[:2] for r in rows[1:]] == [
+        [str(i), str(p)] for i, p in zip(preds.images, preds.patients, strict=True)
+    ]
+    np.testing.assert_allclose(np.array([r[2:16] for r in rows[1:]], float), preds.probs, atol=5e-7)
+    assert np.array_equal(np.array([r[16:] for r in rows[1:]], int), preds.targets)
+
+    card = (project / "out/README.md").read_text()
+    assert card.startswith("---\ntags:\n") and "library_name: timm" in card
+    assert "PHANTOM MODEL" in card and card.index("PHANTOM MODEL") < card.index("## Model details")
+    assert "Not for clinical use" in card
+    assert "**0.750** [0.700, 0.800]" in card and "50 images, 20 patients" in card
+    assert "| Effusion | 0.520 | [0.420, 0.570] | 5 |" in card
+    assert f"`{LABEL_FILE}` (NIH's 2020 re-release" in card
+    assert "| train.epochs | 3 |" in card and "| lr (Adam) | 0.0005 |" in card
+    assert "train 90 images / 45 patients" in card and "`test_list.txt`" in card
+    assert "Kept epoch: 2" in card and "operating_points" in card
+
+
+def test_real_data_export_has_no_phantom_warning_and_hides_local_paths(
+    project: Path, write_params: Callable[..., Path]
+) -> None:
+    best = project / "data/models" / ARCH / "seed0/best.pt"
+    write_checkpoint(best, data_source="/home/someone/nih-chest-xrays")
+    result = CliRunner().invoke(main, ["export", "--model", ARCH, "out"])
+    assert result.exit_code == 0 and "phantom" not in result.stderr
+    cfg = json.loads((project / "out/config.json").read_text())
+    assert cfg["phantom"] is False and cfg["data_source"] == "local"
+    card = (project / "out/README.md").read_text()
+    assert "PHANTOM" not in card and "someone" not in card and "Not for clinical use" in card
+    assert "datasets:\n- nih-chest-xrays" in card
+
+
+def test_export_refuses_to_overwrite_and_explicit_checkpoints_get_no_pipeline_results(project: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["export", "--model", ARCH, "out"]).exit_code == 0
+    again = runner.invoke(main, ["export", "--model", ARCH, "out"])
+    assert again.exit_code == 1 and "--force" in again.output and "Traceback" not in again.output
+    first = {p.name: p.read_bytes() for p in (project / "out").iterdir()}
+    assert runner.invoke(main, ["export", "--model", ARCH, "--force", "out"]).exit_code == 0
+    assert {p.name: p.read_bytes() for p in (project / "out").iterdir()} == first  # byte-reproducible
+    (project / "mine").mkdir()
+    (project / "mine/notes.txt").write_text("keep")
+    foreign = runner.invoke(main, ["export", "--model", ARCH, "mine"])
+    assert foreign.exit_code == 1 and "notes.txt" in foreign.output
+
+    ckpt = project / "data/models" / ARCH / "seed0/best.pt"
+    alone = runner.invoke(main, ["export", "--checkpoint", str(ckpt), "solo"])
+    assert alone.exit_code == 0, alone.output
+    assert not (project / "solo/predictions.csv").exists()
+    assert "No test metrics were found" in (project / "solo/README.md").read_text()
+
+    missing = runner.invoke(main, ["export", "--model", "densenet121", "x"])
+    assert (
+        missing.exit_code == 1
+        and "data/models/densenet121/seed0/best.pt: checkpoint not found" in missing.output
+    )
+    headless = runner.invoke(main, ["export", "y"])
+    assert headless.exit_code == 1 and "metrics/headline.json not found" in headless.output
+
+
+def test_export_defaults_to_the_best_model_of_the_headline(project: Path) -> None:
+    (project / "metrics/headline.json").write_text(
+        json.dumps(
+            {
+                "best": {
+                    "model": ARCH,
+                    "seed": 0,
+                    "checkpoint": f"data/models/{ARCH}/seed0/best.pt",
+                    "macro_auc": 0.75,
+                },
+                "models": {},
+            }
+        )
+    )
+    result = CliRunner().invoke(main, ["export", "out"])
+    assert result.exit_code == 0, result.output
+    assert f"using {ARCH} seed 0" in result.stderr and (project / "out/predictions.csv").is_file()
+
+
+def test_cxr_predict_runs_an_exported_folder_like_its_checkpoint(project: Path, single_thread: None) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["export", "--model", ARCH, "out"]).exit_code == 0
+    png = project / "x.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (80, 80), dtype=np.uint8)).save(png)
+    base = ["predict", "--device", "cpu"]
+    by_ckpt = runner.invoke(main, [*base, "--model", ARCH, str(png)])
+    by_dir = runner.invoke(main, [*base, "--model-dir", "out", str(png)])
+    by_folder_ckpt = runner.invoke(main, [*base, "--checkpoint", "out", str(png)])
+    for result in (by_ckpt, by_dir, by_folder_ckpt):
+        assert result.exit_code == 0, result.output
+        assert "was trained on the phantom" in result.stderr
+    assert by_dir.stdout == by_ckpt.stdout == by_folder_ckpt.stdout
+    assert list(csv.DictReader(io.StringIO(by_dir.stdout)))[0]["file"] == str(png)
+
+    wrong = runner.invoke(main, [*base, "--model-dir", "out", "--model", "densenet121", str(png)])
+    assert wrong.exit_code == 1 and "not 'densenet121'" in wrong.output
+
+
+def test_cxr_predict_refuses_folders_that_are_not_this_pipelines_exports(project: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["export", "--model", ARCH, "out"]).exit_code == 0
+    png = project / "x.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+    config = project / "out/config.json"
+    cfg = json.loads(config.read_text())
+
+    cfg["pretrained_cfg"]["mean"] = [0.5, 0.5, 0.5]
+    config.write_text(json.dumps(cfg))
+    result = runner.invoke(main, ["predict", "--model-dir", "out", str(png)])
+    assert (
+        result.exit_code == 1 and "pretrained_cfg.mean" in result.output and "Traceback" not in result.output
+    )
+
+    cfg["label_names"] = sorted(LABELS)
+    config.write_text(json.dumps(cfg))
+    result = runner.invoke(main, ["predict", "--model-dir", "out", str(png)])
+    assert result.exit_code == 1 and "label_names" in result.output
+
+    cfg["label_names"], cfg["pretrained_cfg"]["mean"] = list(LABELS), [0.485, 0.456, 0.406]
+    config.write_text(json.dumps(cfg))
+    weights = project / "out/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    result = runner.invoke(main, ["predict", "--model-dir", "out", str(png)])
+    assert result.exit_code == 1 and "timm cannot rebuild the exported model" in result.output
+    assert "Traceback" not in result.output
+
+    empty = project / "empty"
+    empty.mkdir()
+    result = runner.invoke(main, ["predict", "--model-dir", str(empty), str(png)])
+    assert result.exit_code == 1 and "no config.json" in result.output and "cxr export" in result.output
