@@ -39,8 +39,15 @@ def test_train_stage_under_torchrun_matches_single_process_evaluation(
         }
     )
     out, live = tmp_path / "data" / "models" / TINY, tmp_path / "metrics" / "train" / TINY
-    cmd = [sys.executable, "-m", "stages.train", "--model", TINY, "--params", str(params)]
-    cmd += ["--cache", str(phantom_data.cache), "--splits", str(phantom_data.splits)]
+    cmd = [sys.executable, "-m", "stages.train", "--model", TINY, "--seed", "0", "--params", str(params)]
+    cmd += [
+        "--raw",
+        str(phantom_data.raw),
+        "--cache",
+        str(phantom_data.cache),
+        "--splits",
+        str(phantom_data.splits),
+    ]
     cmd += ["--out", str(out), "--live", str(live)]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
