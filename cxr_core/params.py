@@ -266,6 +266,21 @@ SCHEMA = Section(
                 "box_cutoff": Float(0.0, 1.0, decimals=2),
             }
         ),
+        "clinical": Section(
+            {
+                "operating_point": Named("threshold rule"),
+                "target_sensitivity": Float(0.0, 1.0, lo_open=True),
+                "calibration_bins": Int(1, 1000),
+                "temperature_scaling": Bool(),
+                "temperature_min": Float(0.0, 1.0, lo_open=True, hi_open=True),
+                "temperature_max": Float(1.0, 1000.0, lo_open=True),
+                "temperature_tol": Float(0.0, 1.0, lo_open=True),
+                "age_bands": ListOf(Int(0, 150)),
+                "adjudicated": Text(nullable=True),
+                "adjudicated_flip_rate": Float(0.0, 0.5),
+                "adjudicated_fraction": Float(0.0, 1.0, lo_open=True),
+            }
+        ),
         "report": Section(
             {
                 "examples": Int(0, 100),

@@ -76,6 +76,10 @@ def test_every_stage_output_file_has_a_contract() -> None:
         "metrics/localise/<model>/seed<k>.json",
         "metrics/compare.json",
         "metrics/headline.json",
+        "data/adjudicated/google2019_nih-chest-xray-labels.csv.gz",
+        "data/operating/<model>/seed<k>.json",
+        "metrics/clinical/<model>/seed<k>.json",
+        "plots/reliability/<model>/seed<k>.csv",
     }
     assert consumed_elsewhere <= normalised
     _import_all()

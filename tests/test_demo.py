@@ -132,3 +132,68 @@ def test_demo_lists_seeds_and_exports_and_warns_about_phantom_models(
         list(backend.analyse(str(png), f"{MODEL}/seed2", "Mass", "GradCAM").probabilities.values()),
         atol=1e-6,
     )
+
+
+def test_demo_shows_calls_at_the_validation_operating_points(
+    checkpoint: Path, tmp_path: Path, single_thread: None
+) -> None:
+    import json
+
+    from cxr_core.app.demo import DemoBackend, calls_table
+
+    png = write_png(tmp_path / "x.png", (anatomy(64, 64) // 16).astype(np.uint8))
+    operating = tmp_path / "operating"
+    none_yet = DemoBackend(checkpoint.parents[2], tmp_path, operating_dir=operating)
+    result = none_yet.analyse(str(png), KEY, "Effusion", "GradCAM")
+    assert not result.error and result.calls is None
+    table = calls_table(result, none_yet.predictor(KEY).operating)
+    assert "No operating points" in table and "call at" not in table
+
+    probs = result.probabilities
+    thresholds = {label: probs[label] for label in LABELS}  # p >= t: every call positive ...
+    thresholds["Mass"] = min(1.0, probs["Mass"] + 1e-6)  # ... but this one
+    thresholds["Hernia"] = None
+    (operating / MODEL).mkdir(parents=True)
+    doc = {"model": MODEL, "seed": 0, "method": "youden", "chosen_on": "val", "temperature": None}
+    (operating / MODEL / "seed0.json").write_text(json.dumps({**doc, "thresholds": thresholds}))
+    backend = DemoBackend(checkpoint.parents[2], tmp_path, operating_dir=operating)
+    result = backend.analyse(str(png), KEY, "Effusion", "GradCAM")
+    want = {label: "positive" for label in LABELS} | {"Mass": "negative", "Hernia": None}
+    assert result.calls == want
+    table = calls_table(result, backend.predictor(KEY).operating)
+    assert "<th>call at the val operating point</th>" in table and "validation split (youden)" in table
+    assert f"<td>Mass</td><td>{probs['Mass']:.3f}</td><td>negative</td>" in table
+    assert "<td>Hernia</td>" in table and "no threshold" in table
+
+    (operating / MODEL / "seed0.json").write_text(json.dumps({**doc, "thresholds": {"Mass": 0.5}}))
+    broken = DemoBackend(checkpoint.parents[2], tmp_path, operating_dir=operating)
+    refused = broken.analyse(str(png), KEY, "Effusion", "GradCAM")
+    assert refused.error and "seed0.json" in refused.message
+
+
+def test_demo_calls_of_a_temperature_scaled_run_use_the_scaled_probabilities(
+    checkpoint: Path, tmp_path: Path, single_thread: None
+) -> None:
+    import json
+
+    from scipy.special import expit
+
+    from cxr_core.app.demo import DemoBackend, calls_table
+
+    png = write_png(tmp_path / "x.png", (anatomy(64, 64) // 16).astype(np.uint8))
+    operating = tmp_path / "operating"
+    (operating / MODEL).mkdir(parents=True)
+    backend = DemoBackend(checkpoint.parents[2], tmp_path, operating_dir=operating)
+    predictor = backend.predictor(KEY)  # loaded before the file exists: no operating points yet
+    logits = predictor.logits(predictor.load(png))[0].astype(np.float64)
+    scaled = expit(logits / 2.0)
+    thresholds = {label: float(v) for label, v in zip(LABELS, scaled, strict=True)}
+    thresholds["Edema"] = float(np.nextafter(scaled[LABELS.index("Edema")], 2.0))  # just above: negative
+    doc = {"model": MODEL, "seed": 0, "method": "max_f1", "chosen_on": "val", "temperature": 2.0}
+    (operating / MODEL / "seed0.json").write_text(json.dumps({**doc, "thresholds": thresholds}))
+    backend = DemoBackend(checkpoint.parents[2], tmp_path, operating_dir=operating)
+    result = backend.analyse(str(png), KEY, "Effusion", "GradCAM")
+    assert result.calls == {label: "positive" for label in LABELS} | {"Edema": "negative"}
+    np.testing.assert_allclose(list(result.scaled.values()), scaled, rtol=0, atol=1e-12)
+    table = calls_table(result, backend.predictor(KEY).operating)
+    assert "<th>scaled (T = 2)</th>" in table and "scaled probability" in table and "(max_f1)" in table

@@ -2,7 +2,8 @@
 
 The model was trained on the phantom, so the page must show the phantom warning banner as soon as
 it opens and again in the upload's message. Uploads a phantom X-ray from the localisation set
-(probabilities, heatmap and the radiologist's box must appear), saves a screenshot (printed;
+(probabilities, heatmap and the radiologist's box must appear, and the call at the validation
+operating point next to a finding's probability), saves a screenshot (printed;
 copied to ``$CXR_ARTIFACTS`` when set), then uploads a text file and checks the page shows the
 error message. Needs ``apt-get install -y chromium chromium-driver`` (skipped without them) and the
 demo extra (gradio, selenium).
@@ -10,6 +11,7 @@ demo extra (gradio, selenium).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -77,7 +79,21 @@ def server(phantom_data, tmp_path_factory: pytest.TempPathFactory, single_thread
     state = load_checkpoint(best)
     state.update(data_source="synthetic", label_file="Data_Entry_2017_v2020.csv")  # as train@ on the phantom
     save_checkpoint(best, state)
-    app = build_app(models, phantom_data.splits, methods=["EigenCAM", "GradCAM", "GradCAMPlusPlus"])
+    operating = tmp_path_factory.mktemp("operating")
+    (operating / MODEL).mkdir()
+    thresholds = {label: 1.0 for label in LABELS} | {"Atelectasis": 0.0}  # known calls for any image
+    (operating / MODEL / "seed0.json").write_text(
+        json.dumps(
+            {"model": MODEL, "seed": 0, "method": "youden", "chosen_on": "val", "temperature": None,
+             "thresholds": thresholds}
+        )
+    )  # fmt: skip
+    app = build_app(
+        models,
+        phantom_data.splits,
+        operating_dir=operating,
+        methods=["EigenCAM", "GradCAM", "GradCAMPlusPlus"],
+    )
     port = _free_port()
     launch(app, host="127.0.0.1", port=port, block=False)
     try:
@@ -184,6 +200,18 @@ def test_demo_upload_shows_probabilities_heatmap_box_and_errors(
         "the 14 probabilities",
     )
     assert "%" in probs_text  # gr.Label shows confidences as percentages
+    calls = _wait_for(
+        browser,
+        lambda d: "call at the val operating point" in (t := d.find_element(By.ID, "cxr-calls").text) and t,
+        "the calls at the validation operating point",
+    )
+    assert "validation split (youden)" in calls
+    cells = [
+        [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        for row in browser.find_elements(By.CSS_SELECTOR, "#cxr-calls tbody tr")
+    ]
+    assert len(cells) == len(LABELS) and cells[0][0] == "Atelectasis" and cells[0][2] == "positive"
+    assert browser.find_elements(By.CSS_SELECTOR, "#cxr-calls tbody tr")[0].is_displayed()
     shot = _save_screenshot(browser, tmp_path / "demo-upload.png")
     assert shot.stat().st_size > 10_000
 

@@ -311,3 +311,98 @@ def test_cxr_predict_refuses_folders_that_are_not_this_pipelines_exports(project
     empty.mkdir()
     result = runner.invoke(main, ["predict", "--model-dir", str(empty), str(png)])
     assert result.exit_code == 1 and "no config.json" in result.output and "cxr export" in result.output
+
+
+def write_operating(path: Path, thresholds: dict, model: str = ARCH, temperature: float | None = 1.5) -> Path:
+    """data/operating/<model>/seed<k>.json as the clinical@ stage writes it (chosen on val)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "model": model,
+        "seed": 0,
+        "method": "youden",
+        "chosen_on": "val",
+        "temperature": temperature,
+        "thresholds": thresholds,
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+KNOWN_THRESHOLDS = {label: (None if i == 3 else round(0.05 + i / 20, 4)) for i, label in enumerate(LABELS)}
+
+
+def test_export_carries_the_operating_points_and_predict_model_dir_uses_them(
+    project: Path, single_thread: None
+) -> None:
+    write_operating(project / "data/operating" / ARCH / "seed0.json", KNOWN_THRESHOLDS)
+    runner = CliRunner()
+    assert runner.invoke(main, ["export", "--model", ARCH, "out"]).exit_code == 0
+    cfg = json.loads((project / "out/config.json").read_text())
+    assert cfg["operating_points"] == {
+        "thresholds": KNOWN_THRESHOLDS,
+        "method": "youden",
+        "chosen_on": "val",
+        "temperature": 1.5,
+    }
+    card = (project / "out/README.md").read_text()
+    assert "## Operating points" in card and "chosen on the validation split (youden)" in card
+    assert "| Atelectasis | 0.0500 |" in card and "| Infiltration | none chosen |" in card
+    assert "| Hernia | 0.7000 |" in card and "`sigmoid(logit / T)` with T = 1.500" in card
+    assert card.index("## Evaluation") < card.index("## Operating points") < card.index("## Intended use")
+
+    png = project / "x.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (80, 80), dtype=np.uint8)).save(png)
+    base = ["predict", "--device", "cpu", str(png)]
+    by_ckpt = runner.invoke(main, [*base, "--model", ARCH])
+    by_dir = runner.invoke(main, [*base, "--model-dir", "out"])
+    for result in (by_ckpt, by_dir):
+        assert result.exit_code == 0, result.output
+        assert "chosen on the validation split (youden)" in result.stderr
+    assert by_dir.stdout == by_ckpt.stdout  # same probabilities, same calls
+    assert "sigmoid(logit / 1.5)" in by_dir.stderr  # the thresholds are on the temperature-scaled scale
+    row = list(csv.DictReader(io.StringIO(by_dir.stdout)))[0]
+    exported = Predictor.from_checkpoint(project / "out")
+    logits = exported.logits(exported.load(png))[0].astype(np.float64)
+    scaled = 1.0 / (1.0 + np.exp(-logits / 1.5))  # Guo et al. 2017: sigmoid(z / T)
+    for label, p in zip(LABELS, scaled, strict=True):
+        t = KNOWN_THRESHOLDS[label]
+        assert row[f"{label}_call"] == ("" if t is None else "positive" if p >= t else "negative")
+    probs = exported.predict(exported.load(png))[0]
+
+    replaced = write_operating(project / "half.json", {label: 0.5 for label in LABELS}, temperature=None)
+    by_option = runner.invoke(main, [*base, "--model-dir", "out", "--operating", str(replaced)])
+    assert by_option.exit_code == 0 and "half.json" in by_option.stderr
+    row = list(csv.DictReader(io.StringIO(by_option.stdout)))[0]
+    assert [row[f"{x}_call"] for x in LABELS] == ["positive" if p >= 0.5 else "negative" for p in probs]
+
+
+def test_export_without_or_with_a_bad_operating_file(project: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["export", "--model", ARCH, "out"]).exit_code == 0
+    assert json.loads((project / "out/config.json").read_text())["operating_points"] is None
+    assert "Operating points: none" in (project / "out/README.md").read_text()
+    png = project / "x.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+    plain = runner.invoke(main, ["predict", "--model-dir", "out", str(png)])
+    assert plain.exit_code == 0 and "no operating points" in plain.stderr
+    assert "_call" not in plain.stdout
+
+    bad = write_operating(
+        project / "data/operating" / ARCH / "seed0.json", {**KNOWN_THRESHOLDS, "Mass": -0.1}
+    )
+    result = runner.invoke(main, ["export", "--model", ARCH, "--force", "out"])
+    assert result.exit_code == 1 and str(Path("data/operating") / ARCH / "seed0.json") in result.output
+    assert "Mass" in result.output and "Traceback" not in result.output
+    write_operating(bad, KNOWN_THRESHOLDS, model="densenet121")
+    result = runner.invoke(main, ["export", "--model", ARCH, "--force", "out"])
+    assert result.exit_code == 1 and "densenet121" in result.output
+
+    write_operating(bad, KNOWN_THRESHOLDS)
+    assert runner.invoke(main, ["export", "--model", ARCH, "--force", "out"]).exit_code == 0
+    config = project / "out/config.json"
+    cfg = json.loads(config.read_text())
+    cfg["operating_points"]["thresholds"]["Edema"] = 2.0  # a hand-edited or corrupted download
+    config.write_text(json.dumps(cfg))
+    result = runner.invoke(main, ["predict", "--model-dir", "out", str(png)])
+    assert result.exit_code == 1 and "out/config.json (operating_points)" in result.output
+    assert "thresholds.Edema = 2.0" in result.output

@@ -73,7 +73,19 @@ def test_dvc_repro_runs_every_stage(project):
             assert set(loc["methods"]) == {"GradCAM", "EigenCAM", "GradCAMPlusPlus", "RandomCAM"}
             assert set(loc["methods"]["GradCAM"]["iou"]) == {"t010", "t015", "t025", "t035", "t045"}
             assert (project / "data" / "models" / model / f"seed{seed}" / "best.pt").is_file()
-    assert (project / "reports" / "report.md").read_text().count("PHANTOM") >= 1
+            clinical = json.loads((project / "metrics" / "clinical" / model / f"seed{seed}.json").read_text())
+            assert clinical["operating"]["chosen_on"] == "val" and set(
+                clinical["subgroups"]["attributes"]
+            ) == {
+                "sex",
+                "age",
+                "view",
+            }
+            points = json.loads((project / "data" / "operating" / model / f"seed{seed}.json").read_text())
+            assert set(points["thresholds"]) == set(clinical["operating"]["test"])
+    report = (project / "reports" / "report.md").read_text()
+    assert report.count("PHANTOM") >= 2  # the header, and the adjudicated stand-in's note
+    assert "<!-- table: operating_points -->" in report and "<!-- table: adjudicated -->" in report
 
 
 def test_seed_matrix_gives_per_seed_runs_and_an_aggregate(project):
@@ -115,11 +127,15 @@ def _touch(project: Path, module: str) -> None:
     ("module", "expected"),
     [
         ("cxr_core/explain/methods.py", {"cams"}),  # a CAM change never retrains
-        ("cxr_core/data/metadata.py", {"download", "preprocess", "split"}),  # box parsing re-splits
+        # box parsing re-splits; the clinical audit reads sex / age / view through it
+        ("cxr_core/data/metadata.py", {"download", "preprocess", "split", "adjudicated", "clinical"}),
         ("cxr_core/explain/scoring.py", {"localise", "compare", "report"}),  # they read its box records
         ("cxr_core/train/losses.py", {"train"}),
-        ("cxr_core/runtime.py", {"train", "test", "cams", "compare"}),  # compare loads predictions files
-        ("cxr_core/compare/paired.py", {"compare", "report"}),  # the report reads its JSON format
+        (
+            "cxr_core/runtime.py",
+            {"train", "test", "cams", "clinical", "compare"},
+        ),  # compare loads predictions
+        ("cxr_core/compare/paired.py", {"compare", "clinical", "report"}),  # its bootstrap; the report reads
     ],
 )
 def test_touching_a_module_makes_exactly_its_stages_stale(project, module, expected):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from app_files import MODEL, SIZE, anatomy, direct_probs, tiny_checkpoint, write_dicom, write_png
 from click.testing import CliRunner
 from PIL import Image
+from scipy.special import expit
 
 from cxr_core.app.cli import main
 from cxr_core.app.imaging import read_image
@@ -170,7 +172,8 @@ def test_cli_predict_picks_seed_and_warns_about_phantom_models(
     seed1 = runner.invoke(main, ["predict", "--model", MODEL, "--seed", "1", "--device", "cpu", str(png)])
     assert seed0.exit_code == 0 and seed1.exit_code == 0, seed0.output + seed1.output
     assert PHANTOM_WARNING in seed0.stderr and "never use them for a patient" in seed0.stderr
-    assert PHANTOM_WARNING not in seed1.stderr and "note:" not in seed1.stderr  # trained on NIH's data
+    assert PHANTOM_WARNING not in seed1.stderr  # trained on NIH's data
+    assert "does not record what it was trained on" not in seed1.stderr
     grey = decode_image(png, SIZE)
     for result, seed in ((seed0, 0), (seed1, 1)):
         best = tmp_path / "data/models" / MODEL / f"seed{seed}" / "best.pt"
@@ -250,3 +253,190 @@ def test_cli_predict_json_format(
     doc = json.loads(plain.stdout)
     assert doc["phantom"] is False and doc["warning"] is None and doc["data_source"] == "unknown"
     assert "does not record what it was trained on" in plain.stderr
+
+
+# ------------------------------------------------------------------ calls at the validation operating points
+
+
+def operating_doc(thresholds: dict[str, float | None], model: str = MODEL, seed: int = 0) -> dict:
+    """An operating-points file as the clinical@ stage writes it (data/operating/<model>/seed<k>.json)."""
+    return {
+        "model": model,
+        "seed": seed,
+        "method": "youden",
+        "chosen_on": "val",
+        "temperature": None,
+        "thresholds": thresholds,
+    }
+
+
+def write_operating(path: Path, doc: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def known_thresholds(probs: np.ndarray) -> dict[str, float | None]:
+    """Thresholds with known calls: the 2nd image's own probability (>=: positive for it), 0, 1, null."""
+    thresholds: dict[str, float | None] = {}
+    for j, label in enumerate(LABELS):
+        thresholds[label] = [float(probs[1, j]), 0.0, 1.0, None][j % 4]
+    return thresholds
+
+
+def expected_calls(probs: np.ndarray, thresholds: dict[str, float | None]) -> list[list[str]]:
+    """The reference: positive iff p >= t, '' where no threshold was chosen."""
+    return [
+        [
+            "" if t is None else ("positive" if float(p) >= t else "negative")
+            for p, t in zip(row, thresholds.values(), strict=True)
+        ]
+        for row in probs
+    ]
+
+
+@pytest.fixture
+def scored_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread: None):
+    """A project with MODEL seed 0 (NIH data), three PNGs and their probabilities from the Predictor."""
+    monkeypatch.chdir(trained_project(tmp_path, {0: "nih"}))
+    rng = np.random.default_rng(4)
+    pngs = []
+    for i in range(3):
+        grey = (anatomy(64, 64) // 16).astype(np.uint8)
+        pngs.append(
+            write_png(
+                tmp_path / f"x{i}.png",
+                np.clip(grey + rng.integers(0, 60, grey.shape), 0, 255).astype(np.uint8),
+            )
+        )
+    predictor = Predictor.from_checkpoint(tmp_path / "data/models" / MODEL / "seed0/best.pt", MODEL)
+    probs = predictor.predict(np.stack([predictor.load(p) for p in pngs]))
+    return tmp_path, pngs, probs
+
+
+def test_cli_predict_calls_match_probabilities_at_the_operating_points(scored_project) -> None:
+    root, pngs, probs = scored_project
+    thresholds = known_thresholds(probs)
+    write_operating(root / "data/operating" / MODEL / "seed0.json", operating_doc(thresholds))
+    runner = CliRunner()
+    result = runner.invoke(main, ["predict", "--model", MODEL, "--device", "cpu", *map(str, pngs)])
+    assert result.exit_code == 0, result.output
+    assert "chosen on the validation split (youden)" in result.stderr
+    assert f"data/operating/{MODEL}/seed0.json" in result.stderr
+    assert "no operating points" not in result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["file", *LABELS, *(f"{label}_call" for label in LABELS)]
+    got = [[row[f"{label}_call"] for label in LABELS] for row in rows]
+    want = expected_calls(probs, thresholds)
+    assert got == want
+    assert want[1][0] == "positive"  # the boundary: p == t is positive
+    assert {c for row in got for c in row[3::4]} == {""}  # null thresholds: no call
+    assert {c for row in got for c in row[1::4]} == {"positive"}  # threshold 0
+    assert {c for row in got for c in row[2::4]} == {"negative"}  # threshold 1 (sigmoid < 1 here)
+    np.testing.assert_allclose(_probs(result.stdout), probs, atol=5e-7)  # the probabilities are unchanged
+
+    as_json = runner.invoke(
+        main, ["predict", "--model", MODEL, "--device", "cpu", "--format", "json", *map(str, pngs)]
+    )
+    assert as_json.exit_code == 0, as_json.output
+    doc = json.loads(as_json.stdout)
+    assert doc["operating_points"]["thresholds"] == thresholds
+    assert (doc["operating_points"]["method"], doc["operating_points"]["chosen_on"]) == ("youden", "val")
+    for pred, want_row in zip(doc["predictions"], want, strict=True):
+        assert list(pred["calls"]) == list(LABELS)
+        assert list(pred["calls"].values()) == [c or None for c in want_row]
+
+
+def test_cli_predict_without_operating_points_gives_probabilities_only(scored_project) -> None:
+    root, pngs, probs = scored_project
+    result = CliRunner().invoke(main, ["predict", "--model", MODEL, "--device", "cpu", str(pngs[0])])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["file", *LABELS]
+    assert f"no operating points (data/operating/{MODEL}/seed0.json not found)" in result.stderr
+    assert "dvc repro" in result.stderr and "--operating" in result.stderr
+    as_json = CliRunner().invoke(main, ["predict", "--model", MODEL, "--format", "json", str(pngs[0])])
+    doc = json.loads(as_json.stdout)
+    assert doc["operating_points"] is None and "calls" not in doc["predictions"][0]
+
+
+def test_cli_predict_operating_option_and_bad_operating_files(scored_project) -> None:
+    root, pngs, probs = scored_project
+    runner = CliRunner()
+    best = root / "data/models" / MODEL / "seed0/best.pt"
+    half = {label: 0.5 for label in LABELS}
+    given = write_operating(root / "mine.json", operating_doc(half))
+    result = runner.invoke(
+        main, ["predict", "--checkpoint", str(best), "--operating", str(given), str(pngs[0])]
+    )
+    assert result.exit_code == 0, result.output
+    row = list(csv.DictReader(io.StringIO(result.stdout)))[0]
+    assert [row[f"{x}_call"] for x in LABELS] == expected_calls(probs[:1], half)[0]
+    assert str(given) in result.stderr
+
+    plain = runner.invoke(main, ["predict", "--checkpoint", str(best), str(pngs[0])])
+    assert plain.exit_code == 0 and "no operating points, so no positive" in plain.stderr
+
+    default = root / "data/operating" / MODEL / "seed0.json"
+    bad_value = write_operating(default, operating_doc({**half, "Mass": 1.5}))
+    for args in (["--model", MODEL], ["--checkpoint", str(best), "--operating", str(bad_value)]):
+        result = runner.invoke(main, ["predict", *args, str(pngs[0])])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert f"data/operating/{MODEL}/seed0.json" in result.output and "Mass" in result.output
+    default.write_text("{not json")
+    result = runner.invoke(main, ["predict", "--model", MODEL, str(pngs[0])])
+    assert result.exit_code == 1 and f"data/operating/{MODEL}/seed0.json" in result.output
+    other = write_operating(root / "other.json", operating_doc(half, model="densenet121"))
+    result = runner.invoke(
+        main, ["predict", "--checkpoint", str(best), "--operating", str(other), str(pngs[0])]
+    )
+    assert result.exit_code == 1 and "other.json" in result.output and "densenet121" in result.output
+    result = runner.invoke(
+        main, ["predict", "--checkpoint", str(best), "--operating", "nope.json", str(pngs[0])]
+    )
+    assert result.exit_code == 1 and "nope.json" in result.output
+
+
+def test_operating_points_from_a_mapping_name_the_source_and_key() -> None:
+    from cxr_core.app.predictor import Operating
+
+    good = operating_doc({label: 0.25 for label in LABELS})
+    points = Operating.from_mapping(good, "f.json")
+    assert points.thresholds == (0.25,) * 14 and points.split_name == "validation"
+    assert points.calls(np.array([[0.25] * 7 + [0.2499] * 7])) == [["positive"] * 7 + ["negative"] * 7]
+    bad_cases = [
+        ({**good, "thresholds": {"Mass": 0.5}}, "14 findings"),
+        ({**good, "thresholds": {**good["thresholds"], "Edema": "0.5"}}, "thresholds.Edema = '0.5'"),
+        ({**good, "thresholds": {**good["thresholds"], "Edema": True}}, "thresholds.Edema = True"),
+        ({**good, "temperature": -1.0}, "temperature = -1.0"),
+        ({k: v for k, v in good.items() if k != "method"}, "lack key(s) ['method']"),
+    ]
+    for doc, message in bad_cases:
+        with pytest.raises(ValueError, match=re.escape(message)) as info:
+            Operating.from_mapping(doc, "f.json")
+        assert str(info.value).startswith("f.json: ")
+
+
+def test_cli_predict_with_a_temperature_calls_on_the_scaled_probabilities(scored_project) -> None:
+    """The thresholds of a temperature-scaled run apply to sigmoid(logit / T) (Guo et al. 2017)."""
+    root, pngs, probs = scored_project
+    predictor = Predictor.from_checkpoint(root / "data/models" / MODEL / "seed0/best.pt", MODEL)
+    logits = predictor.logits(np.stack([predictor.load(p) for p in pngs])).astype(np.float64)
+    temperature = 2.5
+    scaled = expit(logits / temperature)  # scipy's sigmoid; known_thresholds puts one exactly on a score
+    thresholds = known_thresholds(scaled)
+    doc = {**operating_doc(thresholds), "temperature": temperature}
+    write_operating(root / "data/operating" / MODEL / "seed0.json", doc)
+    runner = CliRunner()
+    result = runner.invoke(main, ["predict", "--model", MODEL, *map(str, pngs)])
+    assert result.exit_code == 0, result.output
+    assert "sigmoid(logit / 2.5)" in result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [[r[f"{x}_call"] for x in LABELS] for r in rows] == expected_calls(scaled, thresholds)
+    np.testing.assert_allclose(_probs(result.stdout), probs, atol=5e-7)  # printed: the raw probabilities
+    as_json = json.loads(
+        runner.invoke(main, ["predict", "--model", MODEL, "--format", "json", str(pngs[1])]).stdout
+    )
+    pred = as_json["predictions"][0]
+    np.testing.assert_allclose(list(pred["scaled_probabilities"].values()), scaled[1], atol=5e-7)
+    assert as_json["operating_points"]["temperature"] == temperature

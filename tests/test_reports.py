@@ -21,6 +21,13 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from cxr_core.compare.clinical import (
+    ClinicalMetrics,
+    ClinicalSettings,
+    ReliabilityTable,
+    Split,
+    clinical_audit,
+)
 from cxr_core.compare.study import CompareSettings, ComparisonMetrics, compare_study
 from cxr_core.data.metadata import BOX_SPACE
 from cxr_core.data.tables import LocTable
@@ -259,7 +266,39 @@ def build_inputs(root: Path, source: str = "synthetic") -> Inputs:
         _roc(root / "plots" / "roc" / m / "seed0.csv", rng)
         _heatmaps(root / "data" / "heatmaps" / m / "seed0.npz", rng, k, METHODS)
     _compare_json(root, rng, params)
+    _clinical(root, rng, params)
     return Inputs(root, params_path, tests, locs)
+
+
+def _clinical(root: Path, rng: np.random.Generator, params: dict) -> None:
+    """metrics/clinical/ and plots/reliability/ from the real clinical audit on fake val / test runs."""
+    n_val, n_test = 90, 150
+    images = np.array([f"{i:08d}_000.png" for i in range(n_val + n_test)])
+    label_table = pd.DataFrame(
+        {
+            "image": images,
+            "age": rng.integers(5, 95, images.size),
+            "sex": rng.choice(["M", "F"], images.size),
+            "view": rng.choice(["PA", "AP"], images.size),
+        }
+    )
+    adjudicated = pd.DataFrame({"image": images[n_val:][::2], "set": "test"})
+    for name in ("fracture", "pneumothorax", "airspace_opacity", "nodule_or_mass"):
+        adjudicated[name] = (rng.uniform(size=len(adjudicated)) < 0.3).astype(float)
+    settings = ClinicalSettings.from_params({**params, "test": {**params["test"], "bootstrap": 100}})
+    for m, signal in (("densenet121", 1.0), ("swin_small", 2.0)):
+        splits = []
+        for part in (slice(0, n_val), slice(n_val, None)):
+            k = images[part].size
+            targets = (rng.uniform(size=(k, len(LABELS))) < 0.3).astype(np.uint8)
+            logits = signal * (targets - 0.5) + rng.normal(size=targets.shape)
+            probs = (1 / (1 + np.exp(-logits))).astype(np.float32)
+            splits.append(Split(images[part], np.arange(k) // 3, targets, logits, probs))
+        doc, points, curves = clinical_audit(*splits, label_table, adjudicated, settings)
+        ClinicalMetrics.write(
+            root / "metrics" / "clinical" / m / "seed0.json", {"model": m, "seed": 0, **doc}
+        )
+        ReliabilityTable.write(root / "plots" / "reliability" / m / "seed0.csv", curves)
 
 
 def _compare_json(root: Path, rng: np.random.Generator, params: dict) -> None:
@@ -391,12 +430,14 @@ def test_outputs_exist(phantom_report: Inputs) -> None:
     tables = {p.stem for p in (r / "reports" / "tables").glob("*.csv")}
     assert {"data", "training", "table5_auc", "table6_literature", "iou_GradCAM", "iou_EigenCAM"} <= tables
     assert {"iou_RandomCAM", "box_accuracy_GradCAM", "pointing_GradCAM", "degenerate"} <= tables
+    assert {"operating_points", "calibration", "subgroups", "adjudicated"} <= tables
     for name in (
         "fig1_label_counts",
         "fig6_7_val_loss",
         "roc_curves",
         "iou_vs_threshold",
         "heatmap_examples",
+        "reliability",
     ):
         assert (r / "plots" / "figures" / f"{name}.png").is_file(), name
     for m in MODELS:

@@ -14,7 +14,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-STAGES = ("download", "preprocess", "split", "train", "test", "cams", "localise", "compare", "report")
+STAGES = (
+    "download",
+    "preprocess",
+    "split",
+    "train",
+    "test",
+    "cams",
+    "localise",
+    "adjudicated",
+    "clinical",
+    "compare",
+    "report",
+)
 
 
 def run(stage: str, args: list[str]) -> tuple[int, str]:
@@ -103,6 +115,39 @@ def _args(stage: str, params: Path, d: dict[str, Path]) -> list[str]:
             "--metrics",
             str(d["out"] / "l.json"),
         ],
+        "adjudicated": [
+            *common,
+            "--raw",
+            str(d["raw"]),
+            "--splits",
+            str(d["splits"]),
+            "--out",
+            str(d["out"] / "adj.csv.gz"),
+        ],
+        "clinical": [
+            *model,
+            "--seed",
+            "0",
+            *common,
+            "--checkpoint",
+            str(d["checkpoint"]),
+            "--predictions",
+            str(d["predictions"]),
+            "--cache",
+            str(d["cache"]),
+            "--splits",
+            str(d["splits"]),
+            "--raw",
+            str(d["raw"]),
+            "--adjudicated",
+            str(d["out"] / "adj.csv.gz"),
+            "--operating",
+            str(d["out"] / "op.json"),
+            "--metrics",
+            str(d["out"] / "c.json"),
+            "--reliability",
+            str(d["out"] / "r.csv"),
+        ],
         "compare": [
             *common,
             "--predictions",
@@ -171,6 +216,8 @@ MISSING: dict[str, tuple[str, str]] = {
     "test": ("checkpoint", "best.pt"),
     "cams": ("checkpoint", "best.pt"),
     "localise": ("heatmaps", "h.npz"),
+    "adjudicated": ("splits/test.csv", "test.csv"),
+    "clinical": ("checkpoint", "best.pt"),
     "compare": ("predictions", "test_resnet/seed0.npz"),
     "report": ("metrics", "split.json"),
 }

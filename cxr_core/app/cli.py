@@ -5,7 +5,9 @@ The DVC stages are ``python -m stages.<name>``; this group is for people who bri
 images. Which model: ``--model M [--seed K]`` (``data/models/M/seedK/best.pt``), ``--checkpoint``
 (a ``best.pt`` or a ``cxr export`` folder), ``--model-dir`` (an export folder), or nothing: the
 best model of the last run, named in ``metrics/headline.json``. A model trained on the synthetic
-phantom is always announced with a warning on stderr. Exit codes of ``cxr predict``: 0 every file
+phantom is always announced with a warning on stderr. Positive / negative calls use the operating
+points the pipeline chose on the validation split (``data/operating/M/seedK.json``, an export's
+``config.json``, or ``--operating``); the app never chooses a threshold. Exit codes of ``cxr predict``: 0 every file
 was scored; 1 some file could not be read (it is named on stderr, the others are still scored and
 written) or the model / checkpoint could not be loaded; 2 a usage error (bad option).
 """
@@ -34,6 +36,7 @@ logger = logging.getLogger("cxr")
 
 def all_lookups() -> dict[str, Any]:
     """Every registry the app's params can name (the app runs models, heatmaps and all)."""
+    from cxr_core.evaluate.operating import get_threshold_rule
     from cxr_core.explain.methods import check_eigen_sign, get_cam_method
     from cxr_core.models.registry import get_spec
     from cxr_core.train.losses import get_loss
@@ -45,6 +48,7 @@ def all_lookups() -> dict[str, Any]:
         "amp": check_amp,
         "cam method": get_cam_method,
         "eigen sign": check_eigen_sign,
+        "threshold rule": get_threshold_rule,
     }
 
 
@@ -71,6 +75,16 @@ def checkpoint_path(model: str, seed: int) -> Path:
     from cxr_core.models.checkpoints import CHECKPOINT_PATTERN
 
     return Path(CHECKPOINT_PATTERN.format(model=model, seed=seed))
+
+
+#: Where ``clinical@`` writes the validation operating points of (model, seed), beside the checkpoint's layout.
+OPERATING_DIR = "data/operating"
+OPERATING_PATTERN = OPERATING_DIR + "/{model}/seed{seed}.json"
+
+
+def operating_path(model: str, seed: int) -> Path:
+    """The operating-points file of the checkpoint :func:`checkpoint_path` gives for (model, seed)."""
+    return Path(OPERATING_PATTERN.format(model=model, seed=seed))
 
 
 def default_seed(params: dict[str, Any] | None) -> int:
@@ -207,6 +221,14 @@ def _warn_if_phantom(predictor: Any) -> None:
     "the runtime (train.device, amp, channels_last, eval_batch_size) and cam (batch_size, eigen_sign, random_stride, seed)"
 )
 @click.option(
+    "--operating",
+    "operating_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="operating points (thresholds chosen on the validation split) for the positive / negative calls "
+    "[default: data/operating/<model>/seed<seed>.json for --model or the last run's best; an export's "
+    "config.json for --model-dir]",
+)
+@click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
     help="output file [default: stdout]",
@@ -244,6 +266,7 @@ def predict(
     model_dir: Path | None,
     params_path: Path | None,
     device: str | None,
+    operating_file: Path | None,
     out: Path | None,
     fmt: str,
     heatmap_dir: Path | None,
@@ -258,12 +281,19 @@ def predict(
 
     Prints a CSV (file + the 14 finding probabilities) or JSON, or writes it to --out. Without
     --model / --checkpoint / --model-dir, the best model of the last run (metrics/headline.json)
-    is used and named on stderr. Files that cannot be read are named on stderr and skipped; the
+    is used and named on stderr. With operating points (thresholds the pipeline chose on the
+    validation split) every finding also gets a positive / negative call (CSV: <finding>_call). Files that cannot be read are named on stderr and skipped; the
     exit code is then 1. Folders are searched recursively for .png/.jpg/.jpeg/.dcm/.dicom files
     and extension-less DICOMs.
     """
     from cxr_core.app.imaging import ImageLimits, collect_files
-    from cxr_core.app.predictor import InferenceSettings, Predictor, finding_index, predict_files
+    from cxr_core.app.predictor import (
+        InferenceSettings,
+        Predictor,
+        finding_index,
+        predict_files,
+        probabilities,
+    )
     from cxr_core.explain.methods import get_cam_method
     from cxr_core.labels import LABELS
 
@@ -276,7 +306,8 @@ def predict(
             raise click.BadParameter(str(exc)) from exc
     params = _load_params(params_path)
     cam_batch = int(params["cam"]["batch_size"]) if params else 16
-    source, model_name, _ = _choose_model(model_name, seed, checkpoint, model_dir, params)
+    pipeline = checkpoint is None and model_dir is None  # --model or the last run's best
+    source, model_name, seed = _choose_model(model_name, seed, checkpoint, model_dir, params)
     try:
         predictor = Predictor.from_checkpoint(
             source,
@@ -284,9 +315,20 @@ def predict(
             settings=InferenceSettings.from_params(params, device),
             limits=ImageLimits.from_mb(max_mb, max_px),
         )
+        searched = _attach_operating(predictor, operating_file, model_name if pipeline else None, seed)
     except (CxrError, ValueError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     _warn_if_phantom(predictor)
+    if predictor.operating is not None:
+        click.echo(predictor.operating.describe(), err=True)
+    else:
+        where = f" ({searched} not found)" if searched is not None else ""
+        click.echo(
+            f"note: no operating points{where}, so no positive / negative calls, probabilities only; "
+            "run `dvc repro` (its clinical@ stage chooses thresholds on the validation split) "
+            "or pass --operating",
+            err=True,
+        )
     if params and params["preprocess"]["image_size"] != predictor.image_size:
         logger.info(
             "checkpoint image size %d differs from preprocess.image_size %d: using the checkpoint's",
@@ -295,13 +337,16 @@ def predict(
         )
 
     files = collect_files(inputs)
-    ok, probs, failed = predict_files(predictor, files, batch_size=batch_size)
+    ok, logits, failed = predict_files(predictor, files, batch_size=batch_size)
+    probs = probabilities(logits)
 
     def write(fh: TextIO) -> None:
+        calls = predictor.calls(logits)
         if fmt == "json":
-            _write_json(fh, predictor, ok, probs, failed)
+            scaled = predictor.operating.scores(logits) if calls and predictor.operating.temperature else None
+            _write_json(fh, predictor, ok, probs, failed, calls, scaled)
         else:
-            _write_csv(fh, ok, probs, LABELS)
+            _write_csv(fh, ok, probs, LABELS, calls)
 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -321,17 +366,67 @@ def predict(
         sys.exit(1)
 
 
-def _write_csv(fh: TextIO, files: Sequence[Path], probs: Any, labels: Sequence[str]) -> None:
+def _attach_operating(
+    predictor: Any, given: Path | None, model_name: str | None, seed: int | None
+) -> Path | None:
+    """Give ``predictor`` its operating points: ``given``, else the pipeline's file for (model, seed).
+
+    An export folder brings its own (config.json), which ``given`` replaces. Returns the default
+    file looked for when it does not exist (for the note), else None. A missing ``given`` file or
+    a malformed one is an error naming it.
+    """
+    from cxr_core.app.predictor import Operating
+
+    if given is not None:
+        predictor.operating = Operating.read(given, predictor.name)
+        return None
+    if predictor.operating is not None or model_name is None or seed is None:
+        return None
+    path = operating_path(model_name, seed)
+    if not path.is_file():
+        return path
+    predictor.operating = Operating.read(path, predictor.name)
+    return None
+
+
+def call_column(label: str) -> str:
+    """The CSV column of a finding's positive / negative call."""
+    return f"{label}_call"
+
+
+def _write_csv(
+    fh: TextIO,
+    files: Sequence[Path],
+    probs: Any,
+    labels: Sequence[str],
+    calls: Sequence[Sequence[str | None]] | None = None,
+) -> None:
+    """file, the 14 probabilities, then (with operating points) the 14 calls; empty where no threshold."""
     writer = csv.writer(fh, lineterminator="\n")
-    writer.writerow(["file", *labels])
-    for path, row in zip(files, probs, strict=True):
-        writer.writerow([str(path), *(f"{float(p):.6f}" for p in row)])
+    writer.writerow(["file", *labels, *((call_column(x) for x in labels) if calls is not None else ())])
+    for i, (path, row) in enumerate(zip(files, probs, strict=True)):
+        called = [c or "" for c in calls[i]] if calls is not None else []
+        writer.writerow([str(path), *(f"{float(p):.6f}" for p in row), *called])
 
 
-def _write_json(fh: TextIO, predictor: Any, files: Sequence[Path], probs: Any, failed: Sequence[Any]) -> None:
-    """One object: which model (and whether it is a phantom one), then every file's probabilities."""
+def _write_json(
+    fh: TextIO,
+    predictor: Any,
+    files: Sequence[Path],
+    probs: Any,
+    failed: Sequence[Any],
+    calls: Sequence[Sequence[str | None]] | None = None,
+    scaled: Any = None,
+) -> None:
+    """One object: which model (phantom or not) and operating points, then every file's probabilities.
+
+    With operating points each prediction also has ``calls`` (finding -> positive / negative,
+    null where no threshold was chosen), and with a temperature the ``scaled_probabilities``
+    the calls compared with the thresholds.
+    """
     from cxr_core.labels import LABELS
 
+    operating = predictor.operating
     doc = {
         "model": predictor.name,
         "checkpoint": str(predictor.checkpoint),
@@ -340,12 +435,25 @@ def _write_json(fh: TextIO, predictor: Any, files: Sequence[Path], probs: Any, f
         "phantom": predictor.phantom,
         "warning": predictor.phantom_warning(),
         "labels": list(LABELS),
+        "operating_points": (
+            {**operating.to_config(), "source": operating.source} if operating is not None else None
+        ),
         "predictions": [
             {
                 "file": str(path),
                 "probabilities": {lab: round(float(p), 6) for lab, p in zip(LABELS, row, strict=True)},
+                **({"calls": dict(zip(LABELS, calls[i], strict=True))} if calls is not None else {}),
+                **(
+                    {
+                        "scaled_probabilities": {
+                            lab: round(float(p), 6) for lab, p in zip(LABELS, scaled[i], strict=True)
+                        }
+                    }
+                    if scaled is not None
+                    else {}
+                ),
             }
-            for path, row in zip(files, probs, strict=True)
+            for i, (path, row) in enumerate(zip(files, probs, strict=True))
         ],
         "failed": [{"file": str(exc.path), "reason": exc.reason} for exc in failed],
     }
@@ -414,6 +522,13 @@ def _write_overlays(
     "[default: data/predictions/<model>/seed<seed>.npz; none with --checkpoint]",
 )
 @click.option(
+    "--operating",
+    "operating_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="validation operating points for config.json and the card "
+    "[default: data/operating/<model>/seed<seed>.json; none with --checkpoint]",
+)
+@click.option(
     "--params",
     "params_path",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
@@ -427,6 +542,7 @@ def export(
     checkpoint: Path | None,
     metrics_path: Path | None,
     predictions_path: Path | None,
+    operating_file: Path | None,
     params_path: Path | None,
     force: bool,
 ) -> None:
@@ -437,7 +553,8 @@ def export(
     --checkpoint, the best model of the last run (metrics/headline.json) is exported. The test
     metrics and predictions of (model, seed) are attached from the pipeline's files; with an
     explicit --checkpoint only those given by --metrics / --predictions are, since nothing ties
-    the pipeline's files to another checkpoint. See docs/export.md.
+    the pipeline's files to another checkpoint. The operating points (thresholds chosen on the
+    validation split) go into config.json and the card when their file exists. See docs/export.md.
     """
     from cxr_core.app.export import export_model
 
@@ -450,6 +567,7 @@ def export(
     if checkpoint is None and model_name is not None and seed is not None:
         metrics_path = metrics_path or Path("metrics/test") / model_name / f"seed{seed}.json"
         predictions_path = predictions_path or Path("data/predictions") / model_name / f"seed{seed}.npz"
+        operating_file = operating_file or operating_path(model_name, seed)
     try:
         result = export_model(
             source,
@@ -459,6 +577,7 @@ def export(
             params=params,
             metrics=metrics_path,
             predictions=predictions_path,
+            operating=operating_file,
             split=Path("metrics/split.json"),
             force=force,
         )
@@ -495,6 +614,13 @@ def export(
     help="also offer this `cxr export` folder (repeatable)",
 )
 @click.option(
+    "--operating-dir",
+    default=OPERATING_DIR,
+    show_default=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="validation operating points, as <dir>/<model>/seed<k>.json: positive / negative calls",
+)
+@click.option(
     "--splits",
     "splits_dir",
     default="data/splits",
@@ -511,6 +637,7 @@ def demo(
     model_name: str | None,
     models_dir: Path,
     model_dirs: tuple[Path, ...],
+    operating_dir: Path,
     splits_dir: Path,
     params_path: Path | None,
     device: str | None,
@@ -530,6 +657,7 @@ def demo(
             models_dir=models_dir,
             exports=model_dirs,
             splits_dir=splits_dir,
+            operating_dir=operating_dir,
             default_model=model_name,
             methods=default_methods(params),
             settings=InferenceSettings.from_params(params, device),

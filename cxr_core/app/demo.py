@@ -5,7 +5,10 @@ folder given), upload a PNG, JPEG or DICOM, and see the 14 probabilities and a h
 finding by a chosen CAM method. When the file name is in the localisation set (``loc.csv``), the
 radiologists' boxes are drawn on both images, as in the paper's Figure 4, so the heatmap can be
 judged against them. A model trained on the synthetic phantom gets a red banner above the results
-(and a line in every result's message), so nobody mistakes its numbers for a reading.
+(and a line in every result's message), so nobody mistakes its numbers for a reading. When the
+pipeline has chosen operating points for the model on the validation split
+(``<operating_dir>/<model>/seed<k>.json``, or an export's ``config.json``), a table shows each
+finding's call at that threshold next to its probability; the page never picks a threshold.
 
 Bad uploads (not an image, over the size limit, a colour / multi-frame / pixel-less DICOM) get a
 message in the page, never a stack trace. Gradio is an optional extra
@@ -27,7 +30,14 @@ import numpy as np
 
 from cxr_core.app.imaging import DEFAULT_LIMITS, ImageLimits, read_image, resize_grey
 from cxr_core.app.overlay import DISPLAY_PX, overlay
-from cxr_core.app.predictor import FALLBACK_SETTINGS, InferenceSettings, Predictor, finding_index
+from cxr_core.app.predictor import (
+    FALLBACK_SETTINGS,
+    InferenceSettings,
+    Operating,
+    Predictor,
+    finding_index,
+)
+from cxr_core.app.predictor import probabilities as probabilities_of
 from cxr_core.data.decode import ImageDecodeError
 from cxr_core.data.metadata import BOX_SPACE
 from cxr_core.data.tables import LocTable
@@ -82,6 +92,51 @@ def trained_models(models_dir: str | os.PathLike) -> dict[str, Path]:
     return {f"{model}/seed{seed}": path for model, seed, path in sorted(found)}
 
 
+def operating_file(operating_dir: str | os.PathLike, key: str) -> Path | None:
+    """``<operating_dir>/<model>/seed<k>.json`` for a ``<model>/seed<k>`` key (None for an export's key)."""
+    model, sep, seed = key.partition("/seed")
+    return Path(operating_dir) / model / f"seed{seed}.json" if sep and seed.isdigit() else None
+
+
+def calls_table(result: Analysis, operating: Operating | None) -> str:
+    """HTML: finding, probability and (with operating points) the call at the validation threshold.
+
+    With a temperature, the temperature-scaled probability the call compared is shown too.
+    """
+    probabilities = result.probabilities or {}
+    if not probabilities:
+        return ""
+    scaled = result.scaled if operating is not None else None
+    head = ["finding", "probability"]
+    if scaled is not None:
+        head.append(f"scaled (T = {operating.temperature:g})")
+    if operating is not None:
+        head += [f"call at the {operating.chosen_on} operating point", "threshold"]
+    rows = []
+    for i, label in enumerate(LABELS):
+        cells = [html.escape(label), f"{probabilities[label]:.3f}"]
+        if scaled is not None:
+            cells.append(f"{scaled[label]:.3f}")
+        if operating is not None:
+            threshold = operating.thresholds[i]
+            call = (result.calls or {}).get(label)
+            cells += [call or "no threshold", "" if threshold is None else f"{threshold:.3f}"]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if operating is None:
+        note = (
+            "No operating points for this model: probabilities only (the pipeline's clinical@ stage "
+            "chooses thresholds on the validation split; run <code>dvc repro</code>)."
+        )
+    else:
+        note = (
+            f"Calls: positive when the {'scaled ' if scaled is not None else ''}probability is at or "
+            f"above the threshold chosen on the {html.escape(operating.split_name)} split "
+            f"({html.escape(operating.method)})."
+        )
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return f"<p>{note}</p><table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
 def pick_model(models: Sequence[str], wanted: str | None) -> str | None:
     """``wanted`` as a key of ``models``: itself, or a bare model name -> its first seed."""
     if wanted is None or wanted in models:
@@ -116,6 +171,8 @@ class Analysis:
 
     message: str
     probabilities: dict[str, float] | None = None
+    calls: dict[str, str | None] | None = None  # finding -> positive / negative / None (no threshold)
+    scaled: dict[str, float] | None = None  # temperature-scaled probabilities the calls compared
     heatmap_image: np.ndarray | None = None
     input_image: np.ndarray | None = None
     finding: str | None = None
@@ -132,11 +189,13 @@ class DemoBackend:
         splits_dir: str | os.PathLike = "data/splits",
         *,
         exports: Sequence[str | os.PathLike] = (),
+        operating_dir: str | os.PathLike | None = "data/operating",
         settings: InferenceSettings = FALLBACK_SETTINGS,
         limits: ImageLimits = DEFAULT_LIMITS,
         display_px: int = DISPLAY_PX,
     ) -> None:
         self.models_dir = Path(models_dir)
+        self.operating_dir = None if operating_dir is None else Path(operating_dir)
         self.sources: dict[str, Path] = trained_models(self.models_dir)
         for folder in exports:  # exported folders by their own name (the path if two share one)
             key = Path(folder).name or str(folder)
@@ -150,14 +209,22 @@ class DemoBackend:
         self._lock = threading.Lock()
 
     def predictor(self, model: str) -> Predictor:
-        """The model's predictor, loaded from its ``best.pt`` / export folder when first asked for."""
+        """The model's predictor, loaded from its ``best.pt`` / export folder when first asked for.
+
+        A trained ``<model>/seed<k>`` gets the operating points of its file when there is one (an
+        export brings its own); a malformed file fails the load, naming it.
+        """
         if model not in self.sources:
             raise ValueError(f"no trained model {model!r}; trained: {self.models}")
         with self._lock:
             if model not in self._predictors:
-                self._predictors[model] = Predictor.from_checkpoint(
+                predictor = Predictor.from_checkpoint(
                     self.sources[model], settings=self.settings, limits=self.limits
                 )
+                path = operating_file(self.operating_dir, model) if self.operating_dir else None
+                if predictor.operating is None and path is not None and path.is_file():
+                    predictor.operating = Operating.read(path, predictor.name)
+                self._predictors[model] = predictor
             return self._predictors[model]
 
     def notice(self, model: str | None) -> str:
@@ -200,8 +267,14 @@ class DemoBackend:
         except ImageDecodeError as exc:
             logger.info("upload refused: %s", exc)
             return Analysis(f"Cannot use `{name}`: {exc.reason}.", error=True)
-        probs = predictor.predict(model_input)[0]
+        logits = predictor.logits(model_input)
+        probs = probabilities_of(logits)[0]
         probabilities = {label: float(p) for label, p in zip(LABELS, probs, strict=True)}
+        op, calls, scaled = predictor.operating, None, None
+        if op is not None:
+            calls = dict(zip(LABELS, op.calls(op.scores(logits))[0], strict=True))
+            if op.temperature is not None:
+                scaled = {x: float(v) for x, v in zip(LABELS, op.scores(logits)[0], strict=True)}
         chosen = LABELS[int(np.argmax(probs))] if finding in (TOP_FINDING, "", None) else finding
         try:
             finding_index(chosen)
@@ -211,6 +284,8 @@ class DemoBackend:
             return Analysis(
                 f"Probabilities computed, but the {method} heatmap failed: {exc}",
                 probabilities,
+                calls,
+                scaled,
                 error=True,
             )
         display = resize_grey(native, self.display_px)
@@ -229,6 +304,8 @@ class DemoBackend:
         return Analysis(
             message,
             probabilities,
+            calls,
+            scaled,
             overlay(display, heatmap, boxes=boxes, box_scale=scale),
             overlay(display, None, boxes=boxes, box_scale=scale),
             chosen,
@@ -241,13 +318,16 @@ def build_app(
     splits_dir: str | os.PathLike = "data/splits",
     *,
     exports: Sequence[str | os.PathLike] = (),
+    operating_dir: str | os.PathLike | None = "data/operating",
     default_model: str | None = None,
     methods: Sequence[str] = DEFAULT_METHODS,
     settings: InferenceSettings = FALLBACK_SETTINGS,
     limits: ImageLimits = DEFAULT_LIMITS,
 ) -> gr.Blocks:
     """The Gradio Blocks of the demo (launch it with :func:`launch`, or ``.launch()`` in a test)."""
-    backend = DemoBackend(models_dir, splits_dir, exports=exports, settings=settings, limits=limits)
+    backend = DemoBackend(
+        models_dir, splits_dir, exports=exports, operating_dir=operating_dir, settings=settings, limits=limits
+    )
     if not backend.models:
         raise DemoError(
             f"no trained model in {models_dir} (expected {models_dir}/<model>/seed<k>/best.pt); "
@@ -268,7 +348,8 @@ def build_app(
         if result.error:
             gr.Warning(result.message.replace("`", ""))  # the toast shows plain text
         text = f"⚠️ {result.message}" if result.error else result.message
-        return text, result.probabilities, result.heatmap_image, result.input_image
+        table = calls_table(result, backend.predictor(model).operating) if result.probabilities else ""
+        return text, result.probabilities, table, result.heatmap_image, result.input_image
 
     with gr.Blocks(title="Chest X-ray classification and localisation", analytics_enabled=False) as app:
         gr.Markdown(
@@ -291,6 +372,7 @@ def build_app(
                 probabilities = gr.Label(
                     num_top_classes=len(LABELS), label="Probabilities", elem_id="cxr-probs"
                 )
+                calls = gr.HTML("", elem_id="cxr-calls")
             with gr.Column(scale=1):
                 heatmap = gr.Image(label="Heatmap overlay", type="numpy", format="png", elem_id="cxr-heatmap")
             with gr.Column(scale=1):
@@ -304,7 +386,7 @@ def build_app(
             [upload.change, model.change, finding.change, method.change],
             run,
             inputs=[upload, model, finding, method],
-            outputs=[message, probabilities, heatmap, original],
+            outputs=[message, probabilities, calls, heatmap, original],
         )
         model.change(backend.notice, inputs=[model], outputs=[notice])
     app.cxr_backend = backend  # for tests and callers that want the models / boxes

@@ -9,10 +9,11 @@ share a model, people expect a hub model folder instead. :func:`export_model` wr
   size and the pipeline's preprocessing (grey repeated to 3 channels, /255, ImageNet mean / std, the
   whole image resized bilinearly to S x S: timm's ``crop_mode: squash`` with ``crop_pct: 1.0``).
   Beside timm's keys, ``config.json`` says what the weights were trained on (``phantom``,
-  ``data_source``, ``label_file``), ``operating_points`` (null: no decision thresholds have been
-  chosen; probabilities only) and ``cxr_pipeline`` (model name, seed, best epoch).
-* ``README.md``: a model card (data, label file, split, recipe, test AUCs with CIs, intended use,
-  "not for clinical use", and a loud warning for a phantom-trained model).
+  ``data_source``, ``label_file``), ``operating_points`` (the per-finding thresholds the pipeline
+  chose on the validation split, with method, split and temperature; null when none were chosen:
+  probabilities only) and ``cxr_pipeline`` (model name, seed, best epoch).
+* ``README.md``: a model card (data, label file, split, recipe, test AUCs with CIs, the operating
+  points, intended use, "not for clinical use", and a loud warning for a phantom-trained model).
 * ``predictions.csv``: the test stage's per-image probabilities and 0/1 labels, when known.
 
 A local ``data_source`` path is written as ``local`` so a published card does not leak a path.
@@ -99,14 +100,16 @@ def export_model(
     params: Mapping[str, Any] | None = None,
     metrics: str | os.PathLike | None = None,
     predictions: str | os.PathLike | None = None,
+    operating: str | os.PathLike | None = None,
     split: str | os.PathLike | None = None,
     force: bool = False,
 ) -> ExportResult:
     """Write the hub folder of ``checkpoint`` into ``out_dir`` (see the module docstring).
 
-    ``metrics`` (the test stage's JSON), ``predictions`` (its ``.npz``) and ``split``
+    ``metrics`` (the test stage's JSON), ``predictions`` (its ``.npz``), ``operating`` (the
+    validation operating points, ``data/operating/<model>/seed<k>.json``) and ``split``
     (``metrics/split.json``) are optional: a path that does not exist is skipped with a warning
-    and the card says so. ``params`` (validated params.yaml) fills the recipe section. An
+    and the card says so; a malformed one is an error naming it. ``params`` (validated params.yaml) fills the recipe section. An
     ``out_dir`` holding files other than an earlier export's is refused; an earlier export is
     replaced only with ``force``.
     """
@@ -125,6 +128,7 @@ def export_model(
     test = _read_metrics(Path(metrics)) if metrics is not None else None
     preds = _read_predictions(Path(predictions)) if predictions is not None else None
     split_counts = _read_split(Path(split)) if split is not None else None
+    points = _read_operating(Path(operating), meta.model_name) if operating is not None else None
 
     out.mkdir(parents=True, exist_ok=True)
     for name in EXPORT_FILES:
@@ -134,7 +138,7 @@ def export_model(
         "phantom": meta.phantom,
         "data_source": public_source(meta.data_source),
         "label_file": meta.label_file,
-        "operating_points": None,
+        "operating_points": points.to_config() if points is not None else None,
         "cxr_pipeline": {
             "format": EXPORT_FORMAT,
             "model": meta.model_name,
@@ -167,6 +171,7 @@ def export_model(
         test=test,
         split=split_counts,
         has_predictions=preds is not None,
+        operating=points,
     )
     (out / CARD_FILE).write_text(card, encoding="utf-8")
     files.append(CARD_FILE)
@@ -207,6 +212,16 @@ def _read_metrics(path: Path) -> dict[str, Any] | None:
                 path, f"{key} is not a mapping of finding -> value", "the test stage (test@<model>-<seed>)"
             )
     return doc
+
+
+def _read_operating(path: Path, model_name: str) -> Any:
+    """The validation operating points (:class:`cxr_core.app.predictor.Operating`), or None when absent."""
+    from cxr_core.app.predictor import Operating
+
+    if not path.is_file():
+        logger.warning("%s not found: the export will have no operating points (probabilities only)", path)
+        return None
+    return Operating.read(path, model_name)
 
 
 def _read_predictions(path: Path) -> Any:
@@ -356,6 +371,46 @@ def _metric_lines(
     return lines
 
 
+def _operating_summary(operating: Any) -> str:
+    """The model-details bullet on decision thresholds."""
+    if operating is None:
+        return (
+            "- Operating points: none. The model gives probabilities; no decision threshold has been chosen "
+            "or validated (`config.json` `operating_points` is null)."
+        )
+    return (
+        f"- Operating points: one threshold per finding, chosen on the {operating.split_name} split "
+        f"({operating.method}), never on the test split; see *Operating points* below and `config.json` "
+        "`operating_points`."
+    )
+
+
+def _operating_lines(operating: Any) -> list[str]:
+    """The card's table of thresholds (none when the export has no operating points)."""
+    if operating is None:
+        return []
+    temperature = (
+        f"they apply to the temperature-scaled probabilities `sigmoid(logit / T)` with T = "
+        f"{_fmt(operating.temperature)}, fitted on the same split"
+        if operating.temperature is not None
+        else "they apply to the model's sigmoid probabilities (no temperature scaling)"
+    )
+    lines = [
+        "## Operating points",
+        "",
+        f"Thresholds chosen on the {operating.split_name} split by `{operating.method}`; {temperature}. "
+        "A finding is called positive when that probability is at or above its threshold. `cxr predict "
+        "--model-dir` writes these calls next to the probabilities. They were not validated on the test "
+        "split or on any clinical population: they are a research operating point, not a diagnostic cut-off.",
+        "",
+        "| finding | threshold |",
+        "|---|---|",
+    ]
+    for label, threshold in zip(LABELS, operating.thresholds, strict=True):
+        lines.append(f"| {label} | {_fmt(threshold, 4) if threshold is not None else 'none chosen'} |")
+    return [*lines, ""]
+
+
 def model_card(
     meta: CheckpointMeta,
     spec: Any,
@@ -367,6 +422,7 @@ def model_card(
     test: Mapping[str, Any] | None,
     split: Mapping[str, Any] | None,
     has_predictions: bool,
+    operating: Any = None,
 ) -> str:
     """The README.md of an export: hub front matter, then what the model is, was trained on and scores."""
     size = meta.image_size
@@ -404,8 +460,7 @@ def model_card(
         "normalised with ImageNet mean / std; the whole image is resized (bilinear) to the square, no crop "
         "(`config.json` `pretrained_cfg`: `crop_mode: squash`, `crop_pct: 1.0`)",
         "- Outputs, in order: " + ", ".join(f"`{x}`" for x in LABELS),
-        "- Operating points: none. The model gives probabilities; no decision threshold has been chosen or "
-        "validated (`config.json` `operating_points` is null).",
+        _operating_summary(operating),
         "",
         "## Training data",
         "",
@@ -432,6 +487,7 @@ def model_card(
         "",
         *_metric_lines(test, has_predictions, params),
         "",
+        *_operating_lines(operating),
         "## Intended use",
         "",
         "- Research and teaching: reproducing the study, comparing architectures, studying CAM heatmaps.",

@@ -8,6 +8,11 @@ A model comes from a train-stage checkpoint (``data/models/<model>/seed<k>/best.
 folder written by ``cxr export`` (timm's hub format: ``config.json`` + ``model.safetensors``);
 :meth:`Predictor.from_checkpoint` takes either. Whichever it is, the predictor knows what the
 model was trained on, so callers can warn when it is the synthetic phantom.
+
+A predictor may carry :class:`Operating` points: one threshold per finding, chosen on the
+validation split by the pipeline (``data/operating/<model>/seed<k>.json``, or an export's
+``config.json``). With them a probability becomes a positive / negative call. The app never
+chooses a threshold itself: a threshold picked on the images being scored would flatter them.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from cxr_core.app.imaging import DEFAULT_LIMITS, ImageLimits, read_image
 from cxr_core.data.batches import normalise, to_device
 from cxr_core.data.decode import ImageDecodeError
 from cxr_core.errors import CxrError
-from cxr_core.evaluate.predict import predict_probs
+from cxr_core.evaluate.predict import infer_logits
 from cxr_core.explain.methods import compute_heatmaps
 from cxr_core.labels import LABEL_INDEX, LABELS
 from cxr_core.models.checkpoints import CheckpointMeta
@@ -52,6 +57,17 @@ PHANTOM_WARNING = (
 
 class ModelSourceError(CxrError, ValueError):
     """A model folder or the last run's headline file cannot give a model; the message says why."""
+
+
+#: The two calls at an operating point (a finding without a threshold gets none).
+POSITIVE, NEGATIVE = "positive", "negative"
+#: How the operating file's ``chosen_on`` is said to users.
+SPLIT_NAMES = {"val": "validation", "train": "training", "test": "test"}
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """float32 sigmoid of float32 logits, the very operation of ``predict_probs`` (bit for bit)."""
+    return torch.sigmoid(torch.as_tensor(np.asarray(logits, dtype=np.float32))).numpy().astype(np.float32)
 
 
 def finding_index(finding: str) -> int:
@@ -112,6 +128,131 @@ FALLBACK_SETTINGS = InferenceSettings(
 )
 
 
+@dataclass(frozen=True)
+class Operating:
+    """Per-finding decision thresholds chosen by the pipeline on the validation split, and their origin.
+
+    ``thresholds`` follows LABELS; None where the pipeline chose none (e.g. a finding without
+    validation positives). A finding is called positive when its score is ``>= threshold``. The
+    score is what the thresholds were chosen on: the sigmoid probability the predictor prints
+    when ``temperature`` is null, else the validation temperature-scaled ``sigmoid(logit / T)``
+    (:func:`cxr_core.evaluate.calibration.apply_temperature`); :meth:`scores` gives it from logits.
+    """
+
+    thresholds: tuple[float | None, ...]
+    method: str
+    chosen_on: str
+    temperature: float | None
+    source: str  # the file they were read from, for messages
+
+    @classmethod
+    def from_mapping(cls, doc: Any, source: str | os.PathLike) -> Operating:
+        """From an operating file's or an export config's fields; ValueError naming ``source`` and the key."""
+        if not isinstance(doc, Mapping):
+            raise ValueError(f"{source}: operating points are {type(doc).__name__}, not a mapping")
+        absent = [k for k in ("thresholds", "method", "chosen_on", "temperature") if k not in doc]
+        if absent:
+            raise ValueError(f"{source}: operating points lack key(s) {absent}")
+        raw = doc["thresholds"]
+        if not isinstance(raw, Mapping) or sorted(raw) != sorted(LABELS):
+            got = sorted(raw) if isinstance(raw, Mapping) else type(raw).__name__
+            raise ValueError(
+                f"{source}: thresholds must map each of the 14 findings {list(LABELS)}, got {got}"
+            )
+        thresholds: list[float | None] = []
+        for label in LABELS:
+            value = raw[label]
+            ok = value is None or (
+                isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+            )
+            if not ok:
+                raise ValueError(f"{source}: thresholds.{label} = {value!r}, not a number in [0, 1] or null")
+            thresholds.append(None if value is None else float(value))
+        temperature = doc["temperature"]
+        if temperature is not None and (
+            not isinstance(temperature, int | float) or isinstance(temperature, bool) or not temperature > 0
+        ):
+            raise ValueError(f"{source}: temperature = {temperature!r}, not a positive number or null")
+        for key in ("method", "chosen_on"):
+            if not isinstance(doc[key], str) or not doc[key]:
+                raise ValueError(f"{source}: {key} = {doc[key]!r}, not a name")
+        return cls(
+            tuple(thresholds),
+            doc["method"],
+            doc["chosen_on"],
+            None if temperature is None else float(temperature),
+            str(source),
+        )
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, model_name: str | None = None) -> Operating:
+        """The pipeline's operating file (:class:`cxr_core.evaluate.operating.OperatingPoints`).
+
+        ``model_name``, when given, must be the file's ``model``: another model's thresholds are
+        meaningless for this one's probabilities.
+        """
+        from cxr_core.evaluate.operating import OperatingPoints
+
+        doc = OperatingPoints.read(path)
+        if model_name is not None and doc.get("model") != model_name:
+            raise ModelSourceError(
+                f"{path}: operating points of model {doc.get('model')!r}, not {model_name!r}; "
+                "pass that model's file (data/operating/<model>/seed<k>.json)"
+            )
+        try:
+            return cls.from_mapping(doc, path)
+        except ValueError as exc:
+            raise ModelSourceError(str(exc)) from None
+
+    @property
+    def split_name(self) -> str:
+        return SPLIT_NAMES.get(self.chosen_on, self.chosen_on)
+
+    def to_config(self) -> dict[str, Any]:
+        """The ``operating_points`` section of an export's config.json (no local path)."""
+        return {
+            "thresholds": dict(zip(LABELS, self.thresholds, strict=True)),
+            "method": self.method,
+            "chosen_on": self.chosen_on,
+            "temperature": self.temperature,
+        }
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """``(N, 14)`` logits -> what the thresholds apply to (see the class docstring)."""
+        if self.temperature is None:
+            return probabilities(logits)
+        from cxr_core.evaluate.calibration import apply_temperature
+
+        return apply_temperature(logits, self.temperature)
+
+    def calls(self, scores: np.ndarray) -> list[list[str | None]]:
+        """``(N, 14)`` :meth:`scores` -> per row and finding :data:`POSITIVE` / :data:`NEGATIVE`, or None."""
+        probs = np.asarray(scores, dtype=np.float64)
+        if probs.ndim != 2 or probs.shape[1] != len(LABELS):
+            raise ValueError(f"expected (N, {len(LABELS)}) probabilities, got shape {probs.shape}")
+        return [
+            [
+                None if t is None else (POSITIVE if p >= t else NEGATIVE)
+                for p, t in zip(row, self.thresholds, strict=True)
+            ]
+            for row in probs.tolist()
+        ]
+
+    def describe(self) -> str:
+        """One line for stderr: where the thresholds come from."""
+        unset = sum(t is None for t in self.thresholds)
+        gaps = f"; {unset} finding(s) have no threshold and get no call" if unset else ""
+        score = (
+            "a probability"
+            if self.temperature is None
+            else f"a temperature-scaled probability sigmoid(logit / {self.temperature:g})"
+        )
+        return (
+            f"calls: positive when {score} >= its finding's threshold, thresholds chosen on the "
+            f"{self.split_name} split ({self.method}) by the pipeline, from {self.source}{gaps}"
+        )
+
+
 class Predictor:
     """A trained classifier loaded once: files -> 14 sigmoid probabilities, and heatmaps on demand.
 
@@ -129,6 +270,7 @@ class Predictor:
         limits: ImageLimits = DEFAULT_LIMITS,
         checkpoint: Path | None = None,
         meta: CheckpointMeta | None = None,
+        operating: Operating | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = settings.runtime(spec)
@@ -138,6 +280,7 @@ class Predictor:
         self.limits = limits
         self.checkpoint = checkpoint
         self.meta = meta or CheckpointMeta(spec.name, spec.timm_name, int(image_size))
+        self.operating = operating
         self._lock = threading.Lock()
 
     @classmethod
@@ -148,16 +291,20 @@ class Predictor:
         *,
         settings: InferenceSettings = FALLBACK_SETTINGS,
         limits: ImageLimits = DEFAULT_LIMITS,
+        operating: Operating | None = None,
     ) -> Predictor:
         """Load ``best.pt`` (``weights_only=True``) or an export folder; the model comes from the file(s).
 
-        A folder is read as ``cxr export`` output (:meth:`from_export`).
+        A folder is read as ``cxr export`` output (:meth:`from_export`). ``operating``: the
+        thresholds to call with (for a folder, they replace its config.json's).
         """
         from cxr_core.models.checkpoints import load_model
         from cxr_core.models.registry import get_spec
 
         if Path(checkpoint).is_dir():
-            return cls.from_export(checkpoint, model_name, settings=settings, limits=limits)
+            return cls.from_export(
+                checkpoint, model_name, settings=settings, limits=limits, operating=operating
+            )
         model, meta = load_model(checkpoint, model_name=model_name, map_location="cpu")
         name = str(meta["model_name"])
         logger.info(
@@ -175,6 +322,7 @@ class Predictor:
             limits=limits,
             checkpoint=Path(checkpoint),
             meta=CheckpointMeta.of({**meta, "model": None}, checkpoint),
+            operating=operating,
         )
 
     @classmethod
@@ -185,14 +333,17 @@ class Predictor:
         *,
         settings: InferenceSettings = FALLBACK_SETTINGS,
         limits: ImageLimits = DEFAULT_LIMITS,
+        operating: Operating | None = None,
     ) -> Predictor:
         """A ``cxr export`` folder, rebuilt by timm itself (``local-dir:``), no network.
 
         Its ``config.json`` must describe this pipeline's model: 14 outputs named as ChestX-ray14's
         in order, a square input and the pipeline's normalisation (the predictor feeds images the
-        pipeline's way, so a folder expecting other preprocessing would score them wrongly).
+        pipeline's way, so a folder expecting other preprocessing would score them wrongly). Its
+        ``operating_points`` (null: none) are used unless ``operating`` is given.
         """
         meta, spec = read_export_config(folder)
+        operating = operating or read_export_operating(folder)
         if model_name is not None and meta.model_name != model_name:
             raise ModelSourceError(
                 f"{folder}: exported model is {meta.model_name!r}, not {model_name!r}; "
@@ -216,6 +367,7 @@ class Predictor:
             limits=limits,
             checkpoint=Path(folder),
             meta=meta,
+            operating=operating,
         )
 
     @property
@@ -259,16 +411,29 @@ class Predictor:
             )
         return batch
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 ``(B, S, S)`` (or one ``S x S``) -> float32 ``(B, 14)`` sigmoid probabilities.
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``(B, S, S)`` (or one ``S x S``) -> float32 ``(B, 14)`` logits.
 
-        The pipeline's own forward (``cxr_core.evaluate.predict``), in batches of ``eval_batch_size``.
+        The pipeline's own forward (``cxr_core.evaluate.predict.infer_logits``), in batches of
+        ``eval_batch_size``; :func:`probabilities` turns them into what :meth:`predict` gives.
         """
         batch = self._check(images)
         if len(batch) == 0:
             return np.zeros((0, len(LABELS)), np.float32)
         with self._lock:
-            return predict_probs(self.model, batch, runtime=self.runtime, batch_size=self.settings.batch_size)
+            out = infer_logits(self.model, batch, runtime=self.runtime, batch_size=self.settings.batch_size)
+        return out.numpy().astype(np.float32)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``(B, S, S)`` (or one ``S x S``) -> float32 ``(B, 14)`` sigmoid probabilities.
+
+        ``sigmoid(logits)`` exactly as the test stage's ``predict_probs`` computes it.
+        """
+        return probabilities(self.logits(images))
+
+    def calls(self, logits: np.ndarray) -> list[list[str | None]] | None:
+        """Positive / negative per finding at the operating points (None without them)."""
+        return None if self.operating is None else self.operating.calls(self.operating.scores(logits))
 
     def heatmaps(
         self, images: np.ndarray, finding: str | Sequence[str], method: str = "GradCAM", batch_size: int = 16
@@ -306,11 +471,12 @@ def predict_files(
 ) -> tuple[list[Path], np.ndarray, list[ImageDecodeError]]:
     """Read and score ``files`` in batches; bad files are collected (named), not raised.
 
-    Returns the files read, their ``(N, 14)`` probabilities, and the errors of the others.
+    Returns the files read, their ``(N, 14)`` logits (:func:`probabilities` gives the
+    probabilities; :meth:`Predictor.calls` the calls), and the errors of the others.
     """
     ok: list[Path] = []
     failed: list[ImageDecodeError] = []
-    probs: list[np.ndarray] = []
+    logits: list[np.ndarray] = []
     for start in range(0, len(files), batch_size):
         chunk, images = [], []
         for path in files[start : start + batch_size]:
@@ -321,19 +487,15 @@ def predict_files(
                 logger.warning("skipped %s", exc)
                 failed.append(exc)
         if images:
-            probs.append(predictor.predict(np.stack(images)))
+            logits.append(predictor.logits(np.stack(images)))
             ok.extend(chunk)
-    return ok, (np.concatenate(probs) if probs else np.zeros((0, len(LABELS)), np.float32)), failed
+    return ok, (np.concatenate(logits) if logits else np.zeros((0, len(LABELS)), np.float32)), failed
 
 
-def read_export_config(folder: str | os.PathLike) -> tuple[CheckpointMeta, ModelSpec]:
-    """The metadata and model spec of a ``cxr export`` folder, checked against what the pipeline feeds."""
+def _export_config(folder: Path) -> tuple[Path, Any]:
+    """``folder/config.json`` and its parsed content; a missing or invalid file -> ModelSourceError."""
     import json
 
-    from cxr_core.data.batches import IMAGENET_MEAN, IMAGENET_STD
-    from cxr_core.models.registry import get_spec
-
-    folder = Path(folder)
     path = folder / "config.json"
     if not path.is_file():
         raise ModelSourceError(
@@ -341,9 +503,30 @@ def read_export_config(folder: str | os.PathLike) -> tuple[CheckpointMeta, Model
             "or pass a best.pt"
         )
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
+        return path, json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelSourceError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_export_operating(folder: str | os.PathLike) -> Operating | None:
+    """The ``operating_points`` of an export's config.json (None when null or absent, as before they existed)."""
+    path, cfg = _export_config(Path(folder))
+    section = cfg.get("operating_points") if isinstance(cfg, dict) else None
+    if section is None:
+        return None
+    try:
+        return Operating.from_mapping(section, f"{path} (operating_points)")
+    except ValueError as exc:
+        raise ModelSourceError(f"{exc}; export the model again with `cxr export`") from None
+
+
+def read_export_config(folder: str | os.PathLike) -> tuple[CheckpointMeta, ModelSpec]:
+    """The metadata and model spec of a ``cxr export`` folder, checked against what the pipeline feeds."""
+    from cxr_core.data.batches import IMAGENET_MEAN, IMAGENET_STD
+    from cxr_core.models.registry import get_spec
+
+    folder = Path(folder)
+    path, cfg = _export_config(folder)
     pre = cfg.get("pretrained_cfg") if isinstance(cfg, dict) else None
     if not isinstance(pre, dict) or not isinstance(cfg.get("architecture"), str):
         raise ModelSourceError(f"{path}: not timm's hub format (needs 'architecture' and 'pretrained_cfg')")

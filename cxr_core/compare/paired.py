@@ -174,7 +174,7 @@ def _design_aucs(design: Any, counts_t: Sequence[np.ndarray], n_boot: int) -> np
             auc = numerator / (n_pos * n_neg)
         auc[(n_pos == 0) | (n_neg == 0)] = np.nan
         out.append(auc)
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.empty(0)  # n_boot = 0: no replicates
 
 
 def _check_models(targets: Any, probs: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:

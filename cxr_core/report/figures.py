@@ -78,6 +78,24 @@ def plot_label_counts(counts: pd.DataFrame, path: Path, source: str) -> Path:
     return _save(fig, path)
 
 
+def plot_reliability(curves: pd.DataFrame, model: str, path: Path) -> Path:
+    """Reliability diagram of one run, all findings pooled: observed frequency vs predicted probability,
+    before and after temperature scaling (``plots/reliability/<model>/seed<k>.csv``)."""
+    fig = _figure(5, 5)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    pooled = curves[curves["label"] == "all"]
+    for scale, part in pooled.groupby("scale", sort=True):
+        ax.plot(part["mean_predicted"], part["fraction_positive"], marker="o", label=str(scale))
+    ax.set_xlabel("mean predicted probability (equal-mass bins)")
+    ax.set_ylabel("observed frequency")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Reliability: {display_name(model)}, all findings pooled")
+    ax.legend()
+    return _save(fig, path)
+
+
 def plot_val_loss(models: Sequence[ModelResults], path: Path) -> Path:
     """Figures 6-7: validation loss per epoch, one panel per model (3 per row, as the paper)."""
     from matplotlib.ticker import MaxNLocator

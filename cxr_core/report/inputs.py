@@ -67,6 +67,12 @@ class ReportPaths:
     def heatmaps_npz(self, model: str, seed: int) -> Path:
         return self.heatmaps / model / f"seed{seed}.npz"
 
+    def clinical_json(self, model: str, seed: int) -> Path:
+        return self.metrics / "clinical" / model / f"seed{seed}.json"
+
+    def reliability_csv(self, model: str, seed: int) -> Path:
+        return self.plots / "reliability" / model / f"seed{seed}.csv"
+
     @property
     def compare_json(self) -> Path:
         return self.metrics / "compare.json"
@@ -119,6 +125,8 @@ def required_inputs(
                 (paths.localise_json(m, k), run_stage("localise", m, k)),
                 (paths.train_summary(m, k), run_stage("train", m, k)),
                 (paths.train_tsv(m, k, "val_loss"), run_stage("train", m, k)),
+                (paths.clinical_json(m, k), run_stage("clinical", m, k)),
+                (paths.reliability_csv(m, k), run_stage("clinical", m, k)),
             ]
     return needed
 

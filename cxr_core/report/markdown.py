@@ -16,6 +16,13 @@ from typing import Any
 
 import pandas as pd
 
+from cxr_core.report.clinical import (
+    ClinicalRun,
+    adjudicated_table,
+    calibration_table,
+    operating_table,
+    subgroup_table,
+)
 from cxr_core.report.comparison import (
     Comparison,
     control_table,
@@ -90,6 +97,7 @@ def build_report(
     out_dir: Path,
     examples: ExampleGrid | None = None,
     comparison: Comparison | None = None,
+    clinical: Sequence[ClinicalRun] = (),
 ) -> Report:
     """Assemble report.md: header, data, training, Tables 5-8, the model comparison, localisation."""
     _, phantom = data_source(manifest)
@@ -134,6 +142,20 @@ def build_report(
         if comparison.doc["localisation"]:
             compare_tables.append(control_table(comparison, names))
         sections.append(("Which model is best?", compare_tables, []))
+    if clinical:
+        chosen = next((c for c in clinical if best is not None and c.model == best.name), clinical[0])
+        sections.append(
+            (
+                "Clinical evaluation",
+                [
+                    operating_table(chosen),
+                    calibration_table(clinical),
+                    subgroup_table(chosen),
+                    adjudicated_table(clinical, phantom),
+                ],
+                [figure("reliability", f"Reliability diagram of {display_name(chosen.model)} (test split)")],
+            )
+        )
     loc_tables = localisation_tables(models, methods)
     degenerate = degenerate_table(models, methods)
     if degenerate is not None:

@@ -7,8 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cxr_core.compare.clinical import ReliabilityTable
 from cxr_core.compare.study import ComparisonMetrics
 from cxr_core.models.checkpoints import CHECKPOINT_PATTERN
+from cxr_core.report.clinical import load_clinical
 from cxr_core.report.comparison import Comparison, HeadlineMetrics, headline
 from cxr_core.report.figures import (
     ExampleGrid,
@@ -19,6 +21,7 @@ from cxr_core.report.figures import (
     plot_heatmap_examples,
     plot_iou_vs_threshold,
     plot_label_counts,
+    plot_reliability,
     plot_roc_grid,
     plot_val_loss,
     write_iou_vs_threshold,
@@ -70,6 +73,10 @@ def make_report(params: Mapping[str, Any], paths: ReportPaths) -> Report:
     iou = iou_vs_threshold(models, methods)
     write_iou_vs_threshold(iou, models, methods, paths.plots / "iou_vs_threshold")
     figures["iou"] = plot_iou_vs_threshold(iou, methods, models, paths.figures / "iou_vs_threshold.png")
+    clinical = [load_clinical(paths.clinical_json(m.name, seeds[0]), m.name) for m in models]
+    clinical_model = (best or models[0]).name
+    curves = ReliabilityTable.read(paths.reliability_csv(clinical_model, seeds[0]))
+    figures["reliability"] = plot_reliability(curves, clinical_model, paths.figures / "reliability.png")
     grid: ExampleGrid | None = None
     if examples > 0:
         loc, images, heatmaps = load_examples(paths, example_model, seeds[0])
@@ -87,7 +94,7 @@ def make_report(params: Mapping[str, Any], paths: ReportPaths) -> Report:
             )
 
     report = build_report(
-        params, manifest, split, paths.split_json, models, figures, paths.out, grid, comparison
+        params, manifest, split, paths.split_json, models, figures, paths.out, grid, comparison, clinical
     )
     write_report(report, paths.out)
     board = headline(models, best, comparison, params["report"]["headline_method"], CHECKPOINT_PATTERN)

@@ -1,0 +1,119 @@
+"""clinical@model-seed: operating points, calibration, subgroup audit and adjudicated labels of one run.
+
+Scores the validation split with the checkpoint (the thresholds and the temperature are chosen
+there, never on test), recomputes the test logits (checked against the test stage's
+probabilities, so both describe one checkpoint), and writes the operating points that
+``cxr predict`` and the demo use, the audit's metrics and the reliability curves.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from cxr_core.compare.clinical import (
+    ClinicalMetrics,
+    ClinicalSettings,
+    ReliabilityTable,
+    Split,
+    clinical_audit,
+)
+from cxr_core.data.adjudicated import AdjudicatedLabels
+from cxr_core.data.cache import load_cache
+from cxr_core.data.metadata import DATA_ENTRY, read_data_entry
+from cxr_core.data.tables import SplitTable
+from cxr_core.errors import ArtifactError
+from cxr_core.evaluate.operating import OperatingPoints, get_threshold_rule
+from cxr_core.evaluate.predict import Predictions, infer_logits
+from cxr_core.models.checkpoints import load_model
+from cxr_core.models.registry import get_spec
+from cxr_core.params import load_params
+from cxr_core.runtime import Runtime, check_amp, check_device
+from stages._common import (
+    cache_option,
+    model_option,
+    params_option,
+    path_option,
+    splits_option,
+    stage_command,
+)
+
+logger = logging.getLogger("stages.clinical")
+
+
+@stage_command()
+@model_option
+@click.option("--seed", "seed", required=True, type=click.IntRange(min=0), help="the run's training seed")
+@params_option
+@path_option("checkpoint", help="data/models/<model>/seed<k>/best.pt")
+@path_option("predictions", help="data/predictions/<model>/seed<k>.npz (test stage)")
+@cache_option
+@splits_option
+@path_option("raw", "data/raw", "Data_Entry.csv: sex, age and view of the test images")
+@path_option("adjudicated", help="data/adjudicated/google2019_nih-chest-xray-labels.csv.gz")
+@path_option("operating", help="data/operating/<model>/seed<k>.json (written)")
+@path_option("metrics", help="metrics/clinical/<model>/seed<k>.json (written)")
+@path_option("reliability", help="plots/reliability/<model>/seed<k>.csv (written)")
+def main(
+    model_name: str,
+    seed: int,
+    params: Path,
+    checkpoint: Path,
+    predictions: Path,
+    cache: Path,
+    splits: Path,
+    raw: Path,
+    adjudicated: Path,
+    operating: Path,
+    metrics: Path,
+    reliability: Path,
+) -> None:
+    cfg = load_params(
+        params, {"device": check_device, "amp": check_amp, "threshold rule": get_threshold_rule}
+    )
+    settings = ClinicalSettings.from_params(cfg)
+    train = cfg["train"]
+    model, meta = load_model(checkpoint, model_name=model_name)
+    runtime = Runtime.from_params(train, get_spec(model_name))
+    images, _ = load_cache(cache, expected_size=int(meta["image_size"]))
+    saved = Predictions.load(predictions)
+
+    def split(table: SplitTable) -> Split:
+        logits = infer_logits(model, images, table.rows, runtime=runtime, batch_size=train["eval_batch_size"])
+        own = torch.sigmoid(logits).numpy().astype(np.float32)  # what predict_probs returns
+        return Split(table.images, table.patients, table.targets.astype("uint8"), logits.numpy(), own)
+
+    test_table = SplitTable.read(splits, "test")
+    val, test = split(SplitTable.read(splits, "val")), split(test_table)
+    if not (np.array_equal(saved.rows, test_table.rows) and np.array_equal(saved.probs, test.probs)):
+        raise ArtifactError(
+            f"{predictions}: not this checkpoint's test probabilities ({checkpoint}); "
+            f"re-run the test stage (dvc repro test@{model_name}-{seed})"
+        )
+    doc, points, curves = clinical_audit(
+        val, test, read_data_entry(raw / DATA_ENTRY), AdjudicatedLabels.read(adjudicated), settings
+    )
+    OperatingPoints.write(operating, model=model_name, seed=seed, **points)
+    ClinicalMetrics.write(metrics, {"model": model_name, "seed": seed, **doc})
+    ReliabilityTable.write(reliability, curves)
+    calibration = doc["calibration"]
+    logger.info(
+        "%s seed %d: %s thresholds on val (%d of 14 defined); temperature %s%s; ECE %s -> %s -> %s",
+        model_name,
+        seed,
+        settings.operating_point,
+        int(np.isfinite(points["thresholds"]).sum()),
+        calibration["temperature"],
+        " (at a bound of the search range)" if calibration["temperature_at_bound"] else "",
+        calibration["raw"]["overall"]["ece"],
+        None if calibration["scaled"] is None else calibration["scaled"]["overall"]["ece"],
+        metrics,
+    )
+
+
+if __name__ == "__main__":
+    main()
