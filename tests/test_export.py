@@ -405,4 +405,4 @@ def test_export_without_or_with_a_bad_operating_file(project: Path) -> None:
     config.write_text(json.dumps(cfg))
     result = runner.invoke(main, ["predict", "--model-dir", "out", str(png)])
     assert result.exit_code == 1 and "out/config.json (operating_points)" in result.output
-    assert "thresholds.Edema = 2.0" in result.output
+    assert "thresholds['Edema'] = 2.0" in result.output

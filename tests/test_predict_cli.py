@@ -404,12 +404,22 @@ def test_operating_points_from_a_mapping_name_the_source_and_key() -> None:
     points = Operating.from_mapping(good, "f.json")
     assert points.thresholds == (0.25,) * 14 and points.split_name == "validation"
     assert points.calls(np.array([[0.25] * 7 + [0.2499] * 7])) == [["positive"] * 7 + ["negative"] * 7]
+    # the pipeline's own rules (operating_problem): an export may not bring test-chosen thresholds
     bad_cases = [
-        ({**good, "thresholds": {"Mass": 0.5}}, "14 findings"),
-        ({**good, "thresholds": {**good["thresholds"], "Edema": "0.5"}}, "thresholds.Edema = '0.5'"),
-        ({**good, "thresholds": {**good["thresholds"], "Edema": True}}, "thresholds.Edema = True"),
-        ({**good, "temperature": -1.0}, "temperature = -1.0"),
-        ({k: v for k, v in good.items() if k != "method"}, "lack key(s) ['method']"),
+        ({**good, "thresholds": {"Mass": 0.5}}, "thresholds lack label(s) ['Atelectasis'"),
+        ({**good, "thresholds": {**good["thresholds"], "Edema": "0.5"}}, "thresholds['Edema'] = '0.5'"),
+        ({**good, "thresholds": {**good["thresholds"], "Edema": True}}, "thresholds['Edema'] = True"),
+        (
+            {**good, "temperature": -1.0},
+            "temperature must be a positive number or null (not fitted), got -1.0",
+        ),
+        (
+            {**good, "temperature": float("inf")},
+            "temperature must be a positive number or null (not fitted), got inf",
+        ),
+        ({**good, "chosen_on": "test"}, "chosen_on must be 'val' (thresholds are never chosen on test)"),
+        ({**good, "method": "made_up"}, "method 'made_up' is not one of"),
+        ({k: v for k, v in good.items() if k != "method"}, "method None is not one of"),
     ]
     for doc, message in bad_cases:
         with pytest.raises(ValueError, match=re.escape(message)) as info:

@@ -400,8 +400,9 @@ def _operating_lines(operating: Any) -> list[str]:
         "",
         f"Thresholds chosen on the {operating.split_name} split by `{operating.method}`; {temperature}. "
         "A finding is called positive when that probability is at or above its threshold. `cxr predict "
-        "--model-dir` writes these calls next to the probabilities. They were not validated on the test "
-        "split or on any clinical population: they are a research operating point, not a diagnostic cut-off.",
+        "--model-dir` writes these calls next to the probabilities. They were chosen on the validation split; "
+        "their test sensitivity and specificity are in the pipeline's metrics/clinical/ files. They were not "
+        "validated on any clinical population: a research operating point, not a diagnostic cut-off.",
         "",
         "| finding | threshold |",
         "|---|---|",

@@ -147,35 +147,20 @@ class Operating:
 
     @classmethod
     def from_mapping(cls, doc: Any, source: str | os.PathLike) -> Operating:
-        """From an operating file's or an export config's fields; ValueError naming ``source`` and the key."""
-        if not isinstance(doc, Mapping):
-            raise ValueError(f"{source}: operating points are {type(doc).__name__}, not a mapping")
-        absent = [k for k in ("thresholds", "method", "chosen_on", "temperature") if k not in doc]
-        if absent:
-            raise ValueError(f"{source}: operating points lack key(s) {absent}")
-        raw = doc["thresholds"]
-        if not isinstance(raw, Mapping) or sorted(raw) != sorted(LABELS):
-            got = sorted(raw) if isinstance(raw, Mapping) else type(raw).__name__
-            raise ValueError(
-                f"{source}: thresholds must map each of the 14 findings {list(LABELS)}, got {got}"
-            )
-        thresholds: list[float | None] = []
-        for label in LABELS:
-            value = raw[label]
-            ok = value is None or (
-                isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value <= 1.0
-            )
-            if not ok:
-                raise ValueError(f"{source}: thresholds.{label} = {value!r}, not a number in [0, 1] or null")
-            thresholds.append(None if value is None else float(value))
+        """From an operating file's or an export config's fields; ValueError naming ``source`` and the key.
+
+        The pipeline's own rules (:func:`cxr_core.evaluate.operating.operating_problem`): thresholds in
+        [0, 1] or null for the 14 findings, a known rule, chosen on validation, a finite temperature.
+        """
+        from cxr_core.evaluate.operating import operating_problem
+
+        problem = operating_problem(doc, run=False)
+        if problem:
+            raise ValueError(f"{source}: {problem}")
+        thresholds = [
+            None if doc["thresholds"][label] is None else float(doc["thresholds"][label]) for label in LABELS
+        ]
         temperature = doc["temperature"]
-        if temperature is not None and (
-            not isinstance(temperature, int | float) or isinstance(temperature, bool) or not temperature > 0
-        ):
-            raise ValueError(f"{source}: temperature = {temperature!r}, not a positive number or null")
-        for key in ("method", "chosen_on"):
-            if not isinstance(doc[key], str) or not doc[key]:
-                raise ValueError(f"{source}: {key} = {doc[key]!r}, not a name")
         return cls(
             tuple(thresholds),
             doc["method"],

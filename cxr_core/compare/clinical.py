@@ -144,7 +144,12 @@ def clinical_audit(
     )
     boot = {"n_boot": settings.n_boot, "ci": settings.ci, "seed": settings.seed}
     operating = operating_metrics(test.targets, test_scores, thresholds, test.patients, **boot)
-    at_bound = temperature is not None and temperature in settings.temperature_bounds
+    # Brent stops within tol (on log T) of a bound, never on it: an optimum there means the search
+    # range, not the data, set the temperature (e.g. perfectly separated validation scores)
+    at_bound = temperature is not None and any(
+        abs(np.log(temperature) - np.log(bound)) <= 2 * settings.temperature_tol
+        for bound in settings.temperature_bounds
+    )
     calibration = {
         "temperature": temperature,
         "temperature_at_bound": bool(at_bound),

@@ -289,12 +289,17 @@ def _is_number(value: Any) -> bool:
     )
 
 
-def _problem(doc: Mapping[str, Any], labels: Sequence[str]) -> str | None:
-    """What is wrong with an operating-points document, or None."""
-    if not isinstance(doc.get("model"), str) or not doc["model"]:
+def operating_problem(
+    doc: Mapping[str, Any], labels: Sequence[str] = LABELS, *, run: bool = True
+) -> str | None:
+    """What is wrong with an operating-points document, or None. ``run``: it must also name its
+    model and seed (the pipeline's file; an export's config.json carries them elsewhere)."""
+    if not isinstance(doc, Mapping):
+        return f"operating points are {type(doc).__name__}, not a mapping"
+    if run and (not isinstance(doc.get("model"), str) or not doc["model"]):
         return f"model must be a non-empty string, got {doc.get('model')!r}"
     seed = doc.get("seed")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)) or seed < 0:
+    if run and (not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)) or seed < 0):
         return f"seed must be a non-negative integer, got {seed!r}"
     if doc.get("method") not in THRESHOLD_RULES:
         return f"method {doc.get('method')!r} is not one of {list(THRESHOLD_RULES)}"
@@ -355,7 +360,7 @@ class OperatingPoints:
             "temperature": None if temperature is None else float(temperature),
             "thresholds": thresholds,
         }
-        problem = _problem(doc, labels)
+        problem = operating_problem(doc, labels)
         if problem:
             raise ValueError(f"{path}: {problem}")
         write_json(path, doc)
@@ -363,7 +368,7 @@ class OperatingPoints:
     @staticmethod
     def read(path: str | os.PathLike, labels: Sequence[str] = LABELS) -> dict[str, Any]:
         doc = read_json(path, _PRODUCER, OPERATING_KEYS)
-        problem = _problem(doc, labels)
+        problem = operating_problem(doc, labels)
         if problem:
             raise malformed(path, problem, _PRODUCER)
         return doc

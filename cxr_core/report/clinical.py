@@ -115,7 +115,17 @@ def subgroup_table(run: ClinicalRun) -> Table:
         "subgroups",
         f"Subgroup audit of {display_name(run.model)} on the test split [{_level(run)} CI]",
         "group",
-        ["images", "macro AUC", "AUC gap", "mean TPR", "mean FPR", "underdiagnosis", "underdiagnosis gap"],
+        [
+            "images",
+            "patients",
+            "findings",
+            "macro AUC",
+            "AUC gap",
+            "mean TPR",
+            "mean FPR",
+            "underdiagnosis",
+            "underdiagnosis gap",
+        ],
     )
     for attribute, groups in run.doc["subgroups"]["attributes"].items():
         for group in groups:
@@ -124,6 +134,8 @@ def subgroup_table(run: ClinicalRun) -> Table:
                 f"{SUBGROUP_NAMES.get(attribute, attribute)}: {group}",
                 [
                     plain_cell(run.num(*base, "n_images", kind="int")),
+                    plain_cell(run.num(*base, "n_patients", kind="int")),
+                    plain_cell(run.num(*base, "macro_auc_classes", kind="int")),
                     run.with_ci(*base, "macro_auc"),
                     run.with_ci(*base, "gap", "macro_auc", "diff", ci_key="ci"),
                     plain_cell(run.num(*base, "mean_tpr")),
@@ -133,11 +145,14 @@ def subgroup_table(run: ClinicalRun) -> Table:
                 ],
             )
     table.notes.append(
-        "Sex, age and view position from the label table (the model never sees them). Gap = this group minus "
-        "all other test images, on the same bootstrap resample of patients; an interval that excludes 0 is a "
-        "difference the data support. TPR / FPR: at the validation thresholds above, averaged over findings. "
-        "Underdiagnosis: share of the group's images with at least one finding that the model calls "
-        "finding-free (Seyyed-Kalantari et al., Nature Medicine 2021)."
+        "Sex, age and view position from the label table (the model never sees them); an age band a-b holds "
+        "ages a to under b. Gap = this group minus all other test images, on the same bootstrap resample of "
+        "patients; an interval that excludes 0 is a difference these data support, not adjusted for the "
+        "number of groups compared. findings: how many findings have an AUC in both the group and the rest "
+        "(the macro AUC averages those, so rows with fewer are not directly comparable). TPR / FPR: at the "
+        "validation thresholds above, averaged over findings. Underdiagnosis (adapted from Seyyed-Kalantari et "
+        "al., Nature Medicine 2021, who used a No Finding output): share of the group's images with at least "
+        "one finding in which every finding that has a threshold is called absent."
     )
     return table
 
@@ -168,7 +183,7 @@ def adjudicated_table(runs: Sequence[ClinicalRun], phantom: bool) -> Table:
     table.notes.append(
         "NIH's labels were mined from reports; Google's radiologists re-read these test images. The difference "
         "(adjudicated minus NIH AUC) is paired on one patient resample: it shows how much label noise moves the "
-        "AUC. Nodule or mass is scored with max(Nodule, Mass); airspace opacity has no NIH class and is scored "
+        "AUC (for airspace opacity, the proxy mapping too). Nodule or mass is scored with max(Nodule, Mass); airspace opacity has no NIH class and is scored "
         "against the proxy max(Consolidation, Infiltration, Pneumonia); fracture has no NIH class and is not "
         "scored. kappa: Cohen's agreement of the two label sets."
     )
