@@ -71,7 +71,7 @@ SIZE = 224
 #: The paper's six models (compare and report steps).
 MODELS = ("densenet121", "densenet169", "efficientnet_b0", "efficientnet_b1", "swin_small", "swin_base")
 #: Steps in run order; each runs in its own process.
-STEPS = ("cache", "split", "epoch", "summarise", "paired", "score", "compare", "report")
+STEPS = ("cache", "split", "epoch", "summarise", "paired", "score", "compare", "clinical", "report")
 #: What each step's work grows with (the size its time is compared against).
 STEP_UNITS = {
     "cache": "images",
@@ -81,6 +81,7 @@ STEP_UNITS = {
     "paired": "test_images",
     "score": "boxes",
     "compare": "test_images",
+    "clinical": "test_images",
     "report": "images",
 }
 #: The pipeline settings the steps use (configs/paper.yaml's values).
@@ -187,7 +188,7 @@ def synthetic_metadata(fraction: float, seed: int = 0) -> dict[str, Any]:
             "Follow-up #": follow,
             "Patient ID": patient,
             "Patient Age": rng.integers(1, 95, len(names)),
-            "Patient Sex": rng.choice(["M", "F"], len(names)),
+            "Patient Gender": rng.choice(["M", "F"], len(names)),  # the v2020 header
             "View Position": rng.choice(["PA", "AP"], len(names)),
             "OriginalImage[Width": 2500,
             "Height]": 2048,
@@ -615,6 +616,55 @@ def _step_compare(job: Job) -> dict[str, Any]:
     return measure(prepare, work)
 
 
+def _step_clinical(job: Job) -> dict[str, Any]:
+    """The clinical audit of the six models (operating points, calibration, subgroups, adjudicated
+    labels) on the synthetic test split, validation-chosen thresholds, as clinical@ writes it."""
+    import yaml
+
+    from cxr_core.compare.clinical import (
+        ClinicalMetrics,
+        ClinicalSettings,
+        ReliabilityTable,
+        Split,
+        clinical_audit,
+    )
+    from cxr_core.data import metadata as md
+    from cxr_core.data.adjudicated import read_adjudicated, write_phantom_adjudicated
+    from cxr_core.data.tables import SplitTable
+
+    def prepare() -> Any:
+        params = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "paper.yaml").read_text())
+        params["test"]["bootstrap"] = SETTINGS["bootstrap"]
+        settings = ClinicalSettings.from_params(params)
+        val, test = SplitTable.read(job.splits, "val"), _test_table(job)
+        adjudicated = job.root / "timed" / "adjudicated.csv.gz"
+        write_phantom_adjudicated(
+            adjudicated, job.raw / md.DATA_ENTRY, test.images, flip_rate=0.05, seed=job.seed, fraction=0.08
+        )
+        splits = {}
+        for m, i in zip(MODELS, range(len(MODELS)), strict=True):
+            parts = []
+            for k, table in enumerate((val, test)):
+                targets = table.targets.astype(np.uint8)
+                probs = synthetic_probs(targets, job.seed + 10 * (i + 1) + k, signal=1.2 - 0.1 * i)
+                logits = np.log(probs.astype(np.float64)) - np.log1p(-probs.astype(np.float64))
+                parts.append(Split(table.images, table.patients, targets, logits, probs))
+            splits[m] = parts
+        return splits, md.read_data_entry(job.raw / md.DATA_ENTRY), read_adjudicated(adjudicated), settings
+
+    def work(inputs: Any) -> dict[str, Any]:
+        splits, label_table, adjudicated, settings = inputs
+        for m, (val, test) in splits.items():
+            doc, _, curves = clinical_audit(val, test, label_table, adjudicated, settings)
+            ClinicalMetrics.write(
+                job.root / "metrics" / "clinical" / m / "seed0.json", {"model": m, "seed": 0, **doc}
+            )
+            ReliabilityTable.write(job.root / "plots" / "reliability" / m / "seed0.csv", curves)
+        return {"units": len(next(iter(splits.values()))[1].images), "models": len(splits)}
+
+    return measure(prepare, work)
+
+
 def _report_inputs(job: Job) -> tuple[dict[str, Any], Any]:
     """Six models' metrics files (seed 0), as their stages write them, from the synthetic test set."""
     import yaml
@@ -659,6 +709,7 @@ def _report_inputs(job: Job) -> tuple[dict[str, Any], Any]:
         shutil.copyfile(root / "heatmaps" / "maps.npz", paths.heatmaps_npz(m, seed))
     manifest = {
         "source": "synthetic",
+        "label_file": "Data_Entry_2017_v2020.csv (synthetic, scale benchmark)",
         "layout": "official",
         "image_root": "images",
         "images": int(len(pd.read_csv(job.cache / "index.csv"))),
@@ -688,6 +739,7 @@ RUNNERS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "paired": _step_paired,
     "score": _step_score,
     "compare": _step_compare,
+    "clinical": _step_clinical,
     "report": _step_report,
 }
 

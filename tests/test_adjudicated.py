@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from oracles import explicit_resamples
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from cxr_core.compare.subgroups import adjudicated_scores
@@ -237,15 +238,6 @@ def _write(path, table, test, flip_rate):
 
 # --------------------------------------------------------------------------------------------
 # scores
-
-
-def explicit_resamples(groups: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
-    """As tests/test_compare.py: the image indices of metrics._patient_counts' replicates."""
-    patients, codes = np.unique(groups, return_inverse=True)
-    p = patients.shape[0]
-    counts = np.random.default_rng(seed).multinomial(p, np.full(p, 1.0 / p), size=n_boot)
-    members = [np.flatnonzero(codes == k) for k in range(p)]
-    return [np.concatenate([members[k] for k in np.repeat(np.arange(p), counts[r])]) for r in range(n_boot)]
 
 
 def test_adjudicated_scores_known_answer() -> None:

@@ -8,6 +8,7 @@ from itertools import combinations
 
 import numpy as np
 import pytest
+from oracles import explicit_resamples
 from sklearn.metrics import roc_auc_score
 
 from cxr_core.compare.paired import (
@@ -42,20 +43,6 @@ def clustered_data(n_patients: int = 30, n_models: int = 3, seed: int = 1) -> tu
         p = 0.3 * m * targets + rng.random((n, 3))
         probs[f"model{m}"] = np.round(p, 1) if m == 1 else p  # model1: many tied scores
     return targets, probs, groups
-
-
-def explicit_resamples(groups: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
-    """Image indices of each replicate, patients drawn with replacement by the same RNG calls as
-    ``metrics._patient_counts`` (P patients = one multinomial count vector, np.unique order)."""
-    patients, codes = np.unique(groups, return_inverse=True)
-    p = patients.shape[0]
-    counts = np.random.default_rng(seed).multinomial(p, np.full(p, 1.0 / p), size=n_boot)
-    members = [np.flatnonzero(codes == k) for k in range(p)]
-    out = []
-    for r in range(n_boot):
-        drawn = np.repeat(np.arange(p), counts[r])  # the patient list of this replicate
-        out.append(np.concatenate([members[k] for k in drawn]))
-    return out
 
 
 def sklearn_auc(y: np.ndarray, s: np.ndarray) -> float:

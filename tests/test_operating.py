@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from oracles import explicit_resamples
 from sklearn.metrics import confusion_matrix, f1_score, roc_curve
 
 from cxr_core.errors import ArtifactError
@@ -48,20 +49,6 @@ def clustered(n_patients: int = 30, seed: int = 1) -> tuple:
     targets[np.flatnonzero(np.isin(groups, ["p003", "p017"]))[:3], 2] = 1
     probs = np.round(0.3 * targets + 0.7 * rng.random((n, 3)), 1)
     return targets, probs, groups
-
-
-def explicit_resamples(groups: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
-    """Image indices of each replicate, built as tests/test_compare.py builds them (the same RNG
-    calls as ``metrics._patient_counts``: P patients = one multinomial count vector)."""
-    patients, codes = np.unique(groups, return_inverse=True)
-    p = patients.shape[0]
-    counts = np.random.default_rng(seed).multinomial(p, np.full(p, 1.0 / p), size=n_boot)
-    members = [np.flatnonzero(codes == k) for k in range(p)]
-    out = []
-    for r in range(n_boot):
-        drawn = np.repeat(np.arange(p), counts[r])
-        out.append(np.concatenate([members[k] for k in drawn]))
-    return out
 
 
 def brute_force(y: np.ndarray, p: np.ndarray, score) -> float:

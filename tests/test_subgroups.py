@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from oracles import explicit_resamples
 from sklearn.metrics import roc_auc_score
 
 from cxr_core.compare.subgroups import (
@@ -37,16 +38,6 @@ def clustered(n_patients: int = 40, seed: int = 1) -> tuple:
     age = rng.choice(["0-20", "20-40", "40+"], n)  # a patient's images fall in different bands
     view = rng.choice(["PA", "AP", "other"], n, p=[0.5, 0.4, 0.1])
     return targets, probs, patients, {"sex": sex, "age": age, "view": view}
-
-
-def explicit_resamples(groups: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
-    """Image indices of each replicate, drawn with metrics._patient_counts' RNG calls (as in
-    tests/test_compare.py)."""
-    patients, codes = np.unique(groups, return_inverse=True)
-    p = patients.shape[0]
-    counts = np.random.default_rng(seed).multinomial(p, np.full(p, 1.0 / p), size=n_boot)
-    members = [np.flatnonzero(codes == k) for k in range(p)]
-    return [np.concatenate([members[k] for k in np.repeat(np.arange(p), counts[r])]) for r in range(n_boot)]
 
 
 def reference(t: np.ndarray, p: np.ndarray, mask: np.ndarray) -> dict:
