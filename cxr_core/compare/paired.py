@@ -36,6 +36,7 @@ import scipy.sparse as sp
 from scipy.stats import rankdata
 
 from cxr_core.evaluate.metrics import (
+    _check_ci,
     _check_scores,
     _defined,
     _patient_counts,
@@ -84,12 +85,6 @@ def holm(pvalues: Any) -> np.ndarray:
         adjusted[order] = np.minimum(stepped, 1.0)
         out[finite] = adjusted
     return out
-
-
-def _check_ci(ci: float) -> float:
-    if isinstance(ci, bool) or not isinstance(ci, (int, float, np.floating)) or not 0.0 < ci < 1.0:
-        raise ValueError(f"ci must be in (0, 1), got {ci!r}")
-    return float(ci)
 
 
 def _interval_and_p(replicates: np.ndarray, ci: float) -> dict[str, Any]:

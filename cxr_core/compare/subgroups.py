@@ -34,6 +34,7 @@ import scipy.sparse as sp
 from cxr_core.compare.paired import _auc_design, _design_aucs
 from cxr_core.data.adjudicated import ADJUDICATED_MAP, NOT_SCORED, nih_columns
 from cxr_core.evaluate.metrics import (
+    _check_ci,
     _check_scores,
     _json_float,
     _patient_counts,
@@ -191,12 +192,6 @@ def _mean_over(values: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 def _interval(replicates: np.ndarray, ci: float) -> list[float | None]:
     return [_json_float(v) for v in _percentile_interval(replicates, ci)]
-
-
-def _check_ci(ci: float) -> float:
-    if isinstance(ci, bool) or not isinstance(ci, (int, float, np.floating)) or not 0.0 < ci < 1.0:
-        raise ValueError(f"ci must be in (0, 1), got {ci!r}")
-    return float(ci)
 
 
 def _check_thresholds(thresholds: Any, labels: Sequence[str]) -> np.ndarray:

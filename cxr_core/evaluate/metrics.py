@@ -189,6 +189,13 @@ def bootstrap_auc_replicates(
     return out
 
 
+def _check_ci(ci: Any) -> float:
+    """An interval level in (0, 1) (``test.ci``), as a float; bools and non-numbers are refused."""
+    if isinstance(ci, bool) or not isinstance(ci, (int, float, np.floating)) or not 0.0 < ci < 1.0:
+        raise ValueError(f"ci must be in (0, 1), got {ci!r}")
+    return float(ci)
+
+
 def _percentile_interval(values: np.ndarray, ci: float) -> tuple[float, float]:
     """Percentile interval of the finite values; NaNs (undefined replicates) are ignored."""
     v = values[np.isfinite(values)]

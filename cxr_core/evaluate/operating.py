@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from cxr_core.evaluate.metrics import _check_scores, _defined, _patient_counts, _percentile_interval
+from cxr_core.evaluate.metrics import (
+    _check_ci,
+    _check_scores,
+    _defined,
+    _json_float,
+    _patient_counts,
+    _percentile_interval,
+)
 from cxr_core.files import contract, malformed, read_json, write_json
 from cxr_core.labels import LABELS
 
@@ -160,12 +167,6 @@ def _check_thresholds(thresholds: Any, n_classes: int) -> np.ndarray:
     return thr
 
 
-def _check_ci(ci: Any) -> float:
-    if isinstance(ci, bool) or not isinstance(ci, (int, float, np.floating)) or not 0.0 < ci < 1.0:
-        raise ValueError(f"ci must be in (0, 1), got {ci!r}")
-    return float(ci)
-
-
 def _cells(t: np.ndarray, p: np.ndarray, thr: np.ndarray) -> dict[str, np.ndarray]:
     """0/1 indicator (N x C, float64) of each confusion cell; a NaN threshold calls nothing."""
     with np.errstate(invalid="ignore"):
@@ -246,10 +247,6 @@ def operating_metrics(
         out[name] = value
         out[f"{name}_ci"] = intervals[name]
     return out
-
-
-def _json_float(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
 
 
 def operating_json(result: Mapping[str, np.ndarray], labels: Sequence[str] = LABELS) -> dict[str, Any]:
