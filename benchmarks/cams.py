@@ -10,6 +10,12 @@ the same images in one process, so the ratio is comparable; absolute numbers dep
 (and, on a shared CPU, on its load: repeats are interleaved and the best and median are reported).
 The Grad-CAM maps of both are compared for agreement.
 
+A third contender sits between them: pytorch-grad-cam's own GradCAM through the adapter
+``cxr_core.explain.library.LibraryCAM("pgc:GradCAM")``, one library call per batch (the same batch
+size as ours) with one target per image, frozen parameters (no weight gradients) and the hooks
+released per call. Its ratio to the plain use shows what batching and skipping the weight gradients
+buy inside the library; ours over it, what the head-only backward and the shared forward add.
+
 On a CPU, Grad-CAM alone is bounded near 3x: both sides pay one forward per image, and what ours
 saves is pytorch-grad-cam's full backward (about two forwards' worth) plus per-image overheads. The
 gap grows with every extra method (ours shares the forward) and with a GPU (batching).
@@ -27,6 +33,7 @@ import torch
 
 from benchmarks.timing import timed_call
 from cxr_core.explain.layers import cam_target_layer, reshape_transform
+from cxr_core.explain.library import LibraryCAM
 from cxr_core.explain.methods import compute_heatmaps, degeneracy_summary
 from cxr_core.files import write_json
 from cxr_core.models.registry import create_model, get_spec
@@ -57,6 +64,18 @@ def pgc_plain(
     return np.stack(maps)
 
 
+def adapter_batched(
+    cam: LibraryCAM, images: torch.Tensor, classes: np.ndarray, batch_size: int
+) -> np.ndarray:
+    """The adapter over every image, ``batch_size`` images (and their targets) per library call."""
+    return np.concatenate(
+        [
+            cam(images[start : start + batch_size], classes[start : start + batch_size])[0]
+            for start in range(0, len(images), batch_size)
+        ]
+    )
+
+
 def default_batch_size(device: torch.device) -> int:
     """4 on a CPU (DenseNet's concatenations fall out of cache at larger batches: bs 16 measured
     ~20% slower than bs 4 at 224), 32 on a GPU."""
@@ -73,8 +92,10 @@ def run(
     threads: int | None = None,
     include_pgc_all: bool = True,
     repeats: int = 3,
+    include_adapter: bool = True,
 ) -> dict[str, Any]:
-    """Time both implementations on the same model and images; returns the numbers as a dict."""
+    """Time ours, pytorch-grad-cam plain and (``include_adapter``) pytorch-grad-cam through
+    :class:`LibraryCAM` on the same model and images; returns the numbers as a dict."""
     if threads:
         torch.set_num_threads(threads)
     # random weights make some Grad-CAM maps all-zero (reported below as degenerate_fraction);
@@ -97,6 +118,9 @@ def run(
         net, spec, x[:batch_size], classes[:batch_size], list(ALL_METHODS), batch_size=batch_size
     )
     pgc_plain(net, layer, reshape, x[:1], classes[:1], "GradCAM")
+    adapter = LibraryCAM("pgc:GradCAM", net, layer, reshape)
+    if include_adapter:
+        adapter_batched(adapter, x[:batch_size], classes[:batch_size], batch_size)
 
     result: dict[str, Any] = {
         "model": model,
@@ -110,9 +134,12 @@ def run(
     times: dict[str, list[float]] = {k: [] for k in ("ours_gradcam", "ours_all", "pgc_gradcam")}
     if include_pgc_all:
         times.update({f"pgc_{m}": [] for m in PGC_METHODS[1:]})
+    if include_adapter:
+        times["adapter_gradcam"] = []
     ours: dict[str, np.ndarray] = {}
     ours_all: dict[str, np.ndarray] = {}
     ref = np.zeros(0)
+    via_adapter = np.zeros(0)
     # interleaved repeats, so that load from other processes hits both sides alike
     for _ in range(repeats):
         t, ours = timed_call(
@@ -121,6 +148,9 @@ def run(
         times["ours_gradcam"].append(t)
         t, ref = timed_call(lambda: pgc_plain(net, layer, reshape, x, classes, "GradCAM"), dev)
         times["pgc_gradcam"].append(t)
+        if include_adapter:
+            t, via_adapter = timed_call(lambda: adapter_batched(adapter, x, classes, batch_size), dev)
+            times["adapter_gradcam"].append(t)
         t, ours_all = timed_call(
             lambda: compute_heatmaps(net, spec, x, classes, list(ALL_METHODS), batch_size=batch_size), dev
         )
@@ -139,6 +169,11 @@ def run(
         result[f"ours_all_heatmaps_per_s_{stat}"] = images * len(ALL_METHODS) / best["ours_all"]
         result[f"pgc_gradcam_images_per_s_{stat}"] = images / best["pgc_gradcam"]
         result[f"gradcam_speedup_{stat}"] = best["pgc_gradcam"] / best["ours_gradcam"]
+        if include_adapter:
+            # one GradCAM map per image: images/s are heatmaps/s
+            result[f"adapter_gradcam_images_per_s_{stat}"] = images / best["adapter_gradcam"]
+            result[f"adapter_vs_pgc_speedup_{stat}"] = best["pgc_gradcam"] / best["adapter_gradcam"]
+            result[f"ours_vs_adapter_speedup_{stat}"] = best["adapter_gradcam"] / best["ours_gradcam"]
         if include_pgc_all:
             pgc_all = best["pgc_gradcam"] + sum(best[f"pgc_{m}"] for m in PGC_METHODS[1:])
             result[f"pgc_all_s_{stat}"] = pgc_all
@@ -147,6 +182,8 @@ def run(
             result[f"all_methods_speedup_{stat}"] = pgc_all / best["ours_all"]
     result["times_s"] = times
     result["gradcam_max_abs_diff_vs_pgc"] = float(np.abs(ours["GradCAM"] - ref).max())
+    if include_adapter:
+        result["adapter_gradcam_max_abs_diff_vs_pgc"] = float(np.abs(via_adapter - ref).max())
     result["degenerate_fraction"] = {
         m: row["degenerate_fraction"] for m, row in degeneracy_summary(ours_all, model=model).items()
     }
@@ -166,7 +203,18 @@ def _report(r: dict[str, Any]) -> str:
         lines.append(text + extra)
 
     row("pytorch-grad-cam GradCAM (plain, per image)", "pgc_gradcam_images_per_s")
+    if "adapter_gradcam_images_per_s_min" in r:
+        row(
+            "pytorch-grad-cam GradCAM via LibraryCAM (batched)",
+            "adapter_gradcam_images_per_s",
+            "adapter_vs_pgc_speedup",
+        )
     row("ours GradCAM (batched)", "ours_gradcam_images_per_s", "gradcam_speedup")
+    if "ours_vs_adapter_speedup_min" in r:
+        lines.append(
+            f"  {'ours GradCAM vs LibraryCAM GradCAM':<48}{'':8}"
+            f"   x{r['ours_vs_adapter_speedup_min']:.1f} (x{r['ours_vs_adapter_speedup_median']:.1f})"
+        )
     if "pgc_all_s_min" in r:
         row("pytorch-grad-cam GradCAM, GradCAM++, EigenCAM", "pgc_all_images_per_s")
     row(
@@ -176,6 +224,10 @@ def _report(r: dict[str, Any]) -> str:
         f"  ({r['ours_all_heatmaps_per_s_min']:.1f} heatmaps/s)",
     )
     lines.append(f"  max |ours - pgc| on the GradCAM maps: {r['gradcam_max_abs_diff_vs_pgc']:.2e}")
+    if "adapter_gradcam_max_abs_diff_vs_pgc" in r:
+        lines.append(
+            f"  max |LibraryCAM - pgc| on the GradCAM maps: {r['adapter_gradcam_max_abs_diff_vs_pgc']:.2e}"
+        )
     lines.append(f"  degenerate fraction (random weights): {r['degenerate_fraction']}")
     return "\n".join(lines)
 
@@ -191,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gradcam-only", action="store_true", help="skip timing pgc's other methods")
+    parser.add_argument("--no-adapter", action="store_true", help="skip timing the LibraryCAM adapter")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     result = run(
@@ -203,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.threads,
         include_pgc_all=not args.gradcam_only,
         repeats=args.repeats,
+        include_adapter=not args.no_adapter,
     )
     print(_report(result))
     if args.json:

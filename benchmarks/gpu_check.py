@@ -329,7 +329,7 @@ def phantom_epoch(s: CheckSettings, device: torch.device, workdir: Path) -> dict
         "split_s",
         lambda: splits_from_raw(
             raw, index, val_fraction=split["val_fraction"], group_by=split["group_by"], seed=split["seed"],
-            image_size=s.size,
+            image_size=s.size, loc_tune_fraction=split["loc_tune_fraction"],
         ),
     )  # fmt: skip
     train, val, test = SplitTable(splits.train), SplitTable(splits.val), SplitTable(splits.test)

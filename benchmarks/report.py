@@ -258,6 +258,15 @@ def cams_md(r: Mapping[str, Any]) -> list[str]:
             times(pair("min", "gradcam_speedup"), pair("median", "gradcam_speedup")),
         ]
     )
+    if "adapter_gradcam_s_min" in r:
+        rows.append(
+            [
+                "GradCAM, pytorch-grad-cam through LibraryCAM (batched, one target per image)",
+                per_s(n, "adapter_gradcam"),
+                per_s(n, "pgc_gradcam"),
+                times(pair("min", "adapter_vs_pgc_speedup"), pair("median", "adapter_vs_pgc_speedup")),
+            ]
+        )
     for method in ("GradCAMPlusPlus", "EigenCAM"):
         if f"pgc_{method}_s_min" in r:
             rows.append([method, "(in the shared run below)", per_s(n, f"pgc_{method}"), ""])

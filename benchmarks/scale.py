@@ -89,10 +89,13 @@ SETTINGS = {
     "batch_size": 32,
     "eval_batch_size": 64,
     "val_fraction": 0.1,
+    "loc_tune_fraction": 0.5,
     "bootstrap": 1000,
     "ci": 0.95,
     "roc_points": 100,
-    "methods": ("GradCAM", "EigenCAM", "GradCAMPlusPlus", "RandomCAM"),
+    "methods": ("GradCAM", "EigenCAM", "GradCAMPlusPlus", "HiResCAM", "RandomCAM"),
+    "sweep_step": 0.02,
+    "maxboxacc_iou": (0.3, 0.5, 0.7),
     "thresholds": (0.1, 0.15, 0.25, 0.35, 0.45),
     "box_thresholds": (0.1, 0.25, 0.5),
     "positive_threshold": 0.5,
@@ -441,6 +444,7 @@ def _step_split(job: Job) -> dict[str, Any]:
             group_by="patient",
             seed=job.seed,
             image_size=SIZE,
+            loc_tune_fraction=SETTINGS["loc_tune_fraction"],
         )
         write_splits(splits, job.splits)
         SplitStats.write(job.root / "metrics" / "split.json", splits)
@@ -555,6 +559,7 @@ def _step_paired(job: Job) -> dict[str, Any]:
 def _step_score(job: Job) -> dict[str, Any]:
     from cxr_core.data.tables import LocTable
     from cxr_core.explain.heatmaps import SavedHeatmaps
+    from cxr_core.explain.heldout import HeldoutSettings, sweep_thresholds
     from cxr_core.explain.scoring import BoxRecords, LocaliseMetrics, score_heatmaps
 
     methods = SETTINGS["methods"]
@@ -564,14 +569,19 @@ def _step_score(job: Job) -> dict[str, Any]:
         maps = {m: synthetic_heatmaps(loc, job.seed + i) for i, m in enumerate(methods)}
         degenerate = {m: np.zeros(len(loc), dtype=bool) for m in methods}
         probs = synthetic_probs(np.zeros((len(loc), 14)), job.seed)
-        SavedHeatmaps(maps, degenerate, probs).save(job.root / "heatmaps" / "maps.npz")  # for the report
-        return loc, maps, degenerate, probs
+        raw = {m: (v[:, ::32, ::32] / 255.0).astype(np.float32) for m, v in maps.items()}  # a 7 x 7 grid
+        SavedHeatmaps(maps, degenerate, probs, raw).save(job.root / "heatmaps" / "maps.npz")  # for the report
+        return loc, maps, raw, degenerate, probs
 
     def work(inputs: Any) -> dict[str, Any]:
-        loc, maps, degenerate, probs = inputs
+        loc, maps, raw, degenerate, probs = inputs
+        heldout = HeldoutSettings(
+            tuple(sweep_thresholds(SETTINGS["sweep_step"]).tolist()), SETTINGS["maxboxacc_iou"]
+        )
         table, summary = score_heatmaps(
-            maps, degenerate, loc, probs, thresholds=SETTINGS["thresholds"],
+            maps, raw, degenerate, loc, probs, thresholds=SETTINGS["thresholds"],
             box_thresholds=SETTINGS["box_thresholds"], positive_threshold=SETTINGS["positive_threshold"],
+            heldout=heldout,
         )  # fmt: skip
         BoxRecords.write(job.root / "timed" / "boxes.csv", table)
         LocaliseMetrics.write(job.root / "timed" / "localise.json", "synthetic", summary)
@@ -665,11 +675,32 @@ def _step_clinical(job: Job) -> dict[str, Any]:
     return measure(prepare, work)
 
 
+def _synthetic_sanity(model: str, rng: np.random.Generator) -> dict[str, Any]:
+    """A sanity@ file: the report's randomisation and faithfulness columns (the stage needs a model; not timed)."""
+    steps = ["head", "head+stage"]
+    methods = {}
+    for method in SETTINGS["methods"]:
+        rho = 1.0 if method == "RandomCAM" else float(rng.uniform(0.0, 0.4))
+        methods[method] = {
+            "spearman": {"head": float(rng.uniform(0.5, 1.0)), steps[-1]: rho},
+            "final_spearman": rho,
+            "passes": rho < 0.5,
+            "faithfulness": float(rng.uniform(0.0, 0.1)),
+        }
+    return {
+        "model": model, "n_images": 24, "subset": "report", "steps": steps,
+        "modules": {"head": ["head"], steps[-1]: ["head", "stage"]},
+        "max_rank_correlation": 0.5, "faithfulness": "road", "road_percentiles": [20, 40, 60, 80],
+        "methods": methods,
+    }  # fmt: skip
+
+
 def _report_inputs(job: Job) -> tuple[dict[str, Any], Any]:
     """Six models' metrics files (seed 0), as their stages write them, from the synthetic test set."""
     import yaml
 
     from cxr_core.evaluate.metrics import RocTable, TestMetrics, roc_points, summarise
+    from cxr_core.explain.sanity_metrics import SanityMetrics
     from cxr_core.files import write_json
     from cxr_core.report import ReportPaths
     from cxr_core.train.live import EpochLog
@@ -707,6 +738,7 @@ def _report_inputs(job: Job) -> tuple[dict[str, Any], Any]:
         )
         paths.heatmaps_npz(m, seed).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "heatmaps" / "maps.npz", paths.heatmaps_npz(m, seed))
+        SanityMetrics.write(paths.sanity_json(m, seed), _synthetic_sanity(m, rng))
     manifest = {
         "source": "synthetic",
         "label_file": "Data_Entry_2017_v2020.csv (synthetic, scale benchmark)",

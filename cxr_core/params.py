@@ -219,6 +219,7 @@ SCHEMA = Section(
                 "val_fraction": Float(0.0, 0.5, lo_open=True),
                 "group_by": Choice(("patient", "image")),
                 "seed": Int(0),
+                "loc_tune_fraction": Float(0.0, 1.0, lo_open=True, hi_open=True),
             }
         ),
         "train": Section(
@@ -257,6 +258,21 @@ SCHEMA = Section(
                 "eigen_sign": Named("eigen sign"),
                 "random_stride": Int(1, 1024),
                 "positive_threshold": PROB,
+            }
+        ),
+        "localise": Section(
+            {
+                "sweep_step": Float(0.0, 0.5, lo_open=True, decimals=2),
+                "maxboxacc_iou": ListOf(Float(0.0, 1.0, lo_open=True, decimals=2)),
+            }
+        ),
+        "sanity": Section(
+            {
+                "images": Int(1, 100_000),
+                "stages": Int(0, 16),
+                "max_rank_correlation": Float(-1.0, 1.0, lo_open=True),
+                "faithfulness": Named("faithfulness metric"),
+                "road_percentiles": ListOf(Int(1, 99)),
             }
         ),
         "compare": Section(

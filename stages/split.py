@@ -25,6 +25,7 @@ def main(params: Path, raw: Path, cache: Path, out: Path, metrics: Path) -> None
         val_fraction=cfg["val_fraction"],
         group_by=cfg["group_by"],
         seed=cfg["seed"],
+        loc_tune_fraction=cfg["loc_tune_fraction"],
         image_size=int(images.shape[1]),
     )
     write_splits(splits, out)

@@ -70,7 +70,13 @@ def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> PhantomData:
     )
     images, index = load_cache(cache)
     splits = splits_from_raw(
-        raw, index, val_fraction=VAL_FRACTION, group_by="patient", seed=0, image_size=int(images.shape[1])
+        raw,
+        index,
+        val_fraction=VAL_FRACTION,
+        group_by="patient",
+        seed=0,
+        image_size=int(images.shape[1]),
+        loc_tune_fraction=0.5,
     )
     write_splits(splits, splits_dir)
     return PhantomData(root=root, raw=raw, cache=cache, splits=splits_dir, image_size=CACHE_PX)

@@ -16,6 +16,7 @@ import torch
 
 from benchmarks import loader, models
 from benchmarks.report import SECTION_TITLES, machine_info, to_markdown
+from cxr_core.explain.baselines import BASELINES
 from cxr_core.files import write_json
 
 TINY_MODEL = "test_efficientnet"
@@ -226,7 +227,8 @@ def test_scale_dry_run_at_a_tiny_fraction_measures_every_step(tmp_path: Path) ->
     for name, r in steps.items():
         assert r["seconds"] > 0 and r["peak_rss_mb"] > 0 and r["units"] > 0, name
     assert steps["split"]["test"] == scale.sizes(0.002)["test_images"]
-    assert steps["score"]["records"] == 4 * scale.sizes(0.002)["boxes"]  # four methods
+    methods = len(scale.SETTINGS["methods"]) + len(BASELINES)  # the box prior and uniform map are scored too
+    assert steps["score"]["records"] == methods * scale.sizes(0.002)["boxes"]
     assert not list(tmp_path.glob("cxr-scale-*"))  # the work folder is deleted without --keep
     assert "| report |" in (out / "scale.md").read_text()
 

@@ -381,3 +381,15 @@ def test_swin_features_are_nchw_7x7_and_match_pytorch_grad_cam():
         wrong = cam(images, [ClassifierOutputTarget(1), ClassifierOutputTarget(2)])
     model.zero_grad(set_to_none=True)
     assert wrong.shape == (2, 224, 224) and not degenerate_maps(wrong).any()  # silently wrong
+
+
+def test_hirescam_is_gradcam_on_a_densenet_norm5_layer():
+    """norm5 -> global average pool -> linear: the gradient is the same at every position, so the
+    element-wise product (HiResCAM) and the mean-gradient weights (Grad-CAM) give one map (CAM)."""
+    torch.manual_seed(0)
+    model = create_model("densenet121", num_classes=14).eval()
+    spec = get_spec("densenet121")
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    maps = compute_heatmaps(model, spec, images, [2, 5], ["GradCAM", "HiResCAM", "GradCAMPlusPlus"])
+    np.testing.assert_allclose(maps["HiResCAM"], maps["GradCAM"], atol=1e-5)
+    assert np.abs(maps["GradCAMPlusPlus"] - maps["GradCAM"]).max() > 1e-2

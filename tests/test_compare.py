@@ -465,18 +465,29 @@ def _study_inputs(seed: int = 0, n_seeds: int = 1):
 
     good = [run(1.0) for _ in range(n_seeds)]
     predictions = {"good": good, "chance": [run(0.0) for _ in range(n_seeds)], "copy": good}
-    loc = pd.DataFrame({"row": rows[:80], "label": np.resize(list(BOX_LABELS), 80), "patient": patients[:80]})
+    loc = pd.DataFrame(
+        {
+            "row": rows[:80],
+            "label": np.resize(list(BOX_LABELS), 80),
+            "patient": patients[:80],
+            "subset": np.where(patients[:80] % 2 == 0, "tune", "report"),
+        }
+    )
 
     def records(p_hit: float) -> list[pd.DataFrame]:
         out = []
         for _ in range(n_seeds):
             frames = [
-                loc[["row", "label"]].assign(
+                loc[["row", "label", "subset"]].assign(
                     method=method,
-                    pointing_hit=rng.random(80) < (0.1 if method == "RandomCAM" else p_hit),
+                    pointing_hit=rng.random(80) < (0.1 if method in ("RandomCAM", "UniformMap") else p_hit),
                     box_iou_t025=rng.random(80) * (0.2 if method == "RandomCAM" else 1.0),
+                    energy=rng.random(80)
+                    * (0.3 if method in ("RandomCAM", "BoxPrior", "UniformMap") else p_hit),
+                    iou_tuned=rng.random(80) * p_hit,
+                    maxboxacc=(rng.random(80) < p_hit) / 1.0,
                 )
-                for method in ("GradCAM", "RandomCAM")
+                for method in ("GradCAM", "RandomCAM", "BoxPrior", "UniformMap")
             ]
             out.append(pd.concat(frames, ignore_index=True))
         return out
@@ -575,3 +586,45 @@ def test_study_ranks_models_by_name_even_with_dots_in_them() -> None:
     doc = compare_study(renamed, boxes, loc, [0], settings)
     assert doc["ranking"]["best"] == "good.a1_in1k" and set(doc["ranking"]["gap"]) == {"chance"}
     assert doc["localisation"]["pointing"]["models_by_method"]["GradCAM"]["ranking"]["best"] == "good.a1_in1k"
+
+
+def test_heldout_block_reports_the_report_half_with_baseline_gaps() -> None:
+    from cxr_core.compare.study import CompareSettings, compare_study
+
+    predictions, boxes, loc = _study_inputs()
+    settings = CompareSettings(n_boot=300, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    doc = compare_study(predictions, boxes, loc, [0], settings)
+    held = doc["localisation"]["heldout"]
+    report = loc[loc["subset"] == "report"]
+    assert held["n_boxes"] == len(report) and held["n_patients"] == report["patient"].nunique()
+    good = held["metrics"]["energy"]["good"]
+    run = boxes["good"][0]
+    rows = run[(run["method"] == "GradCAM") & (run["subset"] == "report")]
+    expected = rows.groupby("label")["energy"].mean().mean()  # class mean on the report half only
+    assert good["value"]["GradCAM"]["value"] == pytest.approx(expected)
+    low, high = good["value"]["GradCAM"]["ci"]
+    assert low < expected < high
+    assert set(good["vs_baseline"]) == {"GradCAM"}  # baselines are not compared with themselves
+    gap = good["vs_baseline"]["GradCAM"]["BoxPrior"]
+    assert gap["better"] and gap["p_holm"] >= gap["p"]  # energy up to 0.8 vs at most 0.3
+    chance = held["metrics"]["energy"]["chance"]["vs_baseline"]["GradCAM"]["BoxPrior"]
+    assert not chance["better"]  # up to 0.1 vs up to 0.3
+    # the baselines' own pointing: the uniform map is flat; it enters the held-out block only
+    assert "UniformMap" not in doc["localisation"]["pointing"]["methods_by_model"]["good"]["rate"]
+
+
+def test_heldout_ignores_the_tune_half() -> None:
+    from cxr_core.compare.study import CompareSettings, compare_study
+
+    predictions, boxes, loc = _study_inputs()
+    settings = CompareSettings(n_boot=100, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    before = compare_study(predictions, boxes, loc, [0], settings)["localisation"]["heldout"]
+    changed = {}
+    for model, runs in boxes.items():
+        frame = runs[0].copy()
+        tune = frame["subset"] == "tune"
+        frame.loc[tune, ["energy", "iou_tuned", "maxboxacc"]] = 1.0
+        changed[model] = [frame]
+    after = compare_study(predictions, changed, loc, [0], settings)["localisation"]["heldout"]
+    assert after["metrics"]["energy"] == before["metrics"]["energy"]
+    assert after["metrics"]["maxboxacc"] == before["metrics"]["maxboxacc"]

@@ -15,6 +15,9 @@ DOCUMENTED_DIFFERENCES = {
     "train.pretrained": (False, True),
     "train.epochs": (3, 30),
     "train.batch_size": (16, 32),
+    "sanity.images": (16, 100),
+    "sanity.stages": (1, 2),
+    "sanity.faithfulness": ("cam_mult", "road"),
 }
 
 

@@ -70,7 +70,12 @@ def test_dvc_repro_runs_every_stage(project):
                 set(test["auc"]) >= {"Atelectasis", "Hernia"} and test["n_images"] == split["test"]["images"]
             )
             loc = json.loads((project / "metrics" / "localise" / model / f"seed{seed}.json").read_text())
-            assert set(loc["methods"]) == {"GradCAM", "EigenCAM", "GradCAMPlusPlus", "RandomCAM"}
+            assert set(loc["methods"]) == {
+                "GradCAM", "EigenCAM", "GradCAMPlusPlus", "HiResCAM", "RandomCAM", "BoxPrior", "UniformMap"
+            }  # fmt: skip
+            assert loc["methods"]["GradCAM"]["heldout"]["chosen_on"] == "tune"
+            sanity = json.loads((project / "metrics" / "sanity" / model / f"seed{seed}.json").read_text())
+            assert not sanity["methods"]["RandomCAM"]["passes"]  # the control ignores the model
             assert set(loc["methods"]["GradCAM"]["iou"]) == {"t010", "t015", "t025", "t035", "t045"}
             assert (project / "data" / "models" / model / f"seed{seed}" / "best.pt").is_file()
             clinical = json.loads((project / "metrics" / "clinical" / model / f"seed{seed}.json").read_text())
@@ -126,14 +131,14 @@ def _touch(project: Path, module: str) -> None:
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        ("cxr_core/explain/methods.py", {"cams"}),  # a CAM change never retrains
+        ("cxr_core/explain/methods.py", {"cams", "sanity"}),  # a CAM change never retrains
         # box parsing re-splits; the clinical audit reads sex / age / view through it
         ("cxr_core/data/metadata.py", {"download", "preprocess", "split", "adjudicated", "clinical"}),
         ("cxr_core/explain/scoring.py", {"localise", "compare", "report"}),  # they read its box records
         ("cxr_core/train/losses.py", {"train"}),
         (
             "cxr_core/runtime.py",
-            {"train", "test", "cams", "clinical", "compare"},
+            {"train", "test", "cams", "sanity", "clinical", "compare"},
         ),  # compare loads predictions
         ("cxr_core/compare/paired.py", {"compare", "clinical", "report"}),  # its bootstrap; the report reads
     ],

@@ -33,6 +33,7 @@ from cxr_core.data.metadata import BOX_SPACE
 from cxr_core.data.tables import LocTable
 from cxr_core.evaluate.predict import Predictions
 from cxr_core.explain.heatmaps import SavedHeatmaps
+from cxr_core.explain.sanity_metrics import SanityMetrics
 from cxr_core.labels import BOX_LABELS, LABELS
 from cxr_core.report import ReportPaths, figures, inputs, literature, make_report, provenance
 from stages.report import main as report_main
@@ -140,6 +141,14 @@ def _method(
         "box_acc_iobb": {t: {c: float(rng.uniform(0, scale)) for c in CUTOFFS} for t in THRESHOLDS},
         "pointing": per_class(),
         "degenerate_fraction": degenerate,
+        "heldout": {
+            "chosen_on": "tune",
+            "thresholds": {
+                "iou": float(rng.choice([0.2, 0.4])),
+                "maxboxacc": {d: float(rng.choice([0.1, 0.3])) for d in ("d030", "d050", "d070")},
+            },
+            "report": {name: per_class() for name in ("energy", "pointing", "iou_tuned", "maxboxacc")},
+        },
     }
 
 
@@ -208,6 +217,7 @@ def _loc_and_images(root: Path, rng: np.random.Generator) -> int:
             "y1024": ys * scale,
             "w1024": ws * scale,
             "h1024": hs * scale,
+            "subset": np.where((np.arange(k) // 2) % 2 == 0, "tune", "report"),
         }
     )
     LocTable(loc).write(root / "data" / "splits")
@@ -231,7 +241,8 @@ def _heatmaps(path: Path, rng: np.random.Generator, k: int, methods: list[str]) 
         maps = np.exp(-((xx[None] - centres[:, :1, None]) ** 2 + (yy[None] - centres[:, 1:, None]) ** 2) / 40)
         arrays[name] = np.uint8(255 * maps)
     probs = rng.uniform(0, 1, (k, len(LABELS))).astype(np.float32)
-    SavedHeatmaps(arrays, {name: np.zeros(k, bool) for name in methods}, probs).save(path)
+    raw = {name: rng.uniform(0, 2, (k, 4, 4)).astype(np.float32) for name in methods}
+    SavedHeatmaps(arrays, {name: np.zeros(k, bool) for name in methods}, probs, raw).save(path)
 
 
 EPOCHS = 7  # set in the fake params, so the header test does not depend on the shipped value
@@ -267,7 +278,35 @@ def build_inputs(root: Path, source: str = "synthetic") -> Inputs:
         _heatmaps(root / "data" / "heatmaps" / m / "seed0.npz", rng, k, METHODS)
     _compare_json(root, rng, params)
     _clinical(root, rng, params)
+    _sanity(root, rng)
     return Inputs(root, params_path, tests, locs)
+
+
+def _sanity(root: Path, rng: np.random.Generator) -> None:
+    """metrics/sanity/: GradCAM passes the randomisation check, EigenCAM fails on densenet121."""
+    steps = ["head", "head+features.norm5"]
+    for m in MODELS:
+        methods = {}
+        for method in METHODS:
+            final = 0.9 if method == "RandomCAM" or (m, method) == ("densenet121", "EigenCAM") else 0.2
+            methods[method] = {
+                "spearman": {"head": float(rng.uniform(0.5, 1.0)), steps[-1]: final},
+                "final_spearman": final,
+                "passes": final < 0.5,
+                "faithfulness": float(rng.uniform(-0.05, 0.2)),
+            }
+        doc = {
+            "model": m,
+            "n_images": 8,
+            "subset": "report",
+            "steps": steps,
+            "modules": {"head": ["classifier"], steps[-1]: ["classifier", "features.norm5"]},
+            "max_rank_correlation": 0.5,
+            "faithfulness": "cam_mult",
+            "road_percentiles": [20, 40, 60, 80],
+            "methods": methods,
+        }
+        SanityMetrics.write(root / "metrics" / "sanity" / m / "seed0.json", doc)
 
 
 def _clinical(root: Path, rng: np.random.Generator, params: dict) -> None:
@@ -315,11 +354,16 @@ def _compare_json(root: Path, rng: np.random.Generator, params: dict) -> None:
     records = {}
     for m, p_hit in (("densenet121", 0.3), ("swin_small", 0.7)):
         frames = []
-        for method in METHODS:
-            hit = rng.uniform(size=len(loc)) < (0.1 if method == "RandomCAM" else p_hit)
+        for method in [*METHODS, "BoxPrior", "UniformMap"]:
+            hit = rng.uniform(size=len(loc)) < (0.1 if method in ("RandomCAM", "UniformMap") else p_hit)
             frames.append(
-                loc[["row", "label"]].assign(
-                    method=method, pointing_hit=hit, box_iou_t025=rng.uniform(size=len(loc))
+                loc[["row", "label", "subset"]].assign(
+                    method=method,
+                    pointing_hit=hit,
+                    box_iou_t025=rng.uniform(size=len(loc)),
+                    energy=rng.uniform(0, p_hit, size=len(loc)),
+                    iou_tuned=rng.uniform(0, p_hit, size=len(loc)),
+                    maxboxacc=rng.choice([0, 1 / 3, 2 / 3, 1], size=len(loc)),
                 )
             )
         records[m] = [pd.concat(frames, ignore_index=True)]
@@ -734,6 +778,7 @@ def test_example_figure_draws_the_grid_methods(phantom_report: Inputs) -> None:
         ("metrics/train/swin_small/seed0/plots/metrics/val_loss.tsv", "train@swin_small-0"),
         ("data/heatmaps/swin_small/seed0.npz", "cams@swin_small-0"),
         ("metrics/compare.json", "compare"),
+        ("metrics/sanity/densenet121/seed0.json", "sanity@densenet121-0"),
     ],
 )
 def test_missing_input_names_file_and_stage(tmp_path: Path, rel: str, stage: str) -> None:
@@ -840,3 +885,31 @@ def test_verdict_follows_the_comparison(phantom_report: Inputs) -> None:
     tables = parse_tables(text)
     assert list(tables["pairwise_macro_auc"]["rows"]) == ["DenseNet-121 vs Swin-Small"]
     assert set(tables["vs_random_pointing"]["rows"]) == {"DenseNet-121", "Swin-Small"}
+
+
+def test_localisation_leads_with_heldout_numbers_baselines_and_the_sanity_verdict(
+    phantom_report: Inputs,
+) -> None:
+    text = (phantom_report.root / "reports" / "report.md").read_text()
+    section = text[text.index("## Localisation") :]
+    order = [
+        section.index(f"<!-- table: {key} -->")
+        for key in ("heldout_maxboxacc", "heldout_energy", "iou_GradCAM")
+    ]
+    assert order == sorted(order), "held-out tables must come before the paper's Table 7"
+    tables = parse_tables(text)
+    energy = tables["heldout_energy"]
+    assert energy["columns"] == ["value", "- RandomCAM", "- BoxPrior", "- UniformMap", "randomisation check"]
+    compare = json.loads((phantom_report.root / "metrics" / "compare.json").read_text())
+    held = compare["localisation"]["heldout"]["metrics"]["energy"]["densenet121"]
+    row = energy["rows"]["DenseNet-121 - GradCAM"]
+    assert row[0].startswith(expected_text(held["value"]["GradCAM"]["value"], "float") + " [")
+    gap = held["vs_baseline"]["GradCAM"]["BoxPrior"]
+    assert row[2].startswith(expected_text(gap["diff"], "float")) and row[2].endswith("*") == gap["better"]
+    assert row[4].startswith("passes (rho 0.200")
+    assert energy["rows"]["DenseNet-121 - EigenCAM"][4].startswith("FAILS (rho 0.900")
+    assert "DenseNet-121 - RandomCAM" not in energy["rows"]  # a baseline, shown in its own table
+    assert set(tables["heldout_baselines"]["rows"]) == {"RandomCAM", "BoxPrior", "UniformMap"}
+    flagged = section[section.index("**Randomisation check failed**") :].split("\n")[0]
+    assert "EigenCAM on DenseNet-121" in flagged and "GradCAM on" not in flagged
+    assert "RandomCAM on" not in flagged  # the control fails by construction, said once in words

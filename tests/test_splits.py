@@ -16,7 +16,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "nih"
 REAL_META = Path(os.environ.get("CXR_NIH_META", "/nonexistent"))
 
 
-def _fixture_splits(group_by="patient", image_size=224, drop=()):
+def _fixture_splits(group_by="patient", image_size=224, drop=(), loc_tune_fraction=0.5):
     entry = md.read_data_entry(FIXTURE / md.DATA_ENTRY_V2020)
     kept = [n for n in entry["image"] if n not in drop]
     index = pd.DataFrame({"row": np.arange(len(kept)), "image": kept})
@@ -30,6 +30,7 @@ def _fixture_splits(group_by="patient", image_size=224, drop=()):
         group_by=group_by,
         seed=0,
         image_size=image_size,
+        loc_tune_fraction=loc_tune_fraction,
     )
 
 
@@ -105,12 +106,18 @@ def test_real_metadata_split_is_stratified_and_patient_disjoint(tmp_path):
         group_by="patient",
         seed=0,
         image_size=224,
+        loc_tune_fraction=0.5,
     )
     stats = split_stats(splits)
     assert stats["test"]["images"] == 25596 and stats["test"]["patients"] == 2797
     assert stats["train"]["images"] + stats["val"]["images"] == 86524
     assert stats["shared_patients"] == {"train_val": 0, "train_test": 0, "val_test": 0}
     assert stats["loc"]["images"] == 880 and stats["loc"]["boxes"] == 984
+    assert stats["loc"]["tune"]["boxes"] + stats["loc"]["report"]["boxes"] == 984
+    assert stats["loc"]["tune"]["patients"] + stats["loc"]["report"]["patients"] == 726  # disjoint
+    for label, n in splits.loc["label"].value_counts().items():  # every finding in both halves, near 50%
+        share = (splits.loc[splits.loc["label"] == label]["subset"] == "tune").mean()
+        assert abs(share - 0.5) <= 0.1, (label, n, share)
     train_val = pd.concat([splits.train, splits.val])
     for label in LABELS:
         positives = int(train_val[label].sum())
@@ -135,3 +142,11 @@ def test_split_table_reader_refuses_bad_ids(phantom_data, tmp_path, column, valu
     table.to_csv(tmp_path / "test.csv", index=False)
     with pytest.raises(ArtifactError, match=f"test.csv: column {message}"):
         SplitTable.read(tmp_path, "test")
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5])
+def test_loc_tune_and_report_halves_share_no_patient(fraction):
+    loc = _fixture_splits(loc_tune_fraction=fraction).loc
+    assert set(loc["subset"]) == {"tune", "report"}
+    tune, report = loc[loc["subset"] == "tune"], loc[loc["subset"] == "report"]
+    assert not set(tune["patient"]) & set(report["patient"])

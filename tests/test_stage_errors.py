@@ -22,6 +22,7 @@ STAGES = (
     "test",
     "cams",
     "localise",
+    "sanity",
     "adjudicated",
     "clinical",
     "compare",
@@ -114,6 +115,18 @@ def _args(stage: str, params: Path, d: dict[str, Path]) -> list[str]:
             str(d["out"] / "b.csv"),
             "--metrics",
             str(d["out"] / "l.json"),
+        ],
+        "sanity": [
+            *model,
+            *common,
+            "--checkpoint",
+            str(d["checkpoint"]),
+            "--cache",
+            str(d["cache"]),
+            "--splits",
+            str(d["splits"]),
+            "--out",
+            str(d["out"] / "sanity.json"),
         ],
         "adjudicated": [
             *common,
@@ -216,6 +229,7 @@ MISSING: dict[str, tuple[str, str]] = {
     "test": ("checkpoint", "best.pt"),
     "cams": ("checkpoint", "best.pt"),
     "localise": ("heatmaps", "h.npz"),
+    "sanity": ("checkpoint", "best.pt"),
     "adjudicated": ("splits/test.csv", "test.csv"),
     "clinical": ("checkpoint", "best.pt"),
     "compare": ("predictions", "test_resnet/seed0.npz"),
@@ -251,6 +265,7 @@ CORRUPT: dict[str, Callable[[dict[str, Path]], Path]] = {
     "test": lambda d: d["checkpoint"],
     "cams": lambda d: d["checkpoint"],
     "localise": lambda d: d["heatmaps"],
+    "sanity": lambda d: d["checkpoint"],
 }
 
 

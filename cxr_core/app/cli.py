@@ -38,6 +38,7 @@ def all_lookups() -> dict[str, Any]:
     """Every registry the app's params can name (the app runs models, heatmaps and all)."""
     from cxr_core.evaluate.operating import get_threshold_rule
     from cxr_core.explain.methods import check_eigen_sign, get_cam_method
+    from cxr_core.explain.sanity import check_faithfulness
     from cxr_core.models.registry import get_spec
     from cxr_core.train.losses import get_loss
 
@@ -49,6 +50,7 @@ def all_lookups() -> dict[str, Any]:
         "cam method": get_cam_method,
         "eigen sign": check_eigen_sign,
         "threshold rule": get_threshold_rule,
+        "faithfulness metric": check_faithfulness,
     }
 
 

@@ -11,13 +11,16 @@ JSON (``metrics/compare.json``) that the report turns into its comparison tables
 * ``ranking``: the model with the highest macro AUC and, for every other, whether it is
   significantly worse (Holm-adjusted p < ``compare.alpha`` and the difference favours the best);
 * ``localisation``: the same paired bootstrap for the pointing game and box accuracy, between
-  models for each CAM method and between methods for each model, with the same ranking.
+  models for each CAM method and between methods for each model, with the same ranking; and
+  ``localisation.heldout``: on the report half of the boxes only (thresholds were chosen on the
+  tune half), every method's MaxBoxAccV2, tuned IoU, energy and pointing rate with its patient
+  bootstrap CI, and its paired difference from each baseline (random map, box prior, uniform map).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,11 +30,14 @@ import pandas as pd
 from cxr_core.compare.paired import (
     comparison_summary,
     delong_per_class,
+    holm,
     paired_auc_bootstrap,
+    paired_rate_bootstrap,
     pairwise_rate_bootstrap,
 )
 from cxr_core.errors import ArtifactError
 from cxr_core.evaluate.metrics import macro_auc
+from cxr_core.explain.baselines import BASELINES
 from cxr_core.explain.scoring import threshold_key
 from cxr_core.files import contract, read_json, write_json
 from cxr_core.params import check_among
@@ -55,6 +61,15 @@ LOC_METRICS: dict[str, str] = {
     "pointing": "pointing game (heatmap maximum inside the box)",
     "box_acc": "box accuracy (best heatmap box IoU >= cut-off at the heatmap threshold)",
 }
+#: Held-out localisation metrics: name -> the box records' column (class-mean on the report half).
+HELDOUT_METRICS: dict[str, str] = {
+    "maxboxacc": "maxboxacc",
+    "energy": "energy",
+    "iou_tuned": "iou_tuned",
+    "pointing": "pointing_hit",
+}
+#: The anatomy-only / chance maps every held-out number is compared with, when scored.
+BASELINE_METHODS: tuple[str, ...] = ("RandomCAM", "BoxPrior", "UniformMap")
 _PRODUCER = "the compare stage"
 
 
@@ -205,14 +220,20 @@ def _box_hits(records: pd.DataFrame, metric: str, settings: CompareSettings) -> 
 
 
 def _hit_table(
-    records: Mapping[str, Sequence[pd.DataFrame]], metric: str, settings: CompareSettings
+    records: Mapping[str, Sequence[pd.DataFrame]],
+    metric: str,
+    settings: CompareSettings,
+    values: Callable[[pd.DataFrame], pd.Series] | None = None,
 ) -> pd.DataFrame:
-    """Seed-mean hits, one row per box (``row``, ``label``) and one column per (model, method)."""
+    """Seed-mean hits, one row per box (``row``, ``label``) and one column per (model, method).
+
+    ``values(run)`` gives a run's per-record value (default: the metric's hits).
+    """
     columns = {}
     for model, model_runs in records.items():
         per_seed = []
         for run in model_runs:
-            hits = run.assign(hit=_box_hits(run, metric, settings))
+            hits = run.assign(hit=values(run) if values else _box_hits(run, metric, settings))
             per_seed.append(hits.pivot_table(index=["row", "label"], columns="method", values="hit"))
         mean = sum(per_seed[1:], per_seed[0]) / len(per_seed)
         mean = mean[list(dict.fromkeys(model_runs[0]["method"]))]  # cam.methods order, not sorted
@@ -251,15 +272,20 @@ def compare_localisation(
     seeds: Sequence[int],
     settings: CompareSettings,
 ) -> dict[str, Any]:
-    """Per metric: models compared for each CAM method, and methods compared for each model."""
+    """Per metric: models compared for each CAM method, and methods compared for each model.
+
+    These use every box at thresholds fixed in advance; the image-independent baselines (box prior,
+    uniform map) enter only the held-out block.
+    """
     _same_boxes(records, seeds)
+    cam_records = {m: [run[~run["method"].isin(BASELINES)] for run in runs] for m, runs in records.items()}
     patients = loc.set_index(["row", "label"])["patient"]
     out: dict[str, Any] = {
         "box_threshold": settings.box_threshold,
         "box_cutoff": settings.box_cutoff,
     }
     for metric in LOC_METRICS:
-        table = _hit_table(records, metric, settings)
+        table = _hit_table(cam_records, metric, settings)
         try:
             groups = patients.loc[table.index].to_numpy()
         except KeyError:
@@ -283,6 +309,60 @@ def compare_localisation(
             "models_by_method": {k: v for k, v in by_method.items() if v is not None},
             "methods_by_model": {k: v for k, v in by_model.items() if v is not None},
         }
+    out["heldout"] = compare_heldout(records, loc, settings)
+    return out
+
+
+def _interval(entry: Mapping[str, Any]) -> list[float | None]:
+    return [entry["ci_low"], entry["ci_high"]]
+
+
+def compare_heldout(
+    records: Mapping[str, Sequence[pd.DataFrame]], loc: pd.DataFrame, settings: CompareSettings
+) -> dict[str, Any]:
+    """On the report half: each (model, method)'s value with its CI, and its paired gap to each baseline.
+
+    A value's CI is the patient bootstrap of its class mean (the paired bootstrap against zero);
+    the gaps to the baselines share that draw and are Holm-adjusted over the (method, baseline)
+    pairs of each model and metric.
+    """
+    if "subset" not in loc or not (loc["subset"] == "report").any():
+        raise ArtifactError("loc.csv has no report half (column subset); re-run the split stage")
+    report = {m: [run[run["subset"] == "report"] for run in runs] for m, runs in records.items()}
+    patients = loc.set_index(["row", "label"])["patient"]
+    out: dict[str, Any] = {"subset": "report", "chosen_on": "tune", "metrics": {}}
+    for metric, column in HELDOUT_METRICS.items():
+        table = _hit_table(report, metric, settings, values=lambda run, c=column: run[c].astype(float))
+        groups = patients.loc[table.index].to_numpy()
+        classes = table.index.get_level_values("label").to_numpy()
+        out["n_boxes"], out["n_patients"] = len(table), int(len(np.unique(groups)))
+        per_model: dict[str, Any] = {}
+        for model in dict.fromkeys(m for m, _ in table.columns):
+            methods = [meth for m, meth in table.columns if m == model]
+            baselines = [b for b in BASELINE_METHODS if b in methods]
+            values, gaps, p_values = {}, {}, []
+            for method in methods:
+                hits = table[(model, method)].to_numpy()
+                alone = paired_rate_bootstrap(
+                    hits, np.zeros_like(hits), groups, classes=classes,
+                    n_boot=settings.n_boot, ci=settings.ci, seed=settings.seed,
+                )["class_mean"]  # fmt: skip
+                values[method] = {"value": alone["rate_a"], "ci": _interval(alone)}
+                if method in baselines:
+                    continue
+                gaps[method] = {}
+                for base in baselines:
+                    pair = paired_rate_bootstrap(
+                        hits, table[(model, base)].to_numpy(), groups, classes=classes,
+                        n_boot=settings.n_boot, ci=settings.ci, seed=settings.seed,
+                    )["class_mean"]  # fmt: skip
+                    gaps[method][base] = {"diff": pair["diff"], "ci": _interval(pair), "p": pair["p"]}
+                    p_values.append(gaps[method][base])
+            for entry, p in zip(p_values, holm([e["p"] for e in p_values]), strict=True):
+                entry["p_holm"] = float(p)
+                entry["better"] = bool(p < settings.alpha and entry["diff"] > 0)
+            per_model[model] = {"value": values, "vs_baseline": gaps}
+        out["metrics"][metric] = per_model
     return out
 
 

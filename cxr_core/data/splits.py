@@ -5,7 +5,10 @@
   stratification (Sechidis et al. 2011) over *patients*, so no patient has images on both sides
   (``group_by: image`` gives the paper's per-image split instead);
 * localisation: the ``BBox_List_2017.csv`` boxes of cached images, ``Infiltrate`` read as
-  ``Infiltration`` and boxes scaled from the 1024 x 1024 PNG space to the cache size S.
+  ``Infiltration`` and boxes scaled from the 1024 x 1024 PNG space to the cache size S; split by
+  patient, stratified on the box finding, into a ``tune`` half (where localisation thresholds are
+  chosen) and a ``report`` half (where they are measured): all of NIH's boxes are on test images,
+  so a threshold picked on all of them would be picked on the numbers it reports (Choe et al. 2020).
 
 Only images that made it into the cache are used; everything is deterministic from ``seed``.
 """
@@ -22,7 +25,7 @@ import pandas as pd
 
 from cxr_core.data import metadata as md
 from cxr_core.data.metadata import BOX_SPACE, labels_matrix
-from cxr_core.data.tables import LOC_COLUMNS, SPLIT_COLUMNS, SPLIT_NAMES, LocTable, SplitTable
+from cxr_core.data.tables import LOC_COLUMNS, LOC_SUBSETS, SPLIT_COLUMNS, SPLIT_NAMES, LocTable, SplitTable
 from cxr_core.files import contract, read_json, write_json
 from cxr_core.labels import BOX_LABELS, LABEL_INDEX, LABELS
 
@@ -84,8 +87,10 @@ def _table(entry: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     return table[SPLIT_COLUMNS].sort_values("row").reset_index(drop=True)
 
 
-def localisation_set(boxes: pd.DataFrame, entry: pd.DataFrame, image_size: int) -> pd.DataFrame:
-    """Boxes of cached images, scaled from the 1024 PNG space to ``image_size``."""
+def localisation_set(
+    boxes: pd.DataFrame, entry: pd.DataFrame, image_size: int, *, tune_fraction: float, seed: int
+) -> pd.DataFrame:
+    """Boxes of cached images, scaled from the 1024 PNG space to ``image_size``, with their subset."""
     merged = boxes.merge(entry[["image", "row", "patient"]], on="image", how="inner")
     scale = image_size / BOX_SPACE
     loc = pd.DataFrame(
@@ -105,7 +110,11 @@ def localisation_set(boxes: pd.DataFrame, entry: pd.DataFrame, image_size: int) 
             "h1024": merged["h"],
         }
     )
-    return loc.sort_values(["row", "label_index"]).reset_index(drop=True)[LOC_COLUMNS]
+    loc = loc.sort_values(["row", "label_index"]).reset_index(drop=True)
+    onehot = (loc["label_index"].to_numpy()[:, None] == np.array([LABEL_INDEX[b] for b in BOX_LABELS])[None])
+    tune = stratified_group_split(loc["patient"].to_numpy(), onehot, tune_fraction, seed)
+    loc["subset"] = np.where(tune, "tune", "report")
+    return loc[LOC_COLUMNS]
 
 
 def make_splits(
@@ -119,6 +128,7 @@ def make_splits(
     group_by: str,
     seed: int,
     image_size: int,
+    loc_tune_fraction: float,
 ) -> Splits:
     """Build the four sets from the Data_Entry table, the cache index and the official lists."""
     overlap = set(train_val_names) & set(test_names)
@@ -136,12 +146,19 @@ def make_splits(
         train=train_val[~in_val].reset_index(drop=True),
         val=train_val[in_val].reset_index(drop=True),
         test=_table(cached, test_names),
-        loc=localisation_set(boxes, cached, image_size),
+        loc=localisation_set(boxes, cached, image_size, tune_fraction=loc_tune_fraction, seed=seed),
     )
 
 
 def splits_from_raw(
-    raw_dir: Path, index: pd.DataFrame, *, val_fraction: float, group_by: str, seed: int, image_size: int
+    raw_dir: Path,
+    index: pd.DataFrame,
+    *,
+    val_fraction: float,
+    group_by: str,
+    seed: int,
+    image_size: int,
+    loc_tune_fraction: float,
 ) -> Splits:
     """:func:`make_splits` on the metadata files of a raw folder in the official layout."""
     raw_dir = Path(raw_dir)
@@ -155,6 +172,7 @@ def splits_from_raw(
         group_by=group_by,
         seed=seed,
         image_size=image_size,
+        loc_tune_fraction=loc_tune_fraction,
     )
 
 
@@ -197,6 +215,13 @@ def split_stats(splits: Splits) -> dict:
         "boxes": len(splits.loc),
         "patients": int(splits.loc["patient"].nunique()),
         "boxes_per_label": {lab: int((splits.loc["label"] == lab).sum()) for lab in BOX_LABELS},
+        **{
+            subset: {
+                "boxes": int((part := splits.loc[splits.loc["subset"] == subset]).shape[0]),
+                "patients": int(part["patient"].nunique()),
+            }
+            for subset in LOC_SUBSETS
+        },
     }
     patients = {n: set(getattr(splits, n)["patient"]) for n in ("train", "val", "test")}
     stats["shared_patients"] = {

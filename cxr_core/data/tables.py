@@ -32,7 +32,10 @@ LOC_COLUMNS = [
     "y1024",
     "w1024",
     "h1024",
+    "subset",
 ]
+#: ``loc.csv``'s ``subset``: localisation thresholds are chosen on ``tune``, headline numbers measured on ``report``.
+LOC_SUBSETS: tuple[str, ...] = ("tune", "report")
 
 
 _PRODUCER = "the split stage"
@@ -102,7 +105,8 @@ class LocTable:
     """The localisation set: one row per (image, box label), boxes scaled to the cache size S.
 
     ``x, y, w, h`` are in the S x S cache space, ``x1024..h1024`` as ``BBox_List_2017.csv`` gives
-    them; rows are sorted by cache row, then label index.
+    them; rows are sorted by cache row, then label index. ``subset`` splits the boxes by patient into
+    ``tune`` (where localisation thresholds are chosen) and ``report`` (where they are measured).
     """
 
     table: pd.DataFrame
@@ -119,6 +123,11 @@ class LocTable:
         return self.table["label_index"].to_numpy(dtype=np.int64)
 
     @property
+    def tune(self) -> np.ndarray:
+        """Boolean mask of the tune half's boxes."""
+        return (self.table["subset"] == "tune").to_numpy()
+
+    @property
     def boxes(self) -> np.ndarray:
         """K x 4 float64 ``x, y, w, h`` in the cache space."""
         return self.table[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
@@ -126,10 +135,13 @@ class LocTable:
     @classmethod
     def read(cls, splits_dir: str | os.PathLike) -> LocTable:
         path = Path(splits_dir) / "loc.csv"
-        table = read_csv(path, _PRODUCER, LOC_COLUMNS, dtype={"image": str, "label": str})
+        table = read_csv(path, _PRODUCER, LOC_COLUMNS, dtype={"image": str, "label": str, "subset": str})
         unknown = sorted(set(table["label"]) - set(BOX_LABELS))
         if unknown:
             raise malformed(path, f"has label(s) {unknown} that are not box findings {list(BOX_LABELS)}", _PRODUCER)
+        subsets = sorted(set(table["subset"].fillna("<blank>")) - set(LOC_SUBSETS))
+        if subsets:
+            raise malformed(path, f"has subset value(s) {subsets}; expected {list(LOC_SUBSETS)}", _PRODUCER)
         _check_columns(table, path, ("row", "patient", "label_index"), ("x", "y", "w", "h", "x1024", "y1024", "w1024", "h1024"))
         if not table["label_index"].equals(table["label"].map(LABEL_INDEX)):
             raise malformed(path, "has label_index values that do not match the label column", _PRODUCER)

@@ -5,7 +5,8 @@ position in the whole localisation set, so its maps (like EigenCAM's) do not dep
 size. Gradient maps can differ in the last float bits between batch sizes on CPU (about 2e-7),
 which very rarely moves a uint8 level. Maps are stored as uint8
 (``np.uint8(255 * h)``, the map the paper thresholds), so ``localise@`` can re-score any threshold
-without the model.
+without the model, and beside them the raw maps (after the ReLU, before any normalisation, at the
+target layer's resolution) for magnitude-based metrics such as the energy inside a box.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cxr_core.data.batches import normalise, to_device
 from cxr_core.data.tables import LocTable
 from cxr_core.explain.geometry import to_uint8
 from cxr_core.explain.heatmaps import SavedHeatmaps
-from cxr_core.explain.methods import compute_heatmaps, degenerate_maps
+from cxr_core.explain.methods import compute_cams, degenerate_maps
 from cxr_core.models.registry import ModelSpec
 from cxr_core.runtime import Runtime
 
@@ -66,6 +67,7 @@ def loc_heatmaps(
     rows, classes, k = loc.rows, loc.label_index, len(loc)
     size = images.shape[1:]
     maps = {m: np.zeros((k, *size), np.uint8) for m in settings.methods}
+    raw: dict[str, list[np.ndarray]] = {m: [] for m in settings.methods}
     degenerate = {m: np.zeros(k, bool) for m in settings.methods}
     step = settings.batch_size
     for start in tqdm(range(0, k, step), desc=f"CAMs {spec.name}", unit="batch"):
@@ -73,7 +75,7 @@ def loc_heatmaps(
         x = normalise(
             to_device(images[rows[start:stop]], runtime.device), channels_last=runtime.channels_last
         )
-        out = compute_heatmaps(
+        out = compute_cams(
             model,
             spec,
             x,
@@ -87,10 +89,11 @@ def loc_heatmaps(
             eigen_sign=settings.eigen_sign,
             random_stride=settings.random_stride,
         )
-        for method, h in out.items():
-            bad = degenerate_maps(h)
+        for method, cam in out.items():
+            bad = degenerate_maps(cam.maps)
             degenerate[method][start:stop] = bad
-            maps[method][start:stop] = to_uint8(np.where(bad[:, None, None], 0.0, np.nan_to_num(h)))
+            maps[method][start:stop] = to_uint8(np.where(bad[:, None, None], 0.0, np.nan_to_num(cam.maps)))
+            raw[method].append(np.where(bad[:, None, None], 0.0, np.nan_to_num(cam.raw)).astype(np.float32))
     for method, flags in degenerate.items():
         if flags.any():
             log.warning(
@@ -100,4 +103,5 @@ def loc_heatmaps(
                 flags.sum(),
                 k,
             )
-    return SavedHeatmaps(maps, degenerate, np.asarray(probs, np.float32))
+    raw_maps = {m: np.concatenate(r) if r else np.zeros((0, 1, 1), np.float32) for m, r in raw.items()}
+    return SavedHeatmaps(maps, degenerate, np.asarray(probs, np.float32), raw_maps)

@@ -287,3 +287,59 @@ def pointing_hit(heatmaps: Any, masks: Any) -> np.ndarray:
     at_max = flat_h == hi[:, None]
     hit = (at_max & m.reshape(k, -1)).any(axis=1)
     return hit & (hi > lo)
+
+
+def _interp_matrix(size: int, source: int) -> np.ndarray:
+    """``size x source`` weights of 1-D linear upsampling with half-pixel centres.
+
+    The convention of ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``
+    (and ``cv2.resize``): output pixel i samples the source at ``(i + 0.5) * source / size - 0.5``,
+    clamped to the first and last source pixel.
+    """
+    pos = np.clip((np.arange(size) + 0.5) * source / size - 0.5, 0.0, source - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, source - 1)
+    frac = pos - lo
+    weights = np.zeros((size, source))
+    np.add.at(weights, (np.arange(size), lo), 1.0 - frac)
+    np.add.at(weights, (np.arange(size), hi), frac)
+    return weights
+
+
+def upsample_bilinear(maps: Any, size: int) -> np.ndarray:
+    """``K x h x w`` maps -> ``K x size x size`` (float64), bilinear with half-pixel centres."""
+    m = np.asarray(maps, dtype=np.float64)
+    if m.ndim != 3:
+        raise ValueError(f"maps must be K x h x w, got shape {m.shape}")
+    s = _as_size(size)
+    return np.einsum("ih,khw,jw->kij", _interp_matrix(s, m.shape[1]), m, _interp_matrix(s, m.shape[2]))
+
+
+def energy_in_boxes(raw: Any, boxes: Any, size: int) -> np.ndarray:
+    """Energy-based pointing game (Wang et al. 2020, Score-CAM): the share of each map's mass in its box.
+
+    ``raw``: ``K x h x w`` non-negative maps at any resolution, upsampled bilinearly to ``size`` (as
+    the normalised maps are); ``boxes``: ``K x 4`` ``(x, y, w, h)`` in the ``size`` pixel space, masked
+    by the mask rule of :func:`box_mask`. Upsampling is linear and a box mask is a product of a row
+    and a column set, so each share is two small vector-matrix products: no ``size x size`` map is
+    built. A map with no mass scores 0 (it points nowhere).
+    """
+    r = np.asarray(raw, dtype=np.float64)
+    if r.ndim != 3:
+        raise ValueError(f"raw maps must be K x h x w, got shape {r.shape}")
+    if not np.isfinite(r).all() or (r < 0).any():
+        raise ValueError("raw maps must be finite and >= 0 (after the ReLU)")
+    b = np.asarray(boxes, dtype=np.float64)
+    if b.shape != (r.shape[0], 4):
+        raise ValueError(f"boxes must be {r.shape[0]} x 4 (x, y, w, h), got shape {b.shape}")
+    s = _as_size(size)
+    rows_w, cols_w = _interp_matrix(s, r.shape[1]), _interp_matrix(s, r.shape[2])
+    out = np.zeros(r.shape[0])
+    for k in range(r.shape[0]):
+        box = _as_box(b[k])
+        rows = _axis_cover(box[1], box[3], s).astype(np.float64)
+        cols = _axis_cover(box[0], box[2], s).astype(np.float64)
+        total = rows_w.sum(axis=0) @ r[k] @ cols_w.sum(axis=0)
+        if total > 0:
+            out[k] = (rows @ rows_w) @ r[k] @ (cols @ cols_w) / total
+    return out

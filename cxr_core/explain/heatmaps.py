@@ -22,16 +22,19 @@ _PRODUCER = "the CAM stage (cams@<model>-<seed>)"
 @contract(
     "data/heatmaps/<model>/seed<k>.npz",
     writer="cams@<model>-<k>",
-    fields=("methods", "probs", "maps_<method>", "degenerate_<method>"),
+    fields=("methods", "probs", "maps_<method>", "raw_<method>", "degenerate_<method>"),
 )
 @dataclass(frozen=True)
 class SavedHeatmaps:
     """Per method uint8 ``K x S x S`` maps and degeneracy flags, one per row of ``loc.csv``, plus the
-    model's probabilities for those images (``K x 14``)."""
+    model's probabilities for those images (``K x 14``) and the raw maps: float32 ``K x h x w``,
+    after the ReLU and before any normalisation, at the target layer's resolution (0 where the map
+    is degenerate)."""
 
     maps: dict[str, np.ndarray]
     degenerate: dict[str, np.ndarray]
     probs: np.ndarray
+    raw: dict[str, np.ndarray]
 
     def __post_init__(self) -> None:
         k = len(self.probs)
@@ -42,6 +45,13 @@ class SavedHeatmaps:
                 raise ValueError(f"maps of {m} must be uint8 ({k}, S, S), got {maps.dtype} {maps.shape}")
             if self.degenerate[m].shape != (k,):
                 raise ValueError(f"degenerate flags of {m} must be ({k},), got {self.degenerate[m].shape}")
+            raw = self.raw[m]
+            if raw.dtype != np.float32 or raw.ndim != 3 or len(raw) != k or not np.isfinite(raw).all():
+                raise ValueError(
+                    f"raw maps of {m} must be finite float32 ({k}, h, w), got {raw.dtype} {raw.shape}"
+                )
+            if (raw < 0).any():
+                raise ValueError(f"raw maps of {m} must be >= 0 (after the ReLU)")
 
     def __len__(self) -> int:
         return len(self.probs)
@@ -54,6 +64,7 @@ class SavedHeatmaps:
                 "methods": np.array(list(self.maps), dtype=str),
                 **{f"maps_{m}": v for m, v in self.maps.items()},
                 **{f"degenerate_{m}": v.astype(bool) for m, v in self.degenerate.items()},
+                **{f"raw_{m}": v.astype(np.float32) for m, v in self.raw.items()},
             },
         )
 
@@ -62,7 +73,10 @@ class SavedHeatmaps:
         arrays = read_npz(path, _PRODUCER, ("methods", "probs"))
         methods = [str(m) for m in arrays["methods"]]
         absent = [
-            f"{kind}_{m}" for m in methods for kind in ("maps", "degenerate") if f"{kind}_{m}" not in arrays
+            f"{kind}_{m}"
+            for m in methods
+            for kind in ("maps", "degenerate", "raw")
+            if f"{kind}_{m}" not in arrays
         ]
         if absent:
             raise malformed(path, f"lacks array(s) {absent}", _PRODUCER)
@@ -71,6 +85,7 @@ class SavedHeatmaps:
                 maps={m: arrays[f"maps_{m}"] for m in methods},
                 degenerate={m: arrays[f"degenerate_{m}"] for m in methods},
                 probs=arrays["probs"],
+                raw={m: arrays[f"raw_{m}"] for m in methods},
             )
         except ValueError as exc:
             raise malformed(path, str(exc), _PRODUCER) from None

@@ -37,12 +37,13 @@ features such as DenseNet's ``features[-1]``), ``"none"`` keeps the batched ``ei
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -84,19 +85,24 @@ class LayerFeatures:
 
 
 @contextmanager
-def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and ``requires_grad=False`` on every parameter for the block; both restored."""
+def eval_mode(model: nn.Module, *, requires_grad: bool = False) -> Iterator[nn.Module]:
+    """Eval mode and ``requires_grad`` set on every parameter for the block; both restored."""
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         model.eval()
         for p, _ in flags:
-            p.requires_grad_(False)
+            p.requires_grad_(requires_grad)
         yield model
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+def frozen_eval(model: nn.Module) -> AbstractContextManager[nn.Module]:
+    """Eval mode and frozen parameters for the block (no parameter gradient is ever computed)."""
+    return eval_mode(model, requires_grad=False)
 
 
 def _looks_nhwc(shape: Sequence[int]) -> bool:
@@ -259,11 +265,15 @@ def _minmax(maps: Tensor) -> Tensor:
     return flat.view_as(maps)
 
 
+def relu_maps(cams: Tensor) -> Tensor:
+    """The CAM's ReLU in float32; NaN stays visible (so a broken map cannot be scored silently)."""
+    cams = cams.float()
+    return torch.where(torch.isnan(cams), cams, cams.clamp_min(0))
+
+
 def normalise_maps(cams: Tensor, size: tuple[int, int]) -> Tensor:
     """Raw maps (B, h, w) -> (B, H, W) in [0, 1]: ReLU, min-max, bilinear resize, min-max."""
-    cams = cams.float()
-    cams = torch.where(torch.isnan(cams), cams, cams.clamp_min(0))  # ReLU; NaN stays visible
-    cams = _minmax(cams)
+    cams = _minmax(relu_maps(cams))
     if tuple(cams.shape[-2:]) != tuple(size):
         cams = F.interpolate(cams[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     return _minmax(cams)
@@ -276,19 +286,42 @@ def normalise_maps(cams: Tensor, size: tuple[int, int]) -> Tensor:
 CAM_METHODS: dict[str, type[BaseCAM]] = {}
 
 
+@dataclass(frozen=True)
+class CamMaps:
+    """One method's maps for a batch: ``maps`` float32 (B, H, W) in [0, 1], the paper's min-max
+    normalised maps; ``raw`` float32 (B, h, w), the map after the ReLU and before any normalisation,
+    at the target layer's resolution, so magnitudes (and energy inside a box) stay comparable."""
+
+    maps: np.ndarray
+    raw: np.ndarray
+
+
 def register_cam(cls: type[BaseCAM]) -> type[BaseCAM]:
     CAM_METHODS[cls.__name__] = cls
     return cls
 
 
-def get_cam_method(name: str) -> type[BaseCAM]:
-    """The CAM class called ``name`` (pytorch-grad-cam's spelling, e.g. ``GradCAMPlusPlus``)."""
-    try:
+def get_cam_method(name: str) -> Callable[..., Any]:
+    """The CAM method called ``name``: a native class (pytorch-grad-cam's spelling, e.g.
+    ``GradCAMPlusPlus``), or any other pytorch-grad-cam method through the adapter
+    (:class:`cxr_core.explain.library.LibraryCAM`; ``pgc:GradCAM`` forces the library's own version)."""
+    if isinstance(name, str) and name in CAM_METHODS:
         return CAM_METHODS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown CAM method {name!r}; available: {', '.join(sorted(CAM_METHODS))}"
-        ) from None
+    from cxr_core.explain import library
+
+    library_name = library.resolve_library_method(name) if isinstance(name, str) else None
+    if library_name is not None:
+        return functools.partial(library.LibraryCAM, name)
+    others = library.library_method_names()
+    raise ValueError(
+        f"unknown CAM method {name!r}; available: {', '.join(sorted(CAM_METHODS))} (native), "
+        + (
+            f"{', '.join(n for n in others if n not in CAM_METHODS)} or {library.LIBRARY_PREFIX}<Name> "
+            "(pytorch-grad-cam, through the adapter)"
+            if others
+            else "and pytorch-grad-cam's methods once the grad-cam package is installed"
+        )
+    )
 
 
 class BaseCAM:
@@ -336,6 +369,11 @@ class BaseCAM:
     def maps(self, features: LayerFeatures) -> Tensor:
         """Normalised maps (B, H, W) in [0, 1] from the batch's features (a tensor)."""
         return normalise_maps(self.cam(features), features.image_size)
+
+    def maps_and_raw(self, features: LayerFeatures) -> CamMaps:
+        """The normalised maps and the un-normalised ones after the ReLU (feature resolution)."""
+        raw = self.cam(features)
+        return CamMaps(normalise_maps(raw, features.image_size).cpu().numpy(), relu_maps(raw).cpu().numpy())
 
     def __call__(
         self,
@@ -594,7 +632,7 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
     return names
 
 
-def compute_heatmaps(
+def compute_cams(
     model: nn.Module,
     spec: ModelSpec,
     images: Tensor | np.ndarray,
@@ -610,15 +648,16 @@ def compute_heatmaps(
     eigen_sign: str = "pytorch-grad-cam",
     random_stride: int = 32,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, np.ndarray]:
+) -> dict[str, CamMaps]:
     """Heatmaps for ``images`` (B, 3, S, S float, normalised), image b explained for class_indices[b].
 
     One forward (plus the head-only backward when a gradient method is asked for) per batch feeds
-    every method. Returns ``{method: float32 (B, S, S) in [0, 1]}`` (NaN maps stay NaN: see
-    :func:`degeneracy_summary`). ``spec`` picks the target layer and the NHWC -> NCHW transform
-    (``cxr_core.explain.layers``); ``target_layer`` overrides the layer. Image b is at position
-    ``first_position + b`` of the caller's whole sequence: the random control is seeded by
-    ``(seed, position)``, so a caller that passes chunks gets the maps of one call.
+    every native method; a pytorch-grad-cam method runs through its adapter on the same batch.
+    Returns ``{method: CamMaps}``: normalised maps (NaN maps stay NaN: see
+    :func:`degeneracy_summary`) and the raw post-ReLU maps. ``spec`` picks the target layer and the
+    NHWC -> NCHW transform (``cxr_core.explain.layers``); ``target_layer`` overrides the layer.
+    Image b is at position ``first_position + b`` of the caller's whole sequence: the random control
+    is seeded by ``(seed, position)``, so a caller that passes chunks gets the maps of one call.
     """
     from cxr_core.explain.layers import cam_target_layer, reshape_transform
 
@@ -639,38 +678,68 @@ def compute_heatmaps(
 
     layer = target_layer if target_layer is not None else cam_target_layer(model, spec)
     reshape = reshape_transform(spec)
-    cams: dict[str, BaseCAM] = {}
+    native: dict[str, BaseCAM] = {}
+    adapted: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {}
     for name in names:
         cls = get_cam_method(name)
+        if not (isinstance(cls, type) and issubclass(cls, BaseCAM)):
+            adapted[name] = cls(model, layer, reshape, seed=seed)
+            continue
         kwargs: dict[str, object] = {"seed": seed, "autocast_dtype": autocast_dtype}
         if cls is EigenCAM:
             kwargs["sign"] = eigen_sign
         if cls is RandomCAM:
             kwargs["stride"] = random_stride
-        cams[name] = cls(model, layer, reshape, **kwargs)
+        native[name] = cls(model, layer, reshape, **kwargs)
     extractor = FeatureExtractor(model, layer, reshape, autocast_dtype=autocast_dtype)
-    need_grads = any(c.uses_gradients for c in cams.values())
-    need_acts = need_grads or any(c.uses_activations for c in cams.values())
+    need_grads = any(c.uses_gradients for c in native.values())
+    need_acts = need_grads or any(c.uses_activations for c in native.values())
 
     size = (int(images_t.shape[-2]), int(images_t.shape[-1]))
-    out = {name: np.empty((n, *size), dtype=np.float32) for name in names}
+    maps = {name: np.empty((n, *size), dtype=np.float32) for name in names}
+    raw: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         batch = images_t[start:stop]
         if channels_last:
             batch = batch.to(extractor.device).contiguous(memory_format=torch.channels_last)
-        features = extractor(
-            batch,
-            idx[start:stop],
-            need_activations=need_acts,
-            need_gradients=need_grads,
-            positions=torch.arange(first_position + start, first_position + stop),
-        )
-        for name, cam in cams.items():
-            out[name][start:stop] = cam.maps(features).cpu().numpy()
+        if native:
+            features = extractor(
+                batch,
+                idx[start:stop],
+                need_activations=need_acts,
+                need_gradients=need_grads,
+                positions=torch.arange(first_position + start, first_position + stop),
+            )
+            for name, cam in native.items():
+                out = cam.maps_and_raw(features)
+                maps[name][start:stop] = out.maps
+                raw[name].append(out.raw)
+        for name, cam in adapted.items():
+            m, r = cam(batch, idx[start:stop])
+            maps[name][start:stop] = m
+            raw[name].append(r)
         if progress is not None:
             progress(stop, n)
-    return out
+    return {
+        name: CamMaps(maps[name], np.concatenate(raw[name]) if raw[name] else np.zeros((0, 1, 1), np.float32))
+        for name in names
+    }
+
+
+def compute_heatmaps(
+    model: nn.Module,
+    spec: ModelSpec,
+    images: Tensor | np.ndarray,
+    class_indices: Tensor | np.ndarray | Sequence[int],
+    methods: Sequence[str],
+    batch_size: int = 32,
+    seed: int = 0,
+    **kwargs: Any,
+) -> dict[str, np.ndarray]:
+    """:func:`compute_cams`, normalised maps only: ``{method: float32 (B, S, S) in [0, 1]}``."""
+    cams = compute_cams(model, spec, images, class_indices, methods, batch_size, seed, **kwargs)
+    return {name: out.maps for name, out in cams.items()}
 
 
 def log_degenerate(heatmaps: dict[str, np.ndarray], model: str | None) -> None:
@@ -691,6 +760,7 @@ def log_degenerate(heatmaps: dict[str, np.ndarray], model: str | None) -> None:
 __all__ = [
     "CAM_METHODS",
     "BaseCAM",
+    "CamMaps",
     "EIGEN_SIGNS",
     "EigenCAM",
     "FeatureExtractor",
@@ -701,7 +771,9 @@ __all__ = [
     "LayerFeatures",
     "RandomCAM",
     "XGradCAM",
+    "compute_cams",
     "compute_heatmaps",
+    "eval_mode",
     "degeneracy_summary",
     "degenerate_maps",
     "first_principal_projection",
@@ -710,4 +782,5 @@ __all__ = [
     "log_degenerate",
     "normalise_maps",
     "register_cam",
+    "relu_maps",
 ]

@@ -8,7 +8,11 @@ threshold, with three families of numbers:
 * the paper's IoU (``sum(A*B) / sum(max(A, B))`` with ``A = H > a * 255``);
 * Wang et al. (2017) boxes from the thresholded map's connected components, the best one scored by
   IoU and IoBB, summarised as accuracy at T in ``cam.box_thresholds``;
-* the pointing game (is the map's maximum inside the box).
+* the pointing game (is the map's maximum inside the box);
+
+and the held-out numbers of :mod:`cxr_core.explain.heldout` (thresholds chosen on the tune half of
+the boxes, read on the report half): MaxBoxAccV2, the tuned IoU and the energy-based pointing game,
+with the anatomy-only baselines of :mod:`cxr_core.explain.baselines` scored beside the methods.
 """
 
 from __future__ import annotations
@@ -19,32 +23,43 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cxr_core.explain.geometry import best_box_scores, box_masks, paper_iou, pointing_hit
+from cxr_core.explain.baselines import baseline_maps
+from cxr_core.explain.geometry import best_box_scores, box_masks, energy_in_boxes, paper_iou, pointing_hit
+from cxr_core.explain.heldout import HeldoutSettings, delta_key, heldout_scores
 from cxr_core.files import contract, read_csv, read_json, write_csv, write_json
 from cxr_core.labels import BOX_LABELS
 
 #: Records keep these loc.csv columns.
 RECORD_KEYS = ["image", "row", "label"]
-#: ``boxes.csv``: these columns, then ``iou_<t>, box_iou_<t>, box_iobb_<t>`` for each heatmap threshold.
+#: ``boxes.csv``: these columns, then ``maxbox_<d>`` per MaxBoxAccV2 cut-off and
+#: ``iou_<t>, box_iou_<t>, box_iobb_<t>`` for each paper heatmap threshold.
 RECORD_COLUMNS: tuple[str, ...] = (
     *RECORD_KEYS,
+    "subset",
     "method",
     "prob",
     "positive_pred",
     "pointing_hit",
     "degenerate",
+    "energy",
+    "iou_tuned",
+    "maxboxacc",
 )
 #: ``metrics/localise/<model>.json`` top-level keys.
-LOCALISE_METRICS_KEYS: tuple[str, ...] = ("model", "n_boxes", "n_images", "image_size", "methods")
+LOCALISE_METRICS_KEYS: tuple[str, ...] = ("model", "n_boxes", "n_images", "image_size", "subsets", "methods")
 
 
 @contract(
     "data/localisation/<model>/seed<k>.csv",
     writer="localise@<model>-<k>",
-    fields=(*RECORD_COLUMNS, "iou_<t>", "box_iou_<t>", "box_iobb_<t>"),
+    fields=(*RECORD_COLUMNS, "maxbox_<d>", "iou_<t>", "box_iou_<t>", "box_iobb_<t>"),
 )
 class BoxRecords:
-    """One row per (box, method): its scores at every threshold (what the metrics JSON averages)."""
+    """One row per (box, method): its scores at every threshold (what the metrics JSON averages).
+
+    ``subset`` is the box's half (``tune`` / ``report``); ``energy`` the share of the raw map's mass
+    in the box; ``iou_tuned`` and ``maxbox_<d>`` are scored at the thresholds chosen on the tune half,
+    ``maxboxacc`` is the mean of the ``maxbox_<d>`` hits (its report class mean is MaxBoxAccV2)."""
 
     @staticmethod
     def write(path: str | os.PathLike, records: pd.DataFrame) -> None:
@@ -88,6 +103,7 @@ def as_unit_maps(maps_uint8: np.ndarray) -> np.ndarray:
 
 def score_method(
     maps_uint8: np.ndarray,
+    raw: np.ndarray,
     loc: pd.DataFrame,
     probs: np.ndarray,
     degenerate: np.ndarray,
@@ -95,11 +111,18 @@ def score_method(
     method: str,
     thresholds: Sequence[float],
     positive_threshold: float,
-) -> pd.DataFrame:
-    """One record per box for one method: paper IoU, best-box IoU / IoBB per threshold, pointing hit."""
+    heldout: HeldoutSettings,
+) -> tuple[pd.DataFrame, dict]:
+    """One record per box for one method, and the thresholds the held-out scores chose on tune.
+
+    Paper IoU, best-box IoU / IoBB per paper threshold, pointing hit, energy share, tuned IoU and
+    MaxBoxAccV2 hits. A degenerate (flat or broken) map scores 0 everywhere.
+    """
     size = maps_uint8.shape[-1]
     maps = as_unit_maps(maps_uint8)
     truth = loc[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
+    labels = loc["label"].to_numpy()
+    tune = (loc["subset"] == "tune").to_numpy()
     masks = box_masks(truth, size)
     iou = paper_iou(maps, masks, thresholds)  # K x T
     hits = pointing_hit(maps, masks) & ~degenerate
@@ -107,18 +130,25 @@ def score_method(
     box_iobb = np.zeros_like(box_iou)
     for k in range(len(loc)):
         box_iou[k], box_iobb[k] = best_box_scores(maps[k], truth[k], thresholds)
+    tuned, chosen = heldout_scores(
+        maps, masks, truth, labels, tune, sweep=np.asarray(heldout.sweep), maxboxacc_iou=heldout.maxboxacc_iou
+    )
     label_prob = probs[np.arange(len(loc)), loc["label_index"].to_numpy()]
     records = loc[RECORD_KEYS].copy()
+    records["subset"] = loc["subset"].to_numpy()
     records["method"] = method
     records["prob"] = label_prob
     records["positive_pred"] = label_prob >= positive_threshold
     records["pointing_hit"] = hits
     records["degenerate"] = degenerate
+    records["energy"] = np.where(degenerate, 0.0, energy_in_boxes(raw, truth, size))
+    for column in tuned.columns:
+        records[column] = np.where(degenerate, 0.0, tuned[column].to_numpy())
     for j, a in enumerate(thresholds):
         records[f"iou_{threshold_key(a)}"] = np.where(degenerate, 0.0, iou[:, j])
         records[f"box_iou_{threshold_key(a)}"] = np.where(degenerate, 0.0, box_iou[:, j])
         records[f"box_iobb_{threshold_key(a)}"] = np.where(degenerate, 0.0, box_iobb[:, j])
-    return records
+    return records, chosen
 
 
 def _per_class(values: pd.Series, labels: pd.Series) -> dict[str, float]:
@@ -133,9 +163,17 @@ def _class_mean(flags: pd.Series, labels: pd.Series) -> float:
 
 
 def summarise_method(
-    records: pd.DataFrame, thresholds: Sequence[float], box_thresholds: Sequence[float]
+    records: pd.DataFrame,
+    thresholds: Sequence[float],
+    box_thresholds: Sequence[float],
+    chosen: dict,
+    maxboxacc_iou: Sequence[float],
 ) -> dict:
-    """The JSON block of one method (format in docs/architecture.md)."""
+    """The JSON block of one method (format in docs/architecture.md).
+
+    ``iou``, ``box_acc_*``, ``pointing``: the paper's fixed thresholds on all boxes (its Tables 7-8);
+    ``heldout``: the thresholds chosen on the tune half and the numbers on the report half.
+    """
     labels = records["label"]
     summary: dict = {"iou": {}, "box_acc_iou": {}, "box_acc_iobb": {}}
     for a in thresholds:
@@ -148,11 +186,27 @@ def summarise_method(
             }
     summary["pointing"] = _per_class(records["pointing_hit"].astype(float), labels)
     summary["degenerate_fraction"] = float(records["degenerate"].mean()) if len(records) else 0.0
+    report = records[records["subset"] == "report"]
+    summary["heldout"] = {
+        "chosen_on": "tune",
+        "thresholds": chosen,
+        "report": {
+            "energy": _per_class(report["energy"], report["label"]),
+            "pointing": _per_class(report["pointing_hit"].astype(float), report["label"]),
+            "iou_tuned": _per_class(report["iou_tuned"], report["label"]),
+            "maxboxacc": _per_class(report["maxboxacc"], report["label"]),
+            "maxbox": {
+                delta_key(d): _class_mean(report[f"maxbox_{delta_key(d)}"], report["label"])
+                for d in maxboxacc_iou
+            },
+        },
+    }
     return summary
 
 
 def score_heatmaps(
     heatmaps: dict[str, np.ndarray],
+    raw: dict[str, np.ndarray],
     degenerate: dict[str, np.ndarray],
     loc: pd.DataFrame,
     probs: np.ndarray,
@@ -160,30 +214,41 @@ def score_heatmaps(
     thresholds: Sequence[float],
     box_thresholds: Sequence[float],
     positive_threshold: float,
+    heldout: HeldoutSettings,
 ) -> tuple[pd.DataFrame, dict]:
-    """All methods: the per-box table (long format) and the metrics JSON."""
+    """Every method and the baselines: the per-box table (long format) and the metrics JSON."""
     if any(len(m) != len(loc) for m in heatmaps.values()):
         raise ValueError(
             f"heatmaps have {[len(m) for m in heatmaps.values()]} maps for {len(loc)} boxes in loc.csv; "
             "re-run the cams stage (dvc repro cams@<model>-<seed>)"
         )
+    size = int(next(iter(heatmaps.values())).shape[-1]) if heatmaps else 0
+    scored = {m: (heatmaps[m], raw[m], degenerate[m]) for m in heatmaps}
+    if size:
+        tune = (loc["subset"] == "tune").to_numpy()
+        boxes = loc[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
+        for name, (maps, raw_maps) in baseline_maps(boxes, loc["label"].to_numpy(), tune, size).items():
+            scored[name] = (maps, raw_maps, np.zeros(len(loc), bool))
     tables, methods = [], {}
-    for method, maps in heatmaps.items():
-        records = score_method(
+    for method, (maps, raw_maps, flags) in scored.items():
+        records, chosen = score_method(
             maps,
+            raw_maps,
             loc,
             probs,
-            degenerate[method],
+            flags,
             method=method,
             thresholds=thresholds,
             positive_threshold=positive_threshold,
+            heldout=heldout,
         )
         tables.append(records)
-        methods[method] = summarise_method(records, thresholds, box_thresholds)
+        methods[method] = summarise_method(records, thresholds, box_thresholds, chosen, heldout.maxboxacc_iou)
     summary = {
         "n_boxes": len(loc),
         "n_images": int(loc["image"].nunique()),
-        "image_size": int(next(iter(heatmaps.values())).shape[-1]) if heatmaps else 0,
+        "image_size": size,
+        "subsets": {name: int((loc["subset"] == name).sum()) for name in ("tune", "report")},
         "methods": methods,
     }
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(), summary

@@ -16,6 +16,7 @@ import pandas as pd
 
 from cxr_core.errors import CxrError
 from cxr_core.evaluate.metrics import RocTable
+from cxr_core.explain.baselines import BASELINES
 from cxr_core.models.registry import get_spec
 from cxr_core.report.provenance import finite
 from cxr_core.train.live import EpochLog
@@ -73,6 +74,9 @@ class ReportPaths:
     def reliability_csv(self, model: str, seed: int) -> Path:
         return self.plots / "reliability" / model / f"seed{seed}.csv"
 
+    def sanity_json(self, model: str, seed: int) -> Path:
+        return self.metrics / "sanity" / model / f"seed{seed}.json"
+
     @property
     def compare_json(self) -> Path:
         return self.metrics / "compare.json"
@@ -127,6 +131,7 @@ def required_inputs(
                 (paths.train_tsv(m, k, "val_loss"), run_stage("train", m, k)),
                 (paths.clinical_json(m, k), run_stage("clinical", m, k)),
                 (paths.reliability_csv(m, k), run_stage("clinical", m, k)),
+                (paths.sanity_json(m, k), run_stage("sanity", m, k)),
             ]
     return needed
 
@@ -243,8 +248,9 @@ def best_model(models: Sequence[ModelResults], name: str | None = None) -> Model
 
 
 def method_names(models: Sequence[ModelResults], configured: Sequence[str] = ()) -> list[str]:
-    """Methods to report: the configured ones first (even if absent: shown as n/a), then any other found."""
-    found = [name for m in models for name in m.localise.get("methods", {})]
+    """CAM methods to report: the configured ones first (even if absent: shown as n/a), then any other
+    found; the image-independent baselines are not CAM methods (the held-out tables show them)."""
+    found = [name for m in models for name in m.localise.get("methods", {}) if name not in BASELINES]
     return list(dict.fromkeys([*configured, *sorted(set(found) - set(configured))]))
 
 

@@ -34,7 +34,15 @@ from cxr_core.report.comparison import (
     vs_best_cell,
 )
 from cxr_core.report.figures import ExampleGrid
-from cxr_core.report.inputs import ModelResults, best_model, data_source, display_name, method_names
+from cxr_core.report.heldout import SanityRun, failing_methods, heldout_section
+from cxr_core.report.inputs import (
+    CONTROL_METHOD,
+    ModelResults,
+    best_model,
+    data_source,
+    display_name,
+    method_names,
+)
 from cxr_core.report.provenance import NA, Table
 from cxr_core.report.tables import (
     auc_table,
@@ -98,6 +106,7 @@ def build_report(
     examples: ExampleGrid | None = None,
     comparison: Comparison | None = None,
     clinical: Sequence[ClinicalRun] = (),
+    sanity: Mapping[str, SanityRun] | None = None,
 ) -> Report:
     """Assemble report.md: header, data, training, Tables 5-8, the model comparison, localisation."""
     _, phantom = data_source(manifest)
@@ -110,16 +119,19 @@ def build_report(
             return ""
         return f"![{caption}]({Path(os.path.relpath(path, out_dir)).as_posix()})\n\n*{caption}*\n"
 
-    sections: list[tuple[str, list[Table], list[str]]] = [
+    # (title, tables, text after the tables[, text before them])
+    sections: list[tuple[str, list[Table], list[str], list[str]]] = [
         (
             "Data",
             [data_table(split, split_path)],
             [figure("labels", "Figure 1: label counts of the data used")],
+            [],
         ),
         (
             "Training",
             [training_table(models)],
             [figure("val_loss", "Figures 6-7: validation loss per epoch")],
+            [],
         ),
         (
             "Classification",
@@ -128,6 +140,7 @@ def build_report(
                 literature_table(best, phantom),
             ],
             [figure("roc", "ROC curves per class")],
+            [],
         ),
     ]
     if comparison is not None:
@@ -141,7 +154,7 @@ def build_report(
             compare_tables += [loc_ranking_table(comparison, names), pairwise_loc_table(comparison)]
         if comparison.doc["localisation"]:
             compare_tables.append(control_table(comparison, names))
-        sections.append(("Which model is best?", compare_tables, []))
+        sections.append(("Which model is best?", compare_tables, [], []))
     if clinical:
         chosen = next((c for c in clinical if best is not None and c.model == best.name), clinical[0])
         sections.append(
@@ -154,9 +167,26 @@ def build_report(
                     adjudicated_table(clinical, phantom),
                 ],
                 [figure("reliability", f"Reliability diagram of {display_name(chosen.model)} (test split)")],
+                [],
             )
         )
-    loc_tables = localisation_tables(models, methods)
+    loc_tables: list[Table] = []
+    loc_lead: list[str] = []
+    if comparison is not None and "heldout" in comparison.doc["localisation"]:
+        loc_tables += heldout_section(comparison, models, methods, sanity or {})
+        flagged = [f for f in failing_methods(sanity or {}) if not f.startswith(f"{CONTROL_METHOD} on")]
+        loc_lead.append(
+            "The tables below lead with numbers measured on the report half of the boxes at heatmap "
+            "thresholds chosen on the tune half (Choe et al. 2020); the paper's Tables 7-8 (fixed "
+            "thresholds, all boxes) follow for comparison with the paper.\n"
+        )
+        if flagged:
+            loc_lead.append(
+                f"**Randomisation check failed** (the maps barely change when the model's weights are "
+                f"re-initialised, so they do not show what the model learned): {', '.join(flagged)}. "
+                f"{CONTROL_METHOD} fails by construction (it ignores the model).\n"
+            )
+    loc_tables += localisation_tables(models, methods)
     degenerate = degenerate_table(models, methods)
     if degenerate is not None:
         loc_tables.append(degenerate)
@@ -170,7 +200,7 @@ def build_report(
                 f"Example heatmaps: {', '.join(examples.not_computed)} (report.example_methods) not "
                 f"computed for {shown} (see cam.methods), so not drawn.\n"
             )
-    sections.append(("Localisation", loc_tables, loc_text))
+    sections.append(("Localisation", loc_tables, loc_text, loc_lead))
 
     parts = [header(params, manifest)]
     if best is not None:
@@ -178,11 +208,12 @@ def build_report(
         parts.append(f"Best model (highest {seeds}macro test AUC): **{best.display}**.\n")
     if comparison is not None and comparison.has_pairs:
         parts.append(verdict(comparison))
-    for title, tables, extra in sections:
+    for title, tables, extra, lead in sections:
         parts.append(f"## {title}\n")
+        parts += lead
         parts += [t.markdown() for t in tables]
         parts += [e for e in extra if e]
-    tables = [t for _, ts, _ in sections for t in ts]
+    tables = [t for _, ts, _, _ in sections for t in ts]
     return Report("\n".join(parts), tables, best.name if best else None, phantom, examples)
 
 

@@ -26,6 +26,7 @@ from cxr_core.report.figures import (
     plot_val_loss,
     write_iou_vs_threshold,
 )
+from cxr_core.report.heldout import load_sanity
 from cxr_core.report.inputs import (
     ReportPaths,
     best_model,
@@ -74,6 +75,7 @@ def make_report(params: Mapping[str, Any], paths: ReportPaths) -> Report:
     write_iou_vs_threshold(iou, models, methods, paths.plots / "iou_vs_threshold")
     figures["iou"] = plot_iou_vs_threshold(iou, methods, models, paths.figures / "iou_vs_threshold.png")
     clinical = [load_clinical(paths.clinical_json(m.name, seeds[0]), m.name) for m in models]
+    sanity = {m.name: load_sanity(paths.sanity_json(m.name, seeds[0]), m.name) for m in models}
     clinical_model = (best or models[0]).name
     curves = ReliabilityTable.read(paths.reliability_csv(clinical_model, seeds[0]))
     figures["reliability"] = plot_reliability(curves, clinical_model, paths.figures / "reliability.png")
@@ -94,7 +96,17 @@ def make_report(params: Mapping[str, Any], paths: ReportPaths) -> Report:
             )
 
     report = build_report(
-        params, manifest, split, paths.split_json, models, figures, paths.out, grid, comparison, clinical
+        params,
+        manifest,
+        split,
+        paths.split_json,
+        models,
+        figures,
+        paths.out,
+        grid,
+        comparison,
+        clinical,
+        sanity,
     )
     write_report(report, paths.out)
     board = headline(models, best, comparison, params["report"]["headline_method"], CHECKPOINT_PATTERN)

@@ -242,6 +242,15 @@ def degenerate_table(models: Sequence[ModelResults], methods: Sequence[str]) -> 
         + ", ".join(flagged)
         + ". Read those methods' numbers with the fractions above in mind."
     )
+    table.notes.append(
+        "Why Grad-CAM goes flat: its map is ReLU(sum_c a_c A_c) with a_c the *spatial mean* of the gradient "
+        "of the finding's score; where the layer's evidence lowers the score more than it raises it, the sum "
+        "is negative at every position and the ReLU leaves zero. HiResCAM drops the averaging (gradient x "
+        "activation element-wise), but when the layer is followed only by global average pooling and a "
+        "linear classifier (DenseNet's norm5) the gradient is the same at every position, so HiResCAM, "
+        "Grad-CAM and CAM (Zhou et al. 2016) are one map and go flat together; Grad-CAM++ weights only "
+        "positive gradients and does not go flat this way."
+    )
     return table
 
 

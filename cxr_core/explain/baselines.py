@@ -1,0 +1,48 @@
+"""Maps that know no image: what anatomy alone scores, beside every CAM method's number.
+
+* ``BoxPrior``: for each finding, the mean of its **tune**-half box masks (where that finding's boxes
+  usually are), the same map for every image of that finding. A method that does not beat it says
+  nothing beyond "cardiomegaly is in the middle".
+* ``UniformMap``: a constant map. Its energy share is the box's share of the image, its paper IoU
+  the box area over the image area; it is flat, so it is a miss in the pointing game by rule.
+
+The random-map control (``RandomCAM``) is a CAM method (``cam.methods``) and comes from the cams
+stage; these two need only the boxes, so the localise stage makes them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cxr_core.explain.geometry import box_masks, to_uint8
+
+BASELINES: tuple[str, ...] = ("BoxPrior", "UniformMap")
+
+
+def box_prior(masks: np.ndarray, labels: np.ndarray, tune: np.ndarray) -> dict[str, np.ndarray]:
+    """Per finding with tune boxes: the mean tune mask, min-max scaled to [0, 1] (float32 S x S)."""
+    priors = {}
+    for label in dict.fromkeys(labels[tune].tolist()):
+        mean = masks[tune & (labels == label)].mean(axis=0)
+        span = mean.max() - mean.min()
+        priors[label] = ((mean - mean.min()) / span if span > 0 else mean).astype(np.float32)
+    return priors
+
+
+def baseline_maps(
+    boxes: np.ndarray, labels: np.ndarray, tune: np.ndarray, size: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{name: (uint8 K x S x S maps, float32 K x S x S raw maps)}`` for every baseline, one per box.
+
+    A finding without tune boxes gets the uniform map as its prior (nothing was learnt about it).
+    """
+    k = len(boxes)
+    masks = box_masks(boxes, size).astype(np.float32)
+    priors = box_prior(masks, labels, tune)
+    uniform = np.ones((size, size), np.float32)
+    prior = np.stack([priors.get(label, uniform) for label in labels]) if k else np.zeros((0, size, size))
+    flat = np.broadcast_to(uniform, (k, size, size))
+    return {
+        "BoxPrior": (to_uint8(prior), prior.astype(np.float32)),
+        "UniformMap": (to_uint8(flat), np.ascontiguousarray(flat)),
+    }
