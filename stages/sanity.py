@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from cxr_core.data.batches import normalise, to_device
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import LocTable
 from cxr_core.explain.methods import check_eigen_sign, compute_heatmaps, get_cam_method
 from cxr_core.explain.sanity import (
+    cascade_steps,
     check_faithfulness,
     faithfulness_scores,
     randomisation_check,
@@ -25,7 +24,7 @@ from cxr_core.explain.sanity import (
 from cxr_core.explain.sanity_metrics import SanityMetrics, sample_boxes, sanity_metrics
 from cxr_core.models.checkpoints import load_model
 from cxr_core.models.registry import get_spec
-from cxr_core.params import load_params
+from cxr_core.params import ParamsError, load_params
 from cxr_core.runtime import Runtime, check_amp, check_device
 from stages._common import (
     cache_option,
@@ -72,6 +71,10 @@ def main(model_name: str, params: Path, checkpoint: Path, cache: Path, splits: P
     }
     methods = list(cam["methods"])
     trained = compute_heatmaps(model, spec, x, classes, methods, cam["batch_size"], cfg["seed"], **cam_kwargs)
+    try:
+        cascade_steps(model, sanity["stages"])  # fail before any work if the model is too shallow
+    except ValueError as exc:
+        raise ParamsError(f"{params}: sanity.stages = {sanity['stages']} for {model_name}: {exc}") from None
     result = randomisation_check(
         model,
         spec,
@@ -89,7 +92,7 @@ def main(model_name: str, params: Path, checkpoint: Path, cache: Path, splits: P
             model,
             x,
             classes,
-            np.nan_to_num(trained[m]),
+            trained[m],  # a broken (NaN) map scores NaN, not the score of a blank map
             metric=sanity["faithfulness"],
             percentiles=sanity["road_percentiles"],
             batch_size=cam["batch_size"],

@@ -628,3 +628,14 @@ def test_heldout_ignores_the_tune_half() -> None:
     after = compare_study(predictions, changed, loc, [0], settings)["localisation"]["heldout"]
     assert after["metrics"]["energy"] == before["metrics"]["energy"]
     assert after["metrics"]["maxboxacc"] == before["metrics"]["maxboxacc"]
+
+
+def test_heldout_refuses_records_split_differently_from_loc() -> None:
+    from cxr_core.compare.study import CompareSettings, compare_study
+    from cxr_core.errors import ArtifactError
+
+    predictions, boxes, loc = _study_inputs()
+    settings = CompareSettings(n_boot=50, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    stale = loc.assign(subset=np.where(loc["subset"] == "tune", "report", "tune"))  # re-split since
+    with pytest.raises(ArtifactError, match="tune / report differently from loc.csv"):
+        compare_study(predictions, boxes, stale, [0], settings)

@@ -328,6 +328,15 @@ def compare_heldout(
     """
     if "subset" not in loc or not (loc["subset"] == "report").any():
         raise ArtifactError("loc.csv has no report half (column subset); re-run the split stage")
+    halves = loc.set_index(["row", "label"])["subset"]
+    for model, runs in records.items():
+        for run in runs:
+            theirs = run.set_index(["row", "label"])["subset"]
+            if not theirs.equals(halves.reindex(theirs.index)):
+                raise ArtifactError(
+                    f"the box records of {model} split the boxes into tune / report differently from "
+                    "loc.csv; re-run the localise stages (dvc repro localise) after the split"
+                )
     report = {m: [run[run["subset"] == "report"] for run in runs] for m, runs in records.items()}
     patients = loc.set_index(["row", "label"])["patient"]
     out: dict[str, Any] = {"subset": "report", "chosen_on": "tune", "metrics": {}}
@@ -347,7 +356,11 @@ def compare_heldout(
                     hits, np.zeros_like(hits), groups, classes=classes,
                     n_boot=settings.n_boot, ci=settings.ci, seed=settings.seed,
                 )["class_mean"]  # fmt: skip
-                values[method] = {"value": alone["rate_a"], "ci": _interval(alone)}
+                values[method] = {
+                    "value": alone["rate_a"],
+                    "ci": _interval(alone),
+                    "n_valid": alone["n_valid"],
+                }
                 if method in baselines:
                     continue
                 gaps[method] = {}

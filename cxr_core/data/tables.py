@@ -123,11 +123,6 @@ class LocTable:
         return self.table["label_index"].to_numpy(dtype=np.int64)
 
     @property
-    def tune(self) -> np.ndarray:
-        """Boolean mask of the tune half's boxes."""
-        return (self.table["subset"] == "tune").to_numpy()
-
-    @property
     def boxes(self) -> np.ndarray:
         """K x 4 float64 ``x, y, w, h`` in the cache space."""
         return self.table[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)

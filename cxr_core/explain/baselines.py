@@ -7,7 +7,9 @@
   the box area over the image area; it is flat, so it is a miss in the pointing game by rule.
 
 The random-map control (``RandomCAM``) is a CAM method (``cam.methods``) and comes from the cams
-stage; these two need only the boxes, so the localise stage makes them.
+stage; these two need only the boxes, so the localise stage makes them. The prior is built from the
+tune boxes, so its own tune-half and all-box numbers are in-sample: only its report-half numbers
+(the held-out tables) are a fair baseline.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ on ``report`` rows. Three per-box scores:
 
 * **MaxBoxAccV2** (Choe et al.): for each IoU cut-off delta in ``localise.maxboxacc_iou`` the heatmap
   threshold tau whose boxes (every connected component's box, "all contours") most often reach
-  IoU >= delta on tune; a report box scores the mean over delta of its hits at tau(delta).
+  IoU >= delta on tune; a report box scores the mean over delta of its hits at tau(delta). Choe et
+  al.'s "max" is over thresholds on the split being scored; taking tau from tune gives the held-out,
+  lower version, and tau maximises the class-mean accuracy (the pipeline's average), not the
+  per-box one. Ties go to the lowest threshold, so a cut-off no tune box reaches gets tau = 0.
 * **Tuned IoU**: the paper's IoU at the sweep threshold with the best tune class-mean IoU.
 * **Energy-based pointing game** (Wang et al. 2020, Score-CAM): the share of the raw map's mass in the
   box; threshold-free, and computed on the un-normalised maps so a per-image min-max cannot move it.

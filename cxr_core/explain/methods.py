@@ -312,7 +312,10 @@ def get_cam_method(name: str) -> Callable[..., Any]:
     library_name = library.resolve_library_method(name) if isinstance(name, str) else None
     if library_name is not None:
         return functools.partial(library.LibraryCAM, name)
-    others = library.library_method_names()
+    try:
+        others = library.library_method_names()
+    except ValueError:  # pytorch-grad-cam is not installed: name the native methods only
+        others = []
     raise ValueError(
         f"unknown CAM method {name!r}; available: {', '.join(sorted(CAM_METHODS))} (native), "
         + (

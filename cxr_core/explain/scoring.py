@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from cxr_core.errors import ArtifactError
 from cxr_core.explain.baselines import baseline_maps
 from cxr_core.explain.geometry import best_box_scores, box_masks, energy_in_boxes, paper_iou, pointing_hit
 from cxr_core.explain.heldout import HeldoutSettings, delta_key, heldout_scores
@@ -222,10 +223,16 @@ def score_heatmaps(
             f"heatmaps have {[len(m) for m in heatmaps.values()]} maps for {len(loc)} boxes in loc.csv; "
             "re-run the cams stage (dvc repro cams@<model>-<seed>)"
         )
+    tune = (loc["subset"] == "tune").to_numpy()
+    if len(loc) and (tune.all() or not tune.any()):
+        half = "tune" if not tune.any() else "report"
+        raise ArtifactError(
+            f"loc.csv has no box in its {half} half (split.loc_tune_fraction leaves too few patients); "
+            "thresholds are chosen on tune and numbers read on report, so both need boxes"
+        )
     size = int(next(iter(heatmaps.values())).shape[-1]) if heatmaps else 0
     scored = {m: (heatmaps[m], raw[m], degenerate[m]) for m in heatmaps}
     if size:
-        tune = (loc["subset"] == "tune").to_numpy()
         boxes = loc[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
         for name, (maps, raw_maps) in baseline_maps(boxes, loc["label"].to_numpy(), tune, size).items():
             scored[name] = (maps, raw_maps, np.zeros(len(loc), bool))

@@ -20,7 +20,7 @@ from cxr_core.report.provenance import Cell, Table, ci_cell, number, plain_cell
 
 #: Held-out metrics in the order the report leads with them, and how they are named there.
 HELDOUT_NAMES: dict[str, str] = {
-    "maxboxacc": "MaxBoxAccV2 (Choe et al. 2020; IoU cut-offs 0.3 / 0.5 / 0.7)",
+    "maxboxacc": "MaxBoxAccV2 (Choe et al. 2020) at tune-chosen thresholds, mean over `localise.maxboxacc_iou`",
     "energy": "energy-based pointing game (share of the raw map's mass inside the box)",
     "iou_tuned": "paper IoU at the tune-chosen heatmap threshold",
     "pointing": "pointing game (heatmap maximum inside the box)",
@@ -175,8 +175,9 @@ def thresholds_table(models: Sequence[ModelResults], methods: Sequence[str]) -> 
             ]
             table.add_row(f"{display_name(m.name)} - {meth}", cells)
     table.notes.append(
-        "Each threshold is the one whose class-mean score is best on the tune half (lowest on ties); the "
-        "report half never takes part in the choice. The paper's fixed thresholds (Tables 7-8) are below."
+        "Each threshold is the one whose class-mean score is best on the tune half (lowest on ties, so 0 "
+        "where no tune box reaches that IoU at any threshold); the report half never takes part in the "
+        "choice. The paper's fixed thresholds (Tables 7-8) are below."
     )
     return table
 
@@ -231,8 +232,9 @@ def faithfulness_table(
         table.notes.append(
             f"On {first.doc['n_images']} boxes of the report half per model. {short}: "
             f"{long.format(percentiles=percentiles)} (`sanity.faithfulness`). rho: mean Spearman correlation "
-            "with the trained model's maps after re-initialising the head, and after the full cascade "
-            f"({' -> '.join(first.doc['steps'])}); a method fails at rho >= "
+            "with the trained model's maps after re-initialising the head, and after the full cascade (the "
+            f"head, then the last {len(first.doc['steps']) - 1} feature stage(s) too; each model's modules "
+            "are in its metrics/sanity file); a method fails at rho >= "
             f"{first.doc['max_rank_correlation']:g} (`sanity.max_rank_correlation`)."
         )
     return table
