@@ -5,10 +5,14 @@ import pandas as pd
 import pytest
 
 from cxr_core.explain.geometry import to_uint8
+from cxr_core.explain.heldout import HeldoutSettings
 from cxr_core.explain.scoring import as_unit_maps, score_heatmaps, threshold_key
+
+HELDOUT = HeldoutSettings(sweep=(0.0, 0.5), maxboxacc_iou=(0.5,))
 
 
 def _loc(boxes, labels):
+    """Boxes alternately in the tune and the report half (scoring needs both)."""
     return pd.DataFrame(
         {
             "row": range(len(boxes)),
@@ -19,8 +23,15 @@ def _loc(boxes, labels):
             "y": [b[1] for b in boxes],
             "w": [b[2] for b in boxes],
             "h": [b[3] for b in boxes],
+            "subset": ["tune" if i % 2 == 0 else "report" for i in range(len(boxes))],
         }
     )
+
+
+def _score(maps: dict, degenerate: dict, loc: pd.DataFrame, probs: np.ndarray, **kwargs):
+    """score_heatmaps with raw maps equal to the 0..255 maps (energy is not what these tests check)."""
+    raw = {m: v.astype(np.float32) for m, v in maps.items()}
+    return score_heatmaps(maps, raw, degenerate, loc, probs, heldout=HELDOUT, **kwargs)
 
 
 def test_uint8_maps_round_trip_exactly():
@@ -35,14 +46,15 @@ def test_known_answers_for_one_box():
     # a = 0.45 -> 114.75: A = the 8 inside px -> IoU 8 / 16 = 0.5
     # boxes at a = 0.45: one component (x 2..5, y 2..3): box IoU = 8/16 = 0.5, IoBB = 8/8 = 1
     # boxes at a = 0.25: two components; best IoU 0.5 (the inside one), best IoBB 1.0
-    heat = np.zeros((1, 8, 8), np.uint8)
-    heat[0, 2:4, 2:6] = 200
-    heat[0, 6:8, 0:2] = 100
-    loc = _loc([(2.0, 2.0, 4.0, 4.0)], ["Atelectasis"])
-    probs = np.array([[0.7, 0.1]])
-    records, summary = score_heatmaps(
+    # the same box twice, once in each half, so every mean is that box's
+    heat = np.zeros((2, 8, 8), np.uint8)
+    heat[:, 2:4, 2:6] = 200
+    heat[:, 6:8, 0:2] = 100
+    loc = _loc([(2.0, 2.0, 4.0, 4.0)] * 2, ["Atelectasis"] * 2)
+    probs = np.array([[0.7, 0.1]] * 2)
+    records, summary = _score(
         {"GradCAM": heat},
-        {"GradCAM": np.array([False])},
+        {"GradCAM": np.array([False, False])},
         loc,
         probs,
         thresholds=[0.25, 0.45],
@@ -66,7 +78,7 @@ def test_class_mean_and_degenerate_maps():
     heat[0, 0:4, 0:4] = 255  # exactly the Atelectasis box: IoU 1 at every threshold
     heat[1, :, :] = 0
     loc = _loc([(0.0, 0.0, 4.0, 4.0), (4.0, 4.0, 4.0, 4.0)], ["Atelectasis", "Cardiomegaly"])
-    records, summary = score_heatmaps(
+    records, summary = _score(
         {"EigenCAM": heat},
         {"EigenCAM": np.array([False, True])},
         loc,
@@ -81,7 +93,8 @@ def test_class_mean_and_degenerate_maps():
     assert method["box_acc_iobb"]["t010"] == {"T010": 0.5, "T050": 0.5}
     assert method["degenerate_fraction"] == 0.5
     assert summary["n_boxes"] == 2 and summary["n_images"] == 2 and summary["image_size"] == 8
-    assert records["method"].tolist() == ["EigenCAM", "EigenCAM"]
+    # the method's rows, then the image-independent baselines scored by the same code
+    assert records["method"].tolist() == ["EigenCAM"] * 2 + ["BoxPrior"] * 2 + ["UniformMap"] * 2
 
 
 def test_threshold_keys_and_size_mismatch():
@@ -89,7 +102,7 @@ def test_threshold_keys_and_size_mismatch():
     assert threshold_key(0.5, "T") == "T050"
     loc = _loc([(0.0, 0.0, 4.0, 4.0)], ["Atelectasis"])
     with pytest.raises(ValueError, match="re-run the cams stage"):
-        score_heatmaps(
+        _score(
             {"GradCAM": np.zeros((2, 8, 8), np.uint8)},
             {"GradCAM": np.zeros(2, bool)},
             loc,
@@ -101,10 +114,19 @@ def test_threshold_keys_and_size_mismatch():
 
 
 def test_positive_pred_uses_the_configured_cut():
-    heat = np.zeros((1, 8, 8), np.uint8)
-    loc = _loc([(2.0, 2.0, 4.0, 4.0)], ["Atelectasis"])
+    heat = np.zeros((2, 8, 8), np.uint8)
+    loc = _loc([(2.0, 2.0, 4.0, 4.0)] * 2, ["Atelectasis"] * 2)
     common = {"thresholds": [0.1], "box_thresholds": [0.5]}
-    args = ({"GradCAM": heat}, {"GradCAM": np.array([False])}, loc, np.array([[0.4, 0.1]]))
-    low, _ = score_heatmaps(*args, positive_threshold=0.3, **common)
-    high, _ = score_heatmaps(*args, positive_threshold=0.5, **common)
+    args = ({"GradCAM": heat}, {"GradCAM": np.zeros(2, bool)}, loc, np.array([[0.4, 0.1]] * 2))
+    low, _ = _score(*args, positive_threshold=0.3, **common)
+    high, _ = _score(*args, positive_threshold=0.5, **common)
     assert bool(low.iloc[0]["positive_pred"]) and not bool(high.iloc[0]["positive_pred"])
+
+
+def test_an_empty_half_is_refused_with_the_param_named():
+    from cxr_core.errors import ArtifactError
+
+    loc = _loc([(2.0, 2.0, 4.0, 4.0)] * 2, ["Atelectasis"] * 2).assign(subset="report")
+    with pytest.raises(ArtifactError, match="no box in its tune half.*split.loc_tune_fraction"):
+        _score({"GradCAM": np.zeros((2, 8, 8), np.uint8)}, {"GradCAM": np.zeros(2, bool)}, loc,
+               np.zeros((2, 2)), thresholds=[0.1], box_thresholds=[0.5], positive_threshold=0.5)  # fmt: skip

@@ -42,8 +42,8 @@ def test_demo_backend_messages_and_boxes(checkpoint: Path, tmp_path: Path, singl
     splits = tmp_path / "splits"
     splits.mkdir()
     (splits / "loc.csv").write_text(
-        "row,image,patient,label,label_index,x,y,w,h,x1024,y1024,w1024,h1024\n"
-        "0,00000001_000.png,1,Effusion,2,1,1,1,1,512.0,600.0,256.0,200.0\n"
+        "row,image,patient,label,label_index,x,y,w,h,x1024,y1024,w1024,h1024,subset\n"
+        "0,00000001_000.png,1,Effusion,2,1,1,1,1,512.0,600.0,256.0,200.0,report\n"
     )
     backend = DemoBackend(checkpoint.parents[2], splits, display_px=128)
     assert backend.models == [KEY]
