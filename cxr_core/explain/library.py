@@ -48,6 +48,7 @@ from cxr_core.explain.methods import (
     _class_index_tensor,
     _looks_nhwc,
     eval_mode,
+    model_device,
 )
 
 LIBRARY_PREFIX = "pgc:"
@@ -290,10 +291,7 @@ class LibraryCAM:
 
     @property
     def device(self) -> torch.device:
-        try:
-            return next(self.model.parameters()).device
-        except StopIteration:
-            return torch.device("cpu")
+        return model_device(self.model)
 
     def _make(self, library: ModuleType, cls: type) -> tuple[Any, nn.Module | None]:
         """A fresh library object (and, for AblationCAM, its own ablation layer, to put back on error)."""

@@ -84,6 +84,14 @@ class LayerFeatures:
     logits: Tensor | None = None
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (the CPU for a model without any)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
 @contextmanager
 def eval_mode(model: nn.Module, *, requires_grad: bool = False) -> Iterator[nn.Module]:
     """Eval mode and ``requires_grad`` set on every parameter for the block; both restored."""
@@ -153,10 +161,7 @@ class FeatureExtractor:
 
     @property
     def device(self) -> torch.device:
-        try:
-            return next(self.model.parameters()).device
-        except StopIteration:
-            return torch.device("cpu")
+        return model_device(self.model)
 
     def __call__(
         self,

@@ -449,7 +449,7 @@ def faithfulness_scores(
     from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from cxr_core.explain.methods import frozen_eval
+    from cxr_core.explain.methods import frozen_eval, model_device
 
     check_faithfulness(metric)
     if target not in ROAD_TARGETS:
@@ -472,10 +472,7 @@ def faithfulness_scores(
     score = (
         ROADCombined(percentiles=list(percentiles)) if metric == "road" else CamMultImageConfidenceChange()
     )
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
+    device = model_device(model)
     scores = np.empty(len(x), dtype=np.float64)
     with frozen_eval(model), torch.no_grad(), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         # pytorch-grad-cam's imputer hands torch tensors to np.argwhere: numpy 2 deprecation noise
