@@ -275,6 +275,37 @@ SCHEMA = Section(
                 "road_percentiles": ListOf(Int(1, 99)),
             }
         ),
+        "external": Section(
+            {
+                "datasets": ListOf(Named("external dataset"), min_len=0),
+                "leakage": Choice(("refuse", "drop")),
+                "leakage_correlation": Float(0.5, 1.0, lo_open=True),
+                "chexpert": Section(
+                    {
+                        "path": Text(nullable=True),
+                        "csv": Choice(("valid.csv", "train.csv")),
+                        "uncertain": Choice(("missing", "positive", "negative")),
+                        "frontal_only": Bool(),
+                    }
+                ),
+                "vindr": Section({"path": Text(nullable=True), "min_readers": Int(1, 17)}),
+                "padchest": Section({"path": Text(nullable=True), "projections": ListOf(Text())}),
+                "phantom": Section(
+                    {
+                        "images": Int(20, 100_000),
+                        "image_px": Int(64, 4096),
+                        "seed": Int(0),
+                        "contrast": Float(0.1, 2.0),
+                        "noise": Float(0.0, 100.0),
+                        "jpeg_quality": Int(10, 100),
+                        "uncertain_fraction": PROB,
+                        "blank_fraction": PROB,
+                        "lateral_fraction": PROB,
+                        "prevalence_floor": Float(0.0, 0.5),
+                    }
+                ),
+            }
+        ),
         "compare": Section(
             {
                 "alpha": Float(0.0, 0.5, lo_open=True),

@@ -58,10 +58,14 @@ def test_every_stage_output_file_has_a_contract() -> None:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     declared = set()
     for stage in stages.values():
+        stage = stage.get("do", stage)  # a foreach stage keeps its definition under `do:`
         for key in ("outs", "metrics"):
             for entry in stage.get(key, []):
                 declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
-    normalised = {d.replace("${item.model}", "<model>").replace("${item.seed}", "<k>") for d in declared}
+    normalised = {
+        d.replace("${item.model}", "<model>").replace("${item.seed}", "<k>").replace("${item}", "<name>")
+        for d in declared
+    }
     consumed_elsewhere = {  # what the next stage reads, mapped to its contract path
         "data/raw/manifest.json",
         "data/cache",
@@ -80,6 +84,8 @@ def test_every_stage_output_file_has_a_contract() -> None:
         "data/operating/<model>/seed<k>.json",
         "metrics/clinical/<model>/seed<k>.json",
         "plots/reliability/<model>/seed<k>.csv",
+        "data/external/<name>",
+        "metrics/external/<name>.json",
     }
     assert consumed_elsewhere <= normalised
     _import_all()

@@ -71,7 +71,8 @@ def code_files() -> set[Path]:
 
 def stage_deps() -> dict[str, list[str]]:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    return {name: stage["deps"] for name, stage in stages.items()}
+    # a foreach stage keeps its definition under `do:`
+    return {name: stage.get("do", stage)["deps"] for name, stage in stages.items()}
 
 
 def stage_script(name: str) -> Path:

@@ -88,8 +88,15 @@ def test_dvc_repro_runs_every_stage(project):
             }
             points = json.loads((project / "data" / "operating" / model / f"seed{seed}.json").read_text())
             assert set(points["thresholds"]) == set(clinical["operating"]["test"])
+    external = json.loads((project / "metrics" / "external" / "phantom.json").read_text())
+    assert external["phantom"] and external["left_out"]["lateral_skipped"] > 0
+    assert set(external["models"]) == set(MODELS) and set(external["models"][MODELS[0]]) == {
+        f"seed{s}" for s in SEEDS
+    }
+    assert "Lung Lesion" in external["models"][MODELS[0]]["seed0"]["classes"]
     report = (project / "reports" / "report.md").read_text()
-    assert report.count("PHANTOM") >= 2  # the header, and the adjudicated stand-in's note
+    assert report.count("PHANTOM") >= 3  # the header, the adjudicated stand-in's note, the external set
+    assert "<!-- table: external_phantom -->" in report
     assert "<!-- table: operating_points -->" in report and "<!-- table: adjudicated -->" in report
 
 
@@ -131,14 +138,17 @@ def _touch(project: Path, module: str) -> None:
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        ("cxr_core/explain/methods.py", {"cams", "sanity"}),  # a CAM change never retrains
+        ("cxr_core/explain/methods.py", {"cams", "sanity", "external"}),  # a CAM change never retrains
         # box parsing re-splits; the clinical audit reads sex / age / view through it
-        ("cxr_core/data/metadata.py", {"download", "preprocess", "split", "adjudicated", "clinical"}),
+        (
+            "cxr_core/data/metadata.py",
+            {"download", "preprocess", "split", "adjudicated", "clinical", "external_data"},
+        ),
         ("cxr_core/explain/scoring.py", {"localise", "compare", "report"}),  # they read its box records
         ("cxr_core/train/losses.py", {"train"}),
         (
             "cxr_core/runtime.py",
-            {"train", "test", "cams", "sanity", "clinical", "compare"},
+            {"train", "test", "cams", "sanity", "clinical", "compare", "external"},
         ),  # compare loads predictions
         ("cxr_core/compare/paired.py", {"compare", "clinical", "report"}),  # its bootstrap; the report reads
     ],

@@ -26,6 +26,8 @@ STAGES = (
     "adjudicated",
     "clinical",
     "compare",
+    "external_data",
+    "external",
     "report",
 )
 
@@ -172,6 +174,32 @@ def _args(stage: str, params: Path, d: dict[str, Path]) -> list[str]:
             "--out",
             str(d["out"] / "compare.json"),
         ],
+        "external_data": [
+            "--name",
+            "phantom",
+            *common,
+            "--cache",
+            str(d["cache"]),
+            "--splits",
+            str(d["splits"]),
+            "--out",
+            str(d["out"] / "ext"),
+        ],
+        "external": [
+            "--name",
+            "phantom",
+            *common,
+            "--data",
+            str(d["out"] / "ext"),
+            "--models",
+            str(d["out"] / "models"),
+            "--predictions",
+            str(d["out"] / "predictions"),
+            "--localise",
+            str(d["out"] / "localise"),
+            "--out",
+            str(d["out"] / "external.json"),
+        ],
         "report": [
             *common,
             "--metrics",
@@ -233,6 +261,8 @@ MISSING: dict[str, tuple[str, str]] = {
     "adjudicated": ("splits/test.csv", "test.csv"),
     "clinical": ("checkpoint", "best.pt"),
     "compare": ("predictions", "test_resnet/seed0.npz"),
+    "external_data": ("splits/val.csv", "val.csv"),
+    "external": ("data", "manifest.json"),
     "report": ("metrics", "split.json"),
 }
 

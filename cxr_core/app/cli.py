@@ -36,6 +36,7 @@ logger = logging.getLogger("cxr")
 
 def all_lookups() -> dict[str, Any]:
     """Every registry the app's params can name (the app runs models, heatmaps and all)."""
+    from cxr_core.data.external.registry import check_dataset
     from cxr_core.evaluate.operating import get_threshold_rule
     from cxr_core.explain.methods import check_eigen_sign, get_cam_method
     from cxr_core.explain.sanity import check_faithfulness
@@ -51,6 +52,7 @@ def all_lookups() -> dict[str, Any]:
         "eigen sign": check_eigen_sign,
         "threshold rule": get_threshold_rule,
         "faithfulness metric": check_faithfulness,
+        "external dataset": check_dataset,
     }
 
 

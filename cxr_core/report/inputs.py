@@ -77,6 +77,9 @@ class ReportPaths:
     def sanity_json(self, model: str, seed: int) -> Path:
         return self.metrics / "sanity" / model / f"seed{seed}.json"
 
+    def external_json(self, name: str) -> Path:
+        return self.metrics / "external" / f"{name}.json"
+
     @property
     def compare_json(self) -> Path:
         return self.metrics / "compare.json"
@@ -113,7 +116,7 @@ def run_stage(stage: str, model: str, seed: int) -> str:
 
 
 def required_inputs(
-    paths: ReportPaths, models: Sequence[str], seeds: Sequence[int]
+    paths: ReportPaths, models: Sequence[str], seeds: Sequence[int], external: Sequence[str] = ()
 ) -> list[tuple[Path, str]]:
     """Every file the report reads, with the DVC stage that writes it (heatmap inputs: see below)."""
     needed: list[tuple[Path, str]] = [
@@ -121,6 +124,7 @@ def required_inputs(
         (paths.split_json, "split"),
         (paths.compare_json, "compare"),
     ]
+    needed += [(paths.external_json(name), f"external@{name}") for name in external]
     for m in models:
         for k in seeds:
             needed += [

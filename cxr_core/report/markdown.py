@@ -33,6 +33,7 @@ from cxr_core.report.comparison import (
     verdict,
     vs_best_cell,
 )
+from cxr_core.report.external import ExternalRun, external_tables
 from cxr_core.report.figures import ExampleGrid
 from cxr_core.report.heldout import SanityRun, failing_methods, heldout_section
 from cxr_core.report.inputs import (
@@ -107,6 +108,7 @@ def build_report(
     comparison: Comparison | None = None,
     clinical: Sequence[ClinicalRun] = (),
     sanity: Mapping[str, SanityRun] | None = None,
+    external: Sequence[ExternalRun] = (),
 ) -> Report:
     """Assemble report.md: header, data, training, Tables 5-8, the model comparison, localisation."""
     _, phantom = data_source(manifest)
@@ -201,6 +203,20 @@ def build_report(
                 f"computed for {shown} (see cam.methods), so not drawn.\n"
             )
     sections.append(("Localisation", loc_tables, loc_text, loc_lead))
+    if external:
+        seed = int(params["seeds"][0])
+        names = [m.name for m in models]
+        sections.append(
+            (
+                "External validation",
+                [t for run in external for t in external_tables(run, names, seed)],
+                [],
+                [
+                    "The NIH-trained models scored on data sets they never saw (the paper's section 5.1 "
+                    "future work), each finding mapped to the NIH finding(s) that score it.\n"
+                ],
+            )
+        )
 
     parts = [header(params, manifest)]
     if best is not None:

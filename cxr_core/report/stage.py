@@ -12,6 +12,7 @@ from cxr_core.compare.study import ComparisonMetrics
 from cxr_core.models.checkpoints import CHECKPOINT_PATTERN
 from cxr_core.report.clinical import load_clinical
 from cxr_core.report.comparison import Comparison, HeadlineMetrics, headline
+from cxr_core.report.external import load_external
 from cxr_core.report.figures import (
     ExampleGrid,
     example_grid,
@@ -47,7 +48,8 @@ def make_report(params: Mapping[str, Any], paths: ReportPaths) -> Report:
     """Read every input, draw the figures, write report.md + tables; returns the report."""
     models_cfg: list[str] = list(params["models"])
     seeds: list[int] = list(params["seeds"])
-    check_inputs(required_inputs(paths, models_cfg, seeds))
+    external_sets: list[str] = list(params["external"]["datasets"])
+    check_inputs(required_inputs(paths, models_cfg, seeds, external_sets))
     manifest = read_json(paths.manifest, "download", ("source", "fingerprint"))
     split = read_json(paths.split_json, "split")
     # every table shows each model's first-seed run; the comparison averages over all seeds
@@ -76,6 +78,7 @@ def make_report(params: Mapping[str, Any], paths: ReportPaths) -> Report:
     figures["iou"] = plot_iou_vs_threshold(iou, methods, models, paths.figures / "iou_vs_threshold.png")
     clinical = [load_clinical(paths.clinical_json(m.name, seeds[0]), m.name) for m in models]
     sanity = {m.name: load_sanity(paths.sanity_json(m.name, seeds[0]), m.name) for m in models}
+    external = [load_external(paths.external_json(name), name) for name in external_sets]
     clinical_model = (best or models[0]).name
     curves = ReliabilityTable.read(paths.reliability_csv(clinical_model, seeds[0]))
     figures["reliability"] = plot_reliability(curves, clinical_model, paths.figures / "reliability.png")
@@ -107,6 +110,7 @@ def make_report(params: Mapping[str, Any], paths: ReportPaths) -> Report:
         comparison,
         clinical,
         sanity,
+        external,
     )
     write_report(report, paths.out)
     board = headline(models, best, comparison, params["report"]["headline_method"], CHECKPOINT_PATTERN)
