@@ -16,10 +16,10 @@ from cxr_core.app.imaging import (
     collect_files,
     read_dicom,
     read_image,
-    window,
 )
 from cxr_core.app.overlay import overlay
 from cxr_core.data.decode import ImageDecodeError, decode_image
+from cxr_core.data.dicom import window
 
 pydicom = pytest.importorskip("pydicom", reason="DICOM support needs pydicom (pip install -e '.[demo]')")
 
