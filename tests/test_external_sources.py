@@ -659,3 +659,29 @@ def test_image_size_reads_headers_only(tmp_path: Path) -> None:
     assert image_size(tmp_path / "noext") == (9, 6)
     with pytest.raises(ImageDecodeError, match="file not found"):
         image_size(tmp_path / "absent.png")
+
+
+@pytest.mark.parametrize(
+    ("photometric", "attrs"),
+    [
+        ("MONOCHROME2", {}),
+        ("MONOCHROME1", {}),
+        ("MONOCHROME2", {"WindowCenter": 1500, "WindowWidth": 2000}),
+        (
+            "MONOCHROME1",
+            {"RescaleSlope": 2, "RescaleIntercept": -100, "WindowCenter": 3000, "WindowWidth": 4000},
+        ),
+    ],
+)
+def test_decode_dicom_gives_the_pixels_cxr_predict_reads(
+    tmp_path: Path, photometric: str, attrs: dict
+) -> None:
+    """One rule for DICOM: the external cache and ``cxr predict`` feed the model the same pixels."""
+    from cxr_core.app.imaging import read_image
+
+    pixels = (np.add.outer(np.arange(40), np.arange(52)) * 37 % 4096).astype(np.uint16)
+    path = tmp_path / "x.dcm"
+    _write_dicom(path, pixels, photometric, **attrs)
+    grey, size = decode_dicom(path, 32)
+    assert size == (52, 40)
+    np.testing.assert_array_equal(grey, read_image(path, 32))

@@ -1,18 +1,10 @@
-"""Decode a DICOM radiograph to ``S x S`` uint8 grey with the same resize rules as ``decode.py``.
+"""Decode a DICOM radiograph to ``S x S`` uint8 grey, exactly as ``cxr predict`` reads one.
 
 VinDr-CXR ships DICOM only, with 12- to 16-bit pixels, some MONOCHROME1 (white = air) and most
-with a window (VOI LUT or WindowCenter / WindowWidth) chosen by the modality for display.
-
-Steps, in the order DICOM PS3.4 defines for display:
-
-1. Modality LUT (RescaleSlope / RescaleIntercept), then the VOI LUT or window when the file has one
-   (``pydicom.pixels.apply_voi_lut``): the model then sees what a radiologist was shown.
-2. Per-image min-max to 0..255: DICOM has no common grey scale across vendors and bit depths (the
-   linear ``v * 255 / 65535`` of ``decode.py`` would leave a 12-bit image nearly black). A constant
-   image becomes all 0.
-3. MONOCHROME1 is inverted (``255 - v``) so that air is black, as in the NIH PNGs.
-4. Resize in float (Pillow mode ``F``) with ``decode.RESAMPLE`` / ``decode.REDUCING_GAP``, then
-   round to nearest, as ``decode.to_grey`` does for 16-bit files.
+with a window chosen by the modality for display. The display rules are ``cxr_core.data.dicom``'s
+(modality LUT, then the VOI LUT or window, else the image's own min..max, to 0..1), MONOCHROME1 is
+inverted, and the 0..1 values take the cache's 16-bit resize path (``decode.to_grey``): a DICOM
+gives the model the same pixels through the external cache and through ``cxr predict``.
 
 Compressed transfer syntaxes need a decoder plugin (pylibjpeg or gdcm) that pydicom does not bring;
 the error says which to install.
@@ -27,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxr_core.data.decode import ALLOWED_FORMATS, DECODE_ERRORS, REDUCING_GAP, RESAMPLE, ImageDecodeError
+from cxr_core.data.decode import ALLOWED_FORMATS, DECODE_ERRORS, ImageDecodeError, to_grey
+from cxr_core.data.dicom import DICOM_GREY, dicom_to_unit
 
 #: File name endings taken as DICOM without looking at the content.
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
@@ -106,13 +99,11 @@ def decode_dicom(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
     Raises :class:`~cxr_core.data.decode.ImageDecodeError` (naming the file) for anything unreadable.
     """
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
     path = Path(path)
     ds = _read(path, stop_before_pixels=False)
     arr = _pixels(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2") or int(ds.get("SamplesPerPixel", 1)) != 1:
+    if photometric not in DICOM_GREY or int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ImageDecodeError(path, f"not a greyscale radiograph (PhotometricInterpretation {photometric})")
     if arr.ndim == 3:  # multi-frame: a radiograph has one frame; take the first
         arr = arr[0]
@@ -120,20 +111,15 @@ def decode_dicom(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
         raise ImageDecodeError(path, f"unexpected pixel array shape {arr.shape}")
     height, width = arr.shape
     try:
-        values = apply_voi_lut(apply_modality_lut(arr, ds), ds)
+        values = dicom_to_unit(arr, ds)
     except _DICOM_ERRORS as exc:
         raise ImageDecodeError(path, f"cannot apply the DICOM LUTs ({type(exc).__name__}: {exc})") from exc
-    values = np.asarray(values, dtype=np.float64)
     if not np.isfinite(values).all():
         raise ImageDecodeError(path, "pixel values are not finite after the DICOM LUTs")
-    lo, hi = float(values.min()), float(values.max())
-    scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
     if photometric == "MONOCHROME1":
-        scaled = 255.0 - scaled
-    grey = Image.fromarray(scaled.astype(np.float32))  # float32 -> mode "F"
-    if grey.size != (size, size):
-        grey = grey.resize((size, size), RESAMPLE, reducing_gap=REDUCING_GAP)
-    return np.clip(np.rint(np.asarray(grey)), 0, 255).astype(np.uint8), (int(width), int(height))
+        values = 1.0 - values
+    sixteen = Image.fromarray(np.ascontiguousarray(np.rint(values * 65535.0).astype("<u2")))
+    return to_grey(sixteen, size), (int(width), int(height))
 
 
 def image_size(path: Path) -> tuple[int, int]:
