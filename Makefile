@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install repro test lint bench pr-report gpu-check scale
+.PHONY: install repro test lint bench pr-report leaderboard gpu-check scale
 
 BASE ?= main
 PR_REPORT_ARGS ?=
@@ -27,6 +27,10 @@ lint: install
 
 test: lint
 	pytest -q
+
+# dvc exp show as a leaderboard: experiment, lr and each model's test macro AUC (about 190 columns)
+leaderboard: install
+	cxr leaderboard
 
 bench: install
 	python -m benchmarks all --quick

@@ -223,6 +223,17 @@ def test_experiments_lr_and_queued_grid(project):
         assert set(metrics) == {"metrics/headline.json"}, metrics.keys()
         board = metrics["metrics/headline.json"]["data"]
         assert set(board["models"]) == set(MODELS) and board["models"][MODELS[0]]["seeds"] == len(seeds)
+    # `cxr leaderboard`: the same table cut to experiment, lr and the AUCs, and it fits the terminal
+    os.environ["COLUMNS"] = "200"
+    try:
+        board = _sh(project, "cxr", "leaderboard", "--no-pager").splitlines()
+    finally:
+        del os.environ["COLUMNS"]
+    header = next(line for line in board if "Experiment" in line)
+    assert header.split() == ["Experiment", *(f"models.{m}.auc" for m in MODELS), "lr"], header
+    assert max(len(line) for line in board) <= 200 and not any("…" in line for line in board)
+    lrs = [line.split()[-1] for line in board if line.split() and line.split()[-1][:1].isdigit()]
+    assert "lr-001" in "\n".join(board) and sorted(lrs).count("0.002") == 2 and lrs.count("0.004") == 2
     diff = _sh(project, "dvc", "metrics", "diff", "--all")
     assert "models.test_resnet.auc" in diff
     detailed = _sh(

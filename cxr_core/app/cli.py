@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import click
 
 from cxr_core.app.imaging import DEFAULT_LIMITS
+from cxr_core.app.leaderboard import main as leaderboard
 from cxr_core.app.overlay import DISPLAY_PX
 from cxr_core.app.pr_report import main as pr_report
 from cxr_core.errors import CxrError
@@ -673,6 +674,7 @@ def demo(
 
 
 main.add_command(pr_report, name="pr-report")
+main.add_command(leaderboard, name="leaderboard")
 
 if __name__ == "__main__":
     main()
