@@ -280,6 +280,7 @@ SCHEMA = Section(
                 "datasets": ListOf(Named("external dataset"), min_len=0),
                 "leakage": Choice(("refuse", "drop")),
                 "leakage_correlation": Float(0.5, 1.0, lo_open=True),
+                "min_positives": Int(1, 100_000),
                 "chexpert": Section(
                     {
                         "path": Text(nullable=True),
@@ -302,6 +303,7 @@ SCHEMA = Section(
                         "blank_fraction": PROB,
                         "lateral_fraction": PROB,
                         "prevalence_floor": Float(0.0, 0.5),
+                        "uncertain": Choice(("missing", "positive", "negative")),
                     }
                 ),
             }

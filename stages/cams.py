@@ -12,12 +12,11 @@ from pathlib import Path
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import LocTable
 from cxr_core.evaluate.predict import Predictions
-from cxr_core.explain.compute import CamSettings, loc_heatmaps
-from cxr_core.explain.methods import check_eigen_sign, get_cam_method
+from cxr_core.explain.compute import CAM_LOOKUPS, CamSettings, loc_heatmaps
 from cxr_core.models.checkpoints import load_model
 from cxr_core.models.registry import get_spec
 from cxr_core.params import load_params
-from cxr_core.runtime import Runtime, check_amp, check_device
+from cxr_core.runtime import Runtime
 from stages._common import (
     cache_option,
     model_option,
@@ -27,12 +26,7 @@ from stages._common import (
     stage_command,
 )
 
-LOOKUPS = {
-    "cam method": get_cam_method,
-    "eigen sign": check_eigen_sign,
-    "device": check_device,
-    "amp": check_amp,
-}
+LOOKUPS = CAM_LOOKUPS
 
 
 @stage_command()

@@ -15,23 +15,17 @@ from cxr_core.compare.external_metrics import ExternalMetrics
 from cxr_core.data.external.store import ExternalSet
 from cxr_core.errors import ArtifactError
 from cxr_core.evaluate.predict import Predictions, predict_probs
-from cxr_core.explain.compute import CamSettings
-from cxr_core.explain.methods import check_eigen_sign, get_cam_method
+from cxr_core.explain.compute import CAM_LOOKUPS, CamSettings
 from cxr_core.files import read_json
 from cxr_core.models.checkpoints import load_model
 from cxr_core.models.registry import get_spec
 from cxr_core.params import load_params
-from cxr_core.runtime import Runtime, check_amp, check_device
+from cxr_core.runtime import Runtime
 from stages._common import params_option, path_option, stage_command
 
 logger = logging.getLogger("stages.external")
 
-LOOKUPS = {
-    "cam method": get_cam_method,
-    "eigen sign": check_eigen_sign,
-    "device": check_device,
-    "amp": check_amp,
-}
+LOOKUPS = CAM_LOOKUPS
 
 
 @stage_command()
@@ -72,14 +66,10 @@ def main(
                 n_boot=test_cfg["bootstrap"],
                 ci=test_cfg["ci"],
                 seed=cfg["seed"],
+                min_positives=cfg["external"]["min_positives"],
             )
             if len(ext.boxes):
-                loc = read_json(
-                    localise / model_name / f"seed{seed}.json", "the localise stage", ("methods",)
-                )
-                thresholds = {
-                    m: b["heldout"]["thresholds"]["iou"] for m, b in loc["methods"].items() if "heldout" in b
-                }
+                thresholds = tuned_thresholds(localise / model_name / f"seed{seed}.json")
                 result["boxes"] = external_box_scores(
                     model, spec, ext.images, probs, ext.boxes, ext.classes,
                     CamSettings.from_params(cfg), runtime, thresholds,
@@ -96,6 +86,8 @@ def main(
             "dataset": ext.name,
             "phantom": m["source"] == "synthetic",
             "label_file": m["label_file"],
+            "settings": m["settings"],
+            "bootstrap_group": m["bootstrap_group"],
             "n_images": m["n_images"],
             "n_patients": m["n_patients"],
             "n_boxes": m["n_boxes"],
@@ -105,9 +97,24 @@ def main(
             "n_boot": test_cfg["bootstrap"],
             "ci": test_cfg["ci"],
             "seed": cfg["seed"],
+            "min_positives": cfg["external"]["min_positives"],
             "models": runs,
         },
     )
+
+
+def tuned_thresholds(path: Path) -> dict[str, float]:
+    """Each method's IoU threshold chosen on the NIH tune boxes (``localise@``'s held-out block)."""
+    doc = read_json(path, "the localise stage (localise@<model>-<seed>)", ("methods",))
+    try:
+        return {
+            m: float(b["heldout"]["thresholds"]["iou"]) for m, b in doc["methods"].items() if "heldout" in b
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"{path}: a method's heldout.thresholds.iou is missing or not a number ({exc!r}); "
+            "rerun `dvc repro localise`"
+        ) from None
 
 
 if __name__ == "__main__":

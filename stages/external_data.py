@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_core.data.cache import load_cache
-from cxr_core.data.external.build import LeakageSettings, build_external
+from cxr_core.data.external.build import LeakageSettings, NihImages, build_external
 from cxr_core.data.external.registry import check_dataset, read_dataset
 from cxr_core.data.tables import SplitTable
 from cxr_core.params import load_params
@@ -33,20 +33,16 @@ def main(name: Path, params: Path, cache: Path, splits: Path, out: Path) -> None
     cfg = load_params(params, {"external dataset": check_dataset})
     external, name = cfg["external"], str(name)
     images, index = load_cache(cache)  # the external set is decoded at the NIH cache's size
-    seen = [SplitTable.read(splits, part) for part in ("train", "val")]
-    rows = np.concatenate([s.rows for s in seen])
+    rows = np.sort(np.concatenate([SplitTable.read(splits, part).rows for part in ("train", "val")]))
     shutil.rmtree(out, ignore_errors=True)  # nothing stale from an earlier, larger set
-    table, source = read_dataset(external, name, out)
     manifest = build_external(
-        table,
+        read_dataset(external, name, out),
         out,
         size=images.shape[1],
         workers=cfg["preprocess"]["workers"],
         on_error=cfg["preprocess"]["on_error"],
-        nih_images=np.asarray(images[np.sort(rows)]),
-        nih_ids=index["image"].to_numpy()[np.sort(rows)].tolist(),
+        nih=NihImages(images, rows, index["image"].to_numpy()[rows].tolist()),
         leakage_settings=LeakageSettings(external["leakage"], external["leakage_correlation"]),
-        source=source,
     )
     logger.info(
         "external set %s: %d images, %d patients, %d boxes, left out %s -> %s",

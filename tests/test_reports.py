@@ -304,7 +304,8 @@ def _external(root: Path, rng: np.random.Generator) -> None:
             per_class[c["name"]] = {
                 "kind": c["kind"], "nih": c["nih"], "auc": auc, "auc_ci": auc_ci, "nih_auc": nih,
                 "nih_auc_ci": nih_ci, "drop": auc - nih, "drop_ci": [auc - nih - 0.1, auc - nih + 0.1],
-                "n_labelled": 90, "positives": 12, "missing": 4,
+                "n_labelled": 90, "positives": 12, "missing": 4, "nih_positives": 20,
+                "in_macro": c["kind"] == "direct",
             }  # fmt: skip
         run = {
             "classes": per_class,
@@ -327,9 +328,12 @@ def _external(root: Path, rng: np.random.Generator) -> None:
         root / "metrics" / "external" / "phantom.json",
         {
             "dataset": "phantom", "phantom": True, "label_file": "CheXpert-v1.0-small/valid.csv",
+            "settings": {"csv": "valid.csv", "uncertain": "missing", "frontal_only": True},
+            "bootstrap_group": "patient", "min_positives": 5,
             "n_images": 94, "n_patients": 50, "n_boxes": 0, "classes": classes,
             "left_out": {"lateral_skipped": 9, "unreadable": 0, "leakage_dropped": 0},
             "leakage": {"checked_against": "NIH train + val images", "n_reference": 400, "min_correlation": 0.99,
+                        "fingerprint": {"side": 64, "sigma": 1.0},
                         "action": "refuse", "matches": 0, "nih_derived_markers": []},
             "n_boot": 1000, "ci": 0.95, "seed": 0, "models": runs,
         },

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from cxr_core.data.batches import normalise, to_device
 from cxr_core.data.external.base import MappedClass
 from cxr_core.evaluate.metrics import (
     _check_ci,
@@ -31,9 +30,8 @@ from cxr_core.evaluate.metrics import (
     _percentile_interval,
     weighted_auc,
 )
-from cxr_core.explain.compute import CamSettings
+from cxr_core.explain.compute import CamSettings, cams_in_batches, clean_maps
 from cxr_core.explain.geometry import box_mask, paper_iou, pointing_hit
-from cxr_core.explain.methods import compute_cams
 from cxr_core.models.registry import ModelSpec
 from cxr_core.runtime import Runtime
 
@@ -81,21 +79,35 @@ def external_summary(
     n_boot: int,
     ci: float,
     seed: int,
+    min_positives: int = 1,
 ) -> dict[str, Any]:
     """``ext`` = (labels N x K with NaN, probs N x 14, patients); ``nih`` = (targets M x 14, probs M x 14,
-    patients) of the NIH test set. Per class and macro: AUC [CI] on both, the drop [CI], counts."""
+    patients) of the NIH test set. Per class and macro: AUC [CI] on both, the drop [CI], counts.
+
+    The macro averages the classes with at least ``min_positives`` positives and negatives on both
+    sets (fixed in advance: a class with a handful of positives has an AUC, but an interval that only
+    the bootstrap draws containing those patients define)."""
     ci = _check_ci(ci)
     ext_labels, ext_probs, ext_groups = ext
     nih_targets, nih_probs, nih_groups = nih
     ext_auc, ext_reps = class_aucs(
         ext_labels, mapped(ext_probs, classes), ext_groups, n_boot=n_boot, seed=[seed, 1]
     )
+    nih_mapped = mapped(nih_targets, classes)
     nih_auc, nih_reps = class_aucs(
-        mapped(nih_targets, classes), mapped(nih_probs, classes), nih_groups, n_boot=n_boot, seed=seed
+        nih_mapped, mapped(nih_probs, classes), nih_groups, n_boot=n_boot, seed=seed
     )
     per_class: dict[str, Any] = {}
+    enough = np.zeros(len(classes), bool)
     for k, c in enumerate(classes):
         y = ext_labels[:, k]
+        counts = [
+            int(np.nansum(y == 1)),
+            int(np.nansum(y == 0)),
+            int((nih_mapped[:, k] == 1).sum()),
+            int((nih_mapped[:, k] == 0).sum()),
+        ]
+        enough[k] = min(counts) >= min_positives
         per_class[c.name] = {
             "kind": c.kind,
             "nih": list(c.nih),
@@ -106,11 +118,16 @@ def external_summary(
             "drop": _json_float(ext_auc[k] - nih_auc[k]),
             "drop_ci": _interval(ext_reps[:, k] - nih_reps[:, k], ci),
             "n_labelled": int(np.isfinite(y).sum()),
-            "positives": int(np.nansum(y == 1)),
+            "positives": counts[0],
             "missing": int((~np.isfinite(y)).sum()),
+            "nih_positives": counts[2],
+            "in_macro": bool(enough[k] and np.isfinite(ext_auc[k]) and np.isfinite(nih_auc[k])),
         }
-    both = np.isfinite(ext_auc) & np.isfinite(nih_auc)
-    macro_ext, macro_nih = ext_reps[:, both].mean(axis=1), nih_reps[:, both].mean(axis=1)
+    both = np.isfinite(ext_auc) & np.isfinite(nih_auc) & enough
+    if both.any():
+        macro_ext, macro_nih = ext_reps[:, both].mean(axis=1), nih_reps[:, both].mean(axis=1)
+    else:
+        macro_ext = macro_nih = np.full(n_boot, np.nan)
     return {
         "classes": per_class,
         "macro_classes": [c.name for c, ok in zip(classes, both, strict=True) if ok],
@@ -162,31 +179,12 @@ def external_box_scores(
     )
     hits = {m: np.zeros(len(rows), bool) for m in settings.methods}
     ious = {m: np.full(len(rows), np.nan) for m in settings.methods}
-    runtime.prepare(model).eval()
-    for lo in range(0, len(rows), settings.batch_size):
-        hi = min(lo + settings.batch_size, len(rows))
-        x = normalise(
-            to_device(np.asarray(images[rows[lo:hi]]), runtime.device), channels_last=runtime.channels_last
-        )
-        out = compute_cams(
-            model,
-            spec,
-            x,
-            targets[lo:hi],
-            settings.methods,
-            batch_size=settings.batch_size,
-            seed=settings.seed,
-            first_position=lo,
-            autocast_dtype=runtime.autocast_dtype,
-            channels_last=runtime.channels_last,
-            eigen_sign=settings.eigen_sign,
-            random_stride=settings.random_stride,
-        )
+    for lo, hi, out in cams_in_batches(model, spec, images, rows, targets, settings, runtime):
         for method, cam in out.items():
-            flat = np.nan_to_num(cam.maps)  # a degenerate (NaN) map points nowhere and covers nothing
-            hits[method][lo:hi] = pointing_hit(flat, masks[lo:hi])
+            maps, _ = clean_maps(cam)  # a degenerate map is 0: it points nowhere and covers nothing
+            hits[method][lo:hi] = pointing_hit(maps, masks[lo:hi])
             if method in iou_thresholds:
-                ious[method][lo:hi] = paper_iou(flat, masks[lo:hi], [iou_thresholds[method]])[:, 0]
+                ious[method][lo:hi] = paper_iou(maps, masks[lo:hi], [iou_thresholds[method]])[:, 0]
     names_arr = np.asarray(names)
     order = [c.name for c in classes if c.name in set(names)]
     result: dict[str, Any] = {"n_targets": len(rows), "n_images": int(np.unique(rows).size), "methods": {}}

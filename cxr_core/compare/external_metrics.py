@@ -11,8 +11,8 @@ import os
 from cxr_core.files import contract, read_json, write_json
 
 EXTERNAL_KEYS = (
-    "dataset", "phantom", "label_file", "n_images", "n_patients", "n_boxes", "classes", "left_out",
-    "leakage", "n_boot", "ci", "seed", "models",
+    "dataset", "phantom", "label_file", "settings", "bootstrap_group", "n_images", "n_patients", "n_boxes",
+    "classes", "left_out", "leakage", "n_boot", "ci", "seed", "min_positives", "models",
 )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ target layer's resolution) for magnitude-based metrics such as the energy inside
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +24,9 @@ from cxr_core.data.batches import normalise, to_device
 from cxr_core.data.tables import LocTable
 from cxr_core.explain.geometry import to_uint8
 from cxr_core.explain.heatmaps import SavedHeatmaps
-from cxr_core.explain.methods import compute_cams, degenerate_maps
+from cxr_core.explain.methods import CamMaps, check_eigen_sign, compute_cams, degenerate_maps, get_cam_method
 from cxr_core.models.registry import ModelSpec
-from cxr_core.runtime import Runtime
+from cxr_core.runtime import Runtime, check_amp, check_device
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,59 @@ class CamSettings:
         )
 
 
+def cams_in_batches(
+    model: nn.Module,
+    spec: ModelSpec,
+    images: np.ndarray,
+    rows: np.ndarray,
+    classes: np.ndarray,
+    settings: CamSettings,
+    runtime: Runtime,
+) -> Iterator[tuple[int, int, dict[str, CamMaps]]]:
+    """``(start, stop, {method: CamMaps})`` for ``images[rows[start:stop]]`` explained for
+    ``classes[start:stop]``, ``cam.batch_size`` at a time; the random control is seeded by position."""
+    runtime.prepare(model).eval()
+    step = settings.batch_size
+    for start in range(0, len(rows), step):
+        stop = min(start + step, len(rows))
+        x = normalise(
+            to_device(images[rows[start:stop]], runtime.device), channels_last=runtime.channels_last
+        )
+        yield (
+            start,
+            stop,
+            compute_cams(
+                model,
+                spec,
+                x,
+                classes[start:stop],
+                settings.methods,
+                batch_size=step,
+                seed=settings.seed,
+                first_position=start,
+                autocast_dtype=runtime.autocast_dtype,
+                channels_last=runtime.channels_last,
+                eigen_sign=settings.eigen_sign,
+                random_stride=settings.random_stride,
+            ),
+        )
+
+
+def clean_maps(cam: CamMaps) -> tuple[np.ndarray, np.ndarray]:
+    """The normalised maps with degenerate ones (flat, all-zero, non-finite) set to 0, and the flags."""
+    bad = degenerate_maps(cam.maps)
+    return np.where(bad[:, None, None], 0.0, np.nan_to_num(cam.maps)), bad
+
+
+#: The registries a stage that computes CAMs checks its params against.
+CAM_LOOKUPS = {
+    "cam method": get_cam_method,
+    "eigen sign": check_eigen_sign,
+    "device": check_device,
+    "amp": check_amp,
+}
+
+
 def loc_heatmaps(
     model: nn.Module,
     spec: ModelSpec,
@@ -63,36 +116,18 @@ def loc_heatmaps(
     runtime: Runtime,
 ) -> SavedHeatmaps:
     """Every box's heatmap by every method, from the uint8 cache ``images``; degenerate maps are zero."""
-    runtime.prepare(model).eval()
     rows, classes, k = loc.rows, loc.label_index, len(loc)
     size = images.shape[1:]
     maps = {m: np.zeros((k, *size), np.uint8) for m in settings.methods}
     raw: dict[str, list[np.ndarray]] = {m: [] for m in settings.methods}
     degenerate = {m: np.zeros(k, bool) for m in settings.methods}
-    step = settings.batch_size
-    for start in tqdm(range(0, k, step), desc=f"CAMs {spec.name}", unit="batch"):
-        stop = min(start + step, k)
-        x = normalise(
-            to_device(images[rows[start:stop]], runtime.device), channels_last=runtime.channels_last
-        )
-        out = compute_cams(
-            model,
-            spec,
-            x,
-            classes[start:stop],
-            settings.methods,
-            batch_size=step,
-            seed=settings.seed,
-            first_position=start,
-            autocast_dtype=runtime.autocast_dtype,
-            channels_last=runtime.channels_last,
-            eigen_sign=settings.eigen_sign,
-            random_stride=settings.random_stride,
-        )
+    batches = cams_in_batches(model, spec, images, rows, classes, settings, runtime)
+    total = -(-k // settings.batch_size)
+    for start, stop, out in tqdm(batches, total=total, desc=f"CAMs {spec.name}", unit="batch"):
         for method, cam in out.items():
-            bad = degenerate_maps(cam.maps)
+            clean, bad = clean_maps(cam)
             degenerate[method][start:stop] = bad
-            maps[method][start:stop] = to_uint8(np.where(bad[:, None, None], 0.0, np.nan_to_num(cam.maps)))
+            maps[method][start:stop] = to_uint8(clean)
             raw[method].append(np.where(bad[:, None, None], 0.0, np.nan_to_num(cam.raw)).astype(np.float32))
     for method, flags in degenerate.items():
         if flags.any():

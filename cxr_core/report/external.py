@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from cxr_core.compare.external_metrics import ExternalMetrics
-from cxr_core.report.inputs import PHANTOM_BANNER, display_name
+from cxr_core.report.inputs import display_name
 from cxr_core.report.provenance import Cell, Table, ci_cell, number
 
 #: How the report names each external set.
 DATASET_NAMES: dict[str, str] = {
-    "phantom": "shifted phantom in CheXpert's layout",
+    "phantom": "the NIH phantom's signs on new patients, shifted, in CheXpert's layout",
     "chexpert": "CheXpert (Irvin et al. 2019)",
     "vindr": "VinDr-CXR (Nguyen et al. 2022)",
     "padchest": "PadChest (Bustos et al. 2020)",
@@ -45,7 +45,7 @@ class ExternalRun:
     @property
     def title(self) -> str:
         what = DATASET_NAMES.get(self.name, self.name)
-        return f"{what}: {PHANTOM_BANNER}" if self.doc["phantom"] else what
+        return f"the PHANTOM external set ({what}; synthetic, not real data)" if self.doc["phantom"] else what
 
 
 def load_external(path: Path, name: str) -> ExternalRun:
@@ -62,25 +62,50 @@ def _label_map(run: ExternalRun) -> str:
     return "; ".join(parts)
 
 
+#: How each reading setting is described in the notes (anything else is printed as ``key = value``).
+_UNCERTAIN = {
+    "missing": "uncertain (-1) labels are missing (U-Ignore)",
+    "positive": "uncertain (-1) labels count as positive (U-Ones)",
+    "negative": "uncertain (-1) labels count as negative (U-Zeros)",
+}
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    parts = []
+    for key, value in settings.items():
+        if key == "uncertain":
+            parts.append(_UNCERTAIN.get(value, f"uncertain = {value}"))
+        elif key == "frontal_only":
+            parts.append("frontal views only" if value else "frontal and lateral views")
+        else:
+            parts.append(f"{key} = {value}")
+    return "; ".join(parts)
+
+
 def _notes(run: ExternalRun) -> list[str]:
     d = run.doc
     left = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(d["left_out"].items()) if v) or "none"
     leak = d["leakage"]
+    side = leak["fingerprint"]["side"]
     markers = (
         f" Files of an NIH-derived set found: {'; '.join(leak['nih_derived_markers'])}."
         if leak["nih_derived_markers"]
         else ""
     )
+    group = "patients" if d["bootstrap_group"] == "patient" else "images (the set publishes no patient ids)"
     return [
-        f"{d['n_images']} images of {d['n_patients']} patients from `{d['label_file']}`; left out: {left}. "
-        f"Scored classes (the set's label -> the NIH findings whose probability scores it): {_label_map(run)}. "
-        "Findings the set does not label are not scored; blank and uncertain labels are missing, not negative.",
+        f"{d['n_images']} images of {d['n_patients']} patients from `{d['label_file']}` ({_settings(d['settings'])}); "
+        f"left out: {left}. Scored classes (the set's label -> the NIH findings whose probability scores it): "
+        f"{_label_map(run)}. Findings the set does not label are not scored; blank labels are missing.",
         f"Leakage guard: every image compared with the {leak['n_reference']} NIH train / val images "
-        f"(64 x 64 high-passed thumbnail correlation >= {leak['min_correlation']}): {leak['matches']} near-copies "
-        f"({leak['action']}).{markers}",
-        "Nothing is fitted, tuned or thresholded on this set. CIs: patient-clustered bootstrap "
-        f"({d['n_boot']} replicates); the drop is external minus NIH test AUC of the same mapped classes, "
-        "its interval from independent bootstraps of the two sets.",
+        f"({side} x {side} high-passed thumbnail correlation >= {leak['min_correlation']}): {leak['matches']} "
+        f"near-copies ({leak['action']}).{markers}",
+        "Nothing is fitted, tuned or thresholded on this set. CIs: bootstrap over "
+        f"{group} ({d['n_boot']} replicates); the drop is external minus NIH test AUC of the same mapped "
+        "classes, its interval from independent bootstraps of the two sets. The macro averages the classes "
+        f"with at least {d['min_positives']} positives and negatives on both sets (the others are marked "
+        "`(few)` per class). A model near chance on NIH stays near chance here: only a model that learned "
+        "the findings can show a drop.",
     ]
 
 
@@ -101,9 +126,16 @@ def external_tables(run: ExternalRun, models: Sequence[str], seed: int) -> list[
         "Model",
         classes,
     )
-    for m in models:
-        if m not in run.doc["models"] or key not in run.doc["models"][m]:
-            continue
+    present = [m for m in models if key in run.doc["models"].get(m, {})]
+    if present:  # the counts are the same for every model: read from the first
+        counts = []
+        for c in classes:
+            where = ("models", present[0], key, "classes", c)
+            pos = run.num(*where, "positives", kind="int")
+            nih_pos = run.num(*where, "nih_positives", kind="int")
+            counts.append(Cell(f"{pos.text} / {nih_pos.text}", (pos, nih_pos)))
+        per_class.add_row("positives (external / NIH test)", counts)
+    for m in present:
         base = ("models", m, key)
         summary.add_row(
             display_name(m),
@@ -117,10 +149,11 @@ def external_tables(run: ExternalRun, models: Sequence[str], seed: int) -> list[
         for c in classes:
             auc, drop = run.num(*base, "classes", c, "auc"), run.num(*base, "classes", c, "drop")
             sign = "+" if drop.value is not None and drop.value >= 0 else ""
-            cells.append(Cell(f"{auc.text} ({sign}{drop.text})", (auc, drop)))
+            few = "" if run.doc["models"][m][key]["classes"][c].get("in_macro") else " (few)"
+            cells.append(Cell(f"{auc.text} ({sign}{drop.text}){few}", (auc, drop)))
         per_class.add_row(display_name(m), cells)
     tables = [summary, per_class]
-    first = next((run.doc["models"][m][key] for m in models if key in run.doc["models"].get(m, {})), None)
+    first = run.doc["models"][present[0]][key] if present else None
     if first is not None and "boxes" in first:
         methods = list(first["boxes"]["methods"])
         boxes = Table(
@@ -134,9 +167,7 @@ def external_tables(run: ExternalRun, models: Sequence[str], seed: int) -> list[
                 "threshold of each method is the one chosen on the tune half of the NIH boxes (localise@)."
             ],
         )
-        for m in models:
-            if key not in run.doc["models"].get(m, {}):
-                continue
+        for m in present:
             cells = []
             for method in methods:
                 b = ("models", m, key, "boxes", "methods", method)

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from cxr_core.data.decode import ImageDecodeError, decode_image
 from cxr_core.data.external import leakage
 from cxr_core.data.external.base import ExternalDataError, ExternalTable
-from cxr_core.data.external.dicom import decode_dicom, is_dicom
+from cxr_core.data.external.registry import ReadSet
+from cxr_core.data.external.dicom import decode_dicom, image_size, is_dicom
 from cxr_core.data.external.store import BOXES_FILE, IMAGES_FILE, MANIFEST_FILE, TABLE_FILE, class_json
 from cxr_core.data.pool import pool_context
 from cxr_core.files import atomic_path, write_csv, write_json
@@ -36,9 +36,7 @@ def decode_any(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     path = Path(path)
     if is_dicom(path):
         return decode_dicom(path, size)
-    pixels = decode_image(path, size)
-    with Image.open(path) as im:
-        return pixels, im.size
+    return decode_image(path, size), image_size(path)
 
 
 def _decode_job(job: tuple[int, str, int]) -> tuple[int, np.ndarray | None, tuple[int, int], str]:
@@ -50,24 +48,31 @@ def _decode_job(job: tuple[int, str, int]) -> tuple[int, np.ndarray | None, tupl
         return i, None, (0, 0), exc.reason
 
 
-def _decode_all(
-    files: Sequence[Path], size: int, workers: int
-) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    images = np.zeros((len(files), size, size), np.uint8)
+def _decode_into(
+    files: Sequence[Path], out: np.ndarray, workers: int
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode every file into the N x S x S ``out`` (a memmap: the set never sits in memory twice);
+    returns each image's original (width, height) and the unreadable ones with their reason."""
+    size = out.shape[1]
     sizes = np.zeros((len(files), 2), np.int64)
     bad: dict[int, str] = {}
     jobs = [(i, str(f), size) for i, f in enumerate(files)]
     if workers > 1 and len(jobs) > 64:
         with pool_context().Pool(workers) as pool:
-            results = list(pool.imap(_decode_job, jobs, chunksize=16))
+            results = pool.imap(_decode_job, jobs, chunksize=16)
+            for i, pixels, wh, reason in results:
+                _store(out, sizes, bad, i, pixels, wh, reason)
     else:
-        results = [_decode_job(j) for j in jobs]
-    for i, pixels, wh, reason in results:
-        if pixels is None:
-            bad[i] = reason
-        else:
-            images[i], sizes[i] = pixels, wh
-    return images, sizes, bad
+        for job in jobs:
+            _store(out, sizes, bad, *_decode_job(job))
+    return sizes, bad
+
+
+def _store(out, sizes, bad, i, pixels, wh, reason) -> None:
+    if pixels is None:
+        bad[i] = reason
+    else:
+        out[i], sizes[i] = pixels, wh
 
 
 @dataclass(frozen=True)
@@ -81,59 +86,76 @@ class LeakageSettings:
 def _check_leakage(
     images: np.ndarray,
     ids: Sequence[str],
-    nih: np.ndarray,
-    nih_ids: Sequence[str],
+    nih: NihImages,
     settings: LeakageSettings,
     name: str,
 ) -> list[int]:
     """Rows of ``images`` to drop (empty unless ``drop``); stops on a match under ``refuse``."""
-    hits = leakage.near_copies(images, nih, settings.min_correlation)
+    hits = leakage.near_copies(images, nih.images, nih.rows, settings.min_correlation)
     if hits and settings.action == "refuse":
         raise ExternalDataError(
             f"external set {name}: {len(hits)} image(s) are near-copies of NIH train/val images the models "
-            f"were trained on: {leakage.describe(hits, ids, nih_ids)}. Evaluating on them would overstate "
+            f"were trained on: {leakage.describe(hits, ids, nih.ids)}. Evaluating on them would overstate "
             "external performance; remove them, or set external.leakage: drop to leave them out"
         )
     if hits:
         log.warning(
-            "external set %s: dropping %d NIH near-copies: %s",
-            name,
-            len(hits),
-            leakage.describe(hits, ids, nih_ids),
+            "external set %s: dropping %d NIH near-copies: %s", name, len(hits), leakage.describe(hits, ids, nih.ids)
         )
     return sorted(i for i, _, _ in hits)
 
 
+@dataclass(frozen=True)
+class NihImages:
+    """The images the models were trained on: the NIH cache (a memmap), the train / val rows, their names."""
+
+    images: np.ndarray
+    rows: np.ndarray
+    ids: list[str]
+
+
+def _unreadable(table: ExternalTable, bad: dict[int, str], on_error: str) -> list[str]:
+    """Stop on unreadable files (unless ``skip``); else name each in the log, returned for the manifest."""
+    listed = [f"{table.files[i]}: {bad[i]}" for i in sorted(bad)]
+    if bad and (on_error == "fail" or len(bad) == len(table.files)):
+        more = f" (and {len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
+        raise ExternalDataError(
+            f"external set {table.dataset}: {len(bad)} of {len(table.files)} images cannot be read: "
+            f"{'; '.join(listed[:MAX_LISTED])}{more}. Replace them, or set preprocess.on_error: skip to "
+            "leave them out (they are named in data/external/<name>/manifest.json)"
+        )
+    for line in listed:
+        log.warning("external set %s: left out, unreadable: %s", table.dataset, line)
+    return [table.images[i] for i in sorted(bad)]
+
+
 def build_external(
-    table: ExternalTable,
+    read: ReadSet,
     out_dir: Path,
     *,
     size: int,
     workers: int,
     on_error: str,
-    nih_images: np.ndarray,
-    nih_ids: Sequence[str],
+    nih: NihImages,
     leakage_settings: LeakageSettings,
-    source: str,
 ) -> dict[str, Any]:
     """Decode, guard against leakage, and write the set's four files; returns the manifest."""
-    out_dir = Path(out_dir)
-    name = table.dataset
-    images, sizes, bad = _decode_all(table.files, size, workers)
-    if bad and (on_error == "fail" or len(bad) == len(table.files)):
-        listed = "; ".join(f"{table.files[i]}: {bad[i]}" for i in sorted(bad)[:MAX_LISTED])
-        more = f" (and {len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
-        raise ExternalDataError(
-            f"external set {name}: {len(bad)} of {len(table.files)} images cannot be read: {listed}{more}. "
-            "Replace them, or set preprocess.on_error: skip to leave them out (they are counted)"
-        )
-    dropped = _check_leakage(images, table.images, nih_images, nih_ids, leakage_settings, name)
+    table, out_dir = read.table, Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / (IMAGES_FILE + ".partial")
+    decoded = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(table.files), size, size))
+    sizes, bad = _decode_into(table.files, decoded, workers)
+    unreadable = _unreadable(table, bad, on_error)
+    dropped = _check_leakage(decoded, table.images, nih, leakage_settings, table.dataset)
     drop = set(bad) | set(dropped)
     keep = np.array([i for i in range(len(table.files)) if i not in drop], dtype=np.int64)
     if len(keep) == 0:
         raise ExternalDataError(
-            f"external set {name}: no image left after the leakage guard and unreadable files"
+            f"external set {table.dataset}: no image left after the leakage guard and unreadable files"
         )
+    _write_kept(decoded, keep, out_dir / IMAGES_FILE)
+    del decoded
+    partial.unlink()
 
     ids = [table.images[i] for i in keep]
     frame = pd.DataFrame(
@@ -154,29 +176,39 @@ def build_external(
     counts = dict(table.counts)
     counts.update({"unreadable": len(bad), "leakage_dropped": len(dropped)})
     manifest = {
-        "dataset": name,
-        "source": source,
+        "dataset": table.dataset,
+        "source": read.source,
         "label_file": table.label_file,
+        "settings": dict(read.settings),
+        "bootstrap_group": table.bootstrap_group,
         "image_size": size,
         "n_images": len(keep),
         "n_patients": int(frame["patient"].nunique()),
         "n_boxes": len(boxes),
         "classes": [class_json(c) for c in table.classes],
         "left_out": counts,
+        "unreadable": unreadable,
         "leakage": {
             "checked_against": "NIH train + val images",
-            "n_reference": len(nih_ids),
+            "n_reference": len(nih.ids),
+            "fingerprint": {"side": leakage.SIDE, "sigma": leakage.SIGMA},
             "min_correlation": leakage_settings.min_correlation,
             "action": leakage_settings.action,
             "matches": len(dropped),
-            "nih_derived_markers": leakage.nih_derived(Path(source)) if source != "synthetic" else [],
+            "nih_derived_markers": leakage.nih_derived(Path(read.source)) if read.source != "synthetic" else [],
         },
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / IMAGES_FILE) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(images[keep]))
     write_csv(out_dir / TABLE_FILE, frame)
     write_csv(out_dir / BOXES_FILE, boxes)
     write_json(out_dir / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _write_kept(decoded: np.ndarray, keep: np.ndarray, path: Path, chunk: int = 4096) -> None:
+    """``decoded[keep]`` as ``path``, a chunk of rows at a time (atomically)."""
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep), *decoded.shape[1:]))
+        for lo in range(0, len(keep), chunk):
+            out[lo : lo + chunk] = decoded[keep[lo : lo + chunk]]
+        out.flush()
+        del out

@@ -34,6 +34,7 @@ _DICOM_ERRORS: tuple[type[BaseException], ...] = (
     NotImplementedError,
     AttributeError,
     KeyError,
+    IndexError,
     TypeError,
     EOFError,
     struct.error,

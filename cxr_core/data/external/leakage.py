@@ -59,19 +59,20 @@ def fingerprints(images: np.ndarray) -> np.ndarray:
 
 
 def near_copies(
-    query: np.ndarray, reference: np.ndarray, min_correlation: float
+    query: np.ndarray, reference: np.ndarray, rows: Sequence[int], min_correlation: float
 ) -> list[tuple[int, int, float]]:
-    """``(query row, reference row, correlation)`` for every query image whose best-matching reference
-    image correlates at least ``min_correlation`` (uint8 N x S x S images of any sizes S)."""
-    if len(query) == 0 or len(reference) == 0:
+    """``(query row, index into rows, correlation)`` for every query image whose best match among
+    ``reference[rows]`` correlates at least ``min_correlation``. Both are uint8 N x S x S stacks (the
+    reference may be the NIH cache's memmap: it is read a chunk at a time)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(query) == 0 or len(rows) == 0:
         return []
-    ref = fingerprints(reference)
+    ref = np.concatenate([fingerprints(reference[rows[lo : lo + _CHUNK]]) for lo in range(0, len(rows), _CHUNK)])
     hits = []
     for lo in range(0, len(query), _CHUNK):
-        q = fingerprints(query[lo : lo + _CHUNK])
-        sim = q @ ref.T
+        sim = fingerprints(query[lo : lo + _CHUNK]) @ ref.T
         best = sim.argmax(axis=1)
-        score = sim[np.arange(len(q)), best]
+        score = sim[np.arange(len(sim)), best]
         hits += [(lo + i, int(best[i]), float(score[i])) for i in np.flatnonzero(score >= min_correlation)]
     return hits
 

@@ -79,7 +79,8 @@ class ExternalPhantomConfig:
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> ExternalPhantomConfig:
-        return cls(**section)
+        """From ``external.phantom``; its ``uncertain`` key is how the set is read, not drawn."""
+        return cls(**{k: v for k, v in section.items() if k != "uncertain"})
 
 
 def shift(pixels: np.ndarray, cfg: ExternalPhantomConfig, rng: np.random.Generator) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,20 +30,28 @@ def _settings(section: Mapping[str, Any], name: str) -> dict[str, Any]:
     return {k: v for k, v in section[name].items() if k != "path"}
 
 
-def read_dataset(external: Mapping[str, Any], name: str, workdir: Path) -> tuple[ExternalTable, str]:
+@dataclass(frozen=True)
+class ReadSet:
+    """An external set as read: its table, where it came from and the reading settings used."""
+
+    table: ExternalTable
+    source: str  # ``synthetic`` for the phantom, else the folder
+    settings: dict[str, Any]
+
+
+def read_dataset(external: Mapping[str, Any], name: str, workdir: Path) -> ReadSet:
     """Read the external set ``name`` configured in the validated ``external`` section.
 
-    Returns its table and where it was read from (``synthetic`` for the phantom, which is written
-    into ``workdir/source`` first and then read by the CheXpert reader like a real copy).
+    The phantom is written into ``workdir/source`` first and then read by the CheXpert reader like
+    a real copy (its own ``uncertain`` setting; its laterals are always dropped).
     """
     if name == PHANTOM:
         root = Path(workdir) / "source"
-        cfg = external_phantom.ExternalPhantomConfig.from_params(external[PHANTOM])
-        external_phantom.generate(cfg, root)
-        settings = {**_settings(external, chexpert.NAME), "csv": external_phantom.CSV}
+        external_phantom.generate(external_phantom.ExternalPhantomConfig.from_params(external[PHANTOM]), root)
+        settings = {"csv": external_phantom.CSV, "uncertain": external[PHANTOM]["uncertain"], "frontal_only": True}
         table = chexpert.read(root, settings)
         table.dataset = PHANTOM
-        return table, "synthetic"
+        return ReadSet(table, "synthetic", settings)
     if name not in READERS:
         raise ExternalDataError(f"external.datasets: unknown data set {name!r}; known: {list(DATASETS)}")
     path = external[name]["path"]
@@ -56,4 +65,5 @@ def read_dataset(external: Mapping[str, Any], name: str, workdir: Path) -> tuple
         raise ExternalDataError(
             f"params.yaml: external.{name}.path = {path!r}: no such folder ({READERS[name].LAYOUT_HINT})"
         )
-    return READERS[name].read(root, _settings(external, name)), str(path)
+    settings = _settings(external, name)
+    return ReadSet(READERS[name].read(root, settings), str(path), settings)

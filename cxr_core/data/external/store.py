@@ -34,7 +34,7 @@ def class_json(c: MappedClass) -> dict[str, Any]:
         "images.npy (uint8 N x S x S)",
         "table.csv (row, image, patient, <mapped classes: 1/0/blank>)",
         "boxes.csv (row, image, label, x0, y0, x1, y1)",
-        "manifest.json (dataset, source, label_file, image_size, n_images, n_patients, n_boxes, classes, left_out, leakage)",
+        "manifest.json (dataset, source, label_file, settings, bootstrap_group, image_size, n_images, n_patients, n_boxes, classes, left_out, unreadable, leakage)",
     ),
 )
 @dataclass
@@ -77,6 +77,9 @@ class ExternalSet:
             ("row", "image", "label", "x0", "y0", "x1", "y1"),
             {"image": str, "label": str},
         )
+        absent = [c["name"] for c in manifest["classes"] if c["name"] not in table.columns]
+        if absent:
+            raise malformed(folder / TABLE_FILE, f"lacks the class column(s) {absent}", PRODUCER)
         if len(table) != len(images) or images.shape[1:] != (manifest["image_size"],) * 2:
             raise malformed(folder, f"{TABLE_FILE} has {len(table)} rows for {images.shape} images", PRODUCER)
         return cls(manifest["dataset"], images, table, boxes, manifest)

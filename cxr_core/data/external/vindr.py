@@ -288,4 +288,5 @@ def read(root: Path, cfg: Mapping[str, Any]) -> ExternalTable:
         boxes=boxes,
         counts=counts,
         label_file=label_file,
+        bootstrap_group="image",
     )
