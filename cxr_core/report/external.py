@@ -13,7 +13,7 @@ from typing import Any
 
 from cxr_core.compare.external_metrics import ExternalMetrics
 from cxr_core.report.inputs import display_name
-from cxr_core.report.provenance import Cell, Table, ci_cell, number
+from cxr_core.report.provenance import Cell, JsonNumbers, Table, ci_cell
 
 #: How the report names each external set.
 DATASET_NAMES: dict[str, str] = {
@@ -25,15 +25,12 @@ DATASET_NAMES: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class ExternalRun:
+class ExternalRun(JsonNumbers):
     """One set's ``metrics/external/<name>.json`` and where it was read from."""
 
     name: str
     doc: dict[str, Any]
     path: Path
-
-    def num(self, *keys: Any, kind: str = "float", role: str = "value"):
-        return number(self.doc, self.path, [str(k) for k in keys], kind=kind, role=role)
 
     def ci(self, *keys: Any, value: str, interval: str) -> Cell:
         return ci_cell(

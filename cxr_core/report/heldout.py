@@ -16,7 +16,7 @@ from typing import Any
 from cxr_core.explain.sanity_metrics import SanityMetrics
 from cxr_core.report.comparison import Comparison
 from cxr_core.report.inputs import ModelResults, display_name
-from cxr_core.report.provenance import Cell, Table, ci_cell, number, plain_cell
+from cxr_core.report.provenance import Cell, JsonNumbers, Table, ci_cell, number, plain_cell
 
 #: Held-out metrics in the order the report leads with them, and how they are named there.
 HELDOUT_NAMES: dict[str, str] = {
@@ -28,15 +28,12 @@ HELDOUT_NAMES: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class SanityRun:
+class SanityRun(JsonNumbers):
     """One run's ``metrics/sanity/<model>/seed<k>.json`` and where it was read from."""
 
     model: str
     doc: Mapping[str, Any]
     path: Path
-
-    def num(self, *keys: Any, kind: str = "float", role: str = "value"):
-        return number(self.doc, self.path, [str(k) for k in keys], kind=kind, role=role)
 
 
 def load_sanity(path: Path, model: str) -> SanityRun:

@@ -79,6 +79,17 @@ def quoted(text: str, keys: Sequence[str]) -> Number:
     return Number(float(text), text, LITERATURE_SOURCE, tuple(keys), "literal")
 
 
+class JsonNumbers:
+    """Mixin of a dataclass with ``doc`` (a JSON object) and ``path`` (the file it was read from):
+    every number read through :meth:`num` carries that file and key path."""
+
+    doc: Mapping[str, Any]
+    path: Path
+
+    def num(self, *keys: Any, kind: str = "float", role: str = "value") -> Number:
+        return number(self.doc, self.path, [str(k) for k in keys], kind=kind, role=role)
+
+
 @dataclass(frozen=True)
 class Cell:
     """A table cell: its text and the numbers printed in it, in order."""
