@@ -20,6 +20,11 @@ from cxr_core.data.external.base import MappedClass
 from cxr_core.files import contract, malformed, missing, read_csv, read_json
 
 PRODUCER = "the external data stage (external_data@<name>)"
+#: What ``manifest.json`` holds (the build writes them all; the evaluation and the report read them).
+MANIFEST_KEYS: tuple[str, ...] = (
+    "dataset", "source", "label_file", "settings", "bootstrap_group", "image_size", "n_images",
+    "n_patients", "n_boxes", "classes", "left_out", "unreadable", "leakage",
+)  # fmt: skip
 IMAGES_FILE, TABLE_FILE, BOXES_FILE, MANIFEST_FILE = "images.npy", "table.csv", "boxes.csv", "manifest.json"
 
 
@@ -34,7 +39,7 @@ def class_json(c: MappedClass) -> dict[str, Any]:
         "images.npy (uint8 N x S x S)",
         "table.csv (row, image, patient, <mapped classes: 1/0/blank>)",
         "boxes.csv (row, image, label, x0, y0, x1, y1)",
-        "manifest.json (dataset, source, label_file, settings, bootstrap_group, image_size, n_images, n_patients, n_boxes, classes, left_out, unreadable, leakage)",
+        f"manifest.json ({', '.join(MANIFEST_KEYS)})",
     ),
 )
 @dataclass
@@ -61,9 +66,7 @@ class ExternalSet:
     @classmethod
     def read(cls, folder: Path) -> ExternalSet:
         folder = Path(folder)
-        manifest = read_json(
-            folder / MANIFEST_FILE, PRODUCER, ("dataset", "classes", "image_size", "n_images")
-        )
+        manifest = read_json(folder / MANIFEST_FILE, PRODUCER, MANIFEST_KEYS)
         path = folder / IMAGES_FILE
         if not path.is_file():
             raise missing(path, PRODUCER)
