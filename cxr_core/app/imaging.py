@@ -43,13 +43,12 @@ from cxr_core.data.decode import (
     decode_image,
     to_grey,
 )
-from cxr_core.data.dicom import DICOM_GREY, dicom_to_unit
+from cxr_core.data.dicom import DICOM_GREY, dicom_to_unit, has_dicom_magic
 
 logger = logging.getLogger(__name__)
 
 #: Suffixes taken from a folder (files named explicitly are always tried, whatever their name).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
-_DICOM_MAGIC_OFFSET = 128
 _MB = 2**20
 
 
@@ -83,16 +82,6 @@ class ImageLimits:
 
 
 DEFAULT_LIMITS = ImageLimits()
-
-
-def is_dicom(path: str | os.PathLike) -> bool:
-    """True when the file carries the DICOM Part 10 magic (``DICM`` after the 128-byte preamble)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(_DICOM_MAGIC_OFFSET)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def check_file(path: Path, limits: ImageLimits = DEFAULT_LIMITS) -> None:
@@ -133,7 +122,7 @@ def read_image(
     """
     path = Path(path)
     check_file(path, limits)
-    if is_dicom(path):
+    if has_dicom_magic(path):
         values = read_dicom(path, limits=limits)
         if size is None:
             return np.rint(values * 255.0).astype(np.uint8)
@@ -251,7 +240,7 @@ def collect_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
                 p
                 for p in path.rglob("*")
                 if p.is_file()
-                and (p.suffix.lower() in IMAGE_SUFFIXES or (not p.suffix and is_dicom(p)))
+                and (p.suffix.lower() in IMAGE_SUFFIXES or (not p.suffix and has_dicom_magic(p)))
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not found:

@@ -9,12 +9,24 @@ last step.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 #: Photometric interpretations read as greyscale; anything else is refused.
 DICOM_GREY = ("MONOCHROME1", "MONOCHROME2")
+_DICOM_MAGIC_OFFSET = 128
+
+
+def has_dicom_magic(path: str | os.PathLike) -> bool:
+    """True when the file carries the DICOM Part 10 magic (``DICM`` after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(_DICOM_MAGIC_OFFSET)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def dicom_to_unit(stored: np.ndarray, ds: Any) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from cxr_core.data.decode import ALLOWED_FORMATS, DECODE_ERRORS, ImageDecodeError, to_grey
-from cxr_core.data.dicom import DICOM_GREY, dicom_to_unit
+from cxr_core.data.dicom import DICOM_GREY, dicom_to_unit, has_dicom_magic
 
 #: File name endings taken as DICOM without looking at the content.
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
@@ -44,15 +44,7 @@ _DICOM_ERRORS: tuple[type[BaseException], ...] = (
 
 def is_dicom(path: Path) -> bool:
     """True for a ``.dcm`` / ``.dicom`` name or a file with the ``DICM`` marker at byte 128."""
-    path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
+    return Path(path).suffix.lower() in DICOM_SUFFIXES or has_dicom_magic(path)
 
 
 def _read(path: Path, stop_before_pixels: bool):  # -> pydicom.Dataset
