@@ -174,6 +174,9 @@ class Section:
 
 
 PROB = Float(0.0, 1.0)
+#: The model families of ``cxr_core.models.registry.FAMILY_DEFAULTS`` (a test keeps them equal; this
+#: module stays free of torch imports).
+MODEL_FAMILIES: tuple[str, ...] = ("densenet", "efficientnet", "swin", "other")
 
 SCHEMA = Section(
     {
@@ -232,6 +235,9 @@ SCHEMA = Section(
                 "plateau_factor": Float(0.0, 1.0, lo_open=True, hi_open=True),  # ReduceLROnPlateau needs < 1
                 "plateau_patience": Int(0, 1000),
                 "early_stop_patience": Int(1, 1000),
+                "lr_scale": Section({family: Float(0.0, 1000.0, lo_open=True) for family in MODEL_FAMILIES}),
+                "warmup_epochs": Int(0, 1000),
+                "shuffle_labels": Bool(),
                 "augment": Section({"hflip_p": PROB, "rotate_p": PROB, "max_degrees": Float(0.0, 180.0)}),
                 "device": Named("device"),
                 "amp": Named("amp"),
@@ -335,6 +341,13 @@ SCHEMA = Section(
                 "examples": Int(0, 100),
                 "example_methods": ListOf(Named("cam method"), min_len=0),
                 "headline_method": Named("cam method"),
+                "known_answer": Section(
+                    {
+                        "cnn_auc": PROB,
+                        "transformer_auc": PROB,
+                        "pointing_ratio": Float(0.0, 1000.0, lo_open=True),
+                    }
+                ),
             }
         ),
     }

@@ -1,4 +1,5 @@
-"""The shipped (phantom) configuration and the paper's differ only in the keys the README lists."""
+"""The shipped (phantom) configuration, the paper's and the known-answer run's differ only in the keys the
+README lists."""
 
 from pathlib import Path
 
@@ -22,6 +23,16 @@ DOCUMENTED_DIFFERENCES = {
 }
 
 
+#: The README's "The known answer" table, as (key, phantom default value, known-answer value).
+KNOWN_ANSWER_DIFFERENCES = {
+    "data.phantom.images": (600, 1000),
+    "train.epochs": (3, 20),
+    "train.lr_scale.efficientnet": (1.0, 2.0),
+    "train.lr_scale.swin": (1.0, 0.4),
+    "train.warmup_epochs": (0, 1),
+}
+
+
 def _flatten(node, prefix=""):
     if isinstance(node, dict):
         out = {}
@@ -37,6 +48,22 @@ def test_paper_config_differs_only_in_documented_keys():
     assert shipped.keys() == paper.keys()
     differences = {k: (shipped[k], paper[k]) for k in shipped if shipped[k] != paper[k]}
     assert differences == DOCUMENTED_DIFFERENCES
+
+
+def test_known_answer_config_differs_only_in_documented_keys():
+    shipped = _flatten(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    known = _flatten(yaml.safe_load((ROOT / "configs" / "known-answer.yaml").read_text()))
+    assert shipped.keys() == known.keys()
+    assert {k: (shipped[k], known[k]) for k in shipped if shipped[k] != known[k]} == KNOWN_ANSWER_DIFFERENCES
+    validate(yaml.safe_load((ROOT / "configs" / "known-answer.yaml").read_text()))
+
+
+def test_readme_lists_the_known_answer_keys():
+    section = (ROOT / "README.md").read_text().split("### The known answer", 1)[1].split("\n## ", 1)[0]
+    for key, values in KNOWN_ANSWER_DIFFERENCES.items():
+        row = next((line for line in section.splitlines() if f"`{key}`" in line), None)
+        assert row is not None, f"README does not list {key}"
+        assert all(yaml.safe_dump(v, default_flow_style=True).split("\n")[0] in row for v in values)
 
 
 def test_readme_lists_the_same_keys():

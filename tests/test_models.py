@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import timm
@@ -24,6 +25,8 @@ from cxr_core.models.registry import (
     create_model,
     get_spec,
 )
+from cxr_core.params import MODEL_FAMILIES, load_params
+from cxr_core.train.config import TrainConfig
 
 TINY = "test_efficientnet"  # timm's tiny test model (an EfficientNet, family "other" by name)
 
@@ -266,3 +269,20 @@ def test_amp_policy_per_family_and_device(name: str, device: str, mode: str, exp
     from cxr_core.runtime import resolve_amp
 
     assert resolve_amp(mode, torch.device(device), models.get_spec(name)) is expected
+
+
+def test_params_know_every_model_family() -> None:
+    """``train.lr_scale`` has one key per family (params.py keeps its own copy of the names)."""
+    assert tuple(FAMILY_DEFAULTS) == MODEL_FAMILIES
+
+
+def test_lr_scale_sets_each_family_its_own_rate() -> None:
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params["train"]["lr_scale"].update(swin=0.4, efficientnet=2.0)
+    rate = {
+        m: TrainConfig.from_params(params, m, 128, 0).lr
+        for m in ("densenet121", "efficientnet_b1", "swin_base")
+    }
+    assert rate == pytest.approx(
+        {"densenet121": params["lr"], "efficientnet_b1": 2 * params["lr"], "swin_base": 0.4 * params["lr"]}
+    )

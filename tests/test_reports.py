@@ -554,6 +554,7 @@ def test_header_says_phantom(phantom_report: Inputs) -> None:
     assert f"image size {SIZE} px" in head and "lr 0.0005" in head and f"epochs (max) {EPOCHS}" in head
     assert "loss class_averaged_bce" in head and "pretrained false" in head
     assert "models densenet121, swin_small" in head
+    assert "CONTROL RUN" not in head and "warm-up" not in head  # the shipped default has neither
 
 
 def test_header_names_the_data_not_a_date_or_commit(phantom_report: Inputs) -> None:
@@ -585,6 +586,86 @@ def test_same_inputs_give_byte_identical_outputs(tmp_path: Path, monkeypatch: py
     for rel in written:
         assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
     assert {p.relative_to(plots): p.read_bytes() for p in plots.rglob("*") if p.is_file()} == first_plots
+
+
+def _expected_verdict(test: dict, loc: dict, target: float, ratio: float) -> str:
+    """The known-answer rule written out independently of cxr_core.report.known_answer."""
+    cams = {
+        k: v["pointing"]["mean"]
+        for k, v in loc["methods"].items()
+        if k not in ("RandomCAM", "BoxPrior", "UniformMap")
+    }
+    misses = [
+        name
+        for name, ok in (
+            ("AUC", test["macro_auc"] >= target),
+            ("pointing", max(cams.values()) >= ratio * loc["methods"]["RandomCAM"]["pointing"]["mean"]),
+        )
+        if not ok
+    ]
+    return "pass" if not misses else f"**FAIL** ({', '.join(misses)})"
+
+
+def test_known_answer_table_applies_each_models_target(phantom_report: Inputs) -> None:
+    r = phantom_report.root
+    params = yaml.safe_load(phantom_report.params.read_text())["report"]["known_answer"]
+    table = parse_tables((r / "reports" / "report.md").read_text())["known_answer"]
+    assert table["columns"][-1] == "verdict"
+    for m, kind, shown in (
+        ("densenet121", "cnn_auc", "CNN"),
+        ("swin_small", "transformer_auc", "transformer"),
+    ):
+        test = json.loads((r / "metrics" / "test" / m / "seed0.json").read_text())
+        loc = json.loads((r / "metrics" / "localise" / m / "seed0.json").read_text())
+        row = table["rows"][f"{inputs.display_name(m)} (seed 0)"]
+        assert row[1] == shown
+        assert row[-1] == _expected_verdict(test, loc, params[kind], params["pointing_ratio"])
+
+
+@pytest.mark.parametrize(
+    ("auc", "ci", "shuffled", "verdict"),
+    [
+        (0.86, [0.84, 0.88], False, "pass"),
+        (0.84, [0.80, 0.88], False, "**FAIL** (AUC)"),
+        (0.52, [0.46, 0.57], True, "at chance"),
+        (0.66, [0.58, 0.72], True, "**NOT at chance: look for a leak**"),
+        (0.50, [None, None], True, "no CI (test.bootstrap is 0)"),
+    ],
+)
+def test_known_answer_verdicts_at_the_edges(tmp_path: Path, auc, ci, shuffled, verdict) -> None:
+    case = build_inputs(tmp_path)
+    case_params = yaml.safe_load(case.params.read_text())
+    case_params["report"]["examples"] = 0
+    case_params["train"]["shuffle_labels"] = shuffled
+    case.params.write_text(yaml.safe_dump(case_params))
+    path = tmp_path / "metrics" / "test" / "densenet121" / "seed0.json"
+    _write_json(path, json.loads(path.read_text()) | {"macro_auc": auc, "macro_auc_ci": ci})
+    assert run_stage(case).exit_code == 0
+    table = parse_tables((tmp_path / "reports" / "report.md").read_text())["known_answer"]
+    row = table["rows"]["DenseNet-121 (seed 0)"]
+    assert row[-1] == verdict and row[1] == ("chance" if shuffled else "CNN")
+
+
+def test_a_real_data_report_has_no_known_answer_section(tmp_path: Path) -> None:
+    case = build_inputs(tmp_path, source="nih")
+    case_params = yaml.safe_load(case.params.read_text())
+    case_params["report"]["examples"] = 0
+    case.params.write_text(yaml.safe_dump(case_params))
+    assert run_stage(case).exit_code == 0
+    assert "known_answer" not in parse_tables((tmp_path / "reports" / "report.md").read_text())
+
+
+def test_header_of_a_control_run_says_so_and_names_the_warm_up(tmp_path: Path) -> None:
+    case = build_inputs(tmp_path)
+    case_params = yaml.safe_load(case.params.read_text())
+    case_params["report"]["examples"] = 0
+    case_params["train"].update(shuffle_labels=True, warmup_epochs=2)
+    case_params["train"]["lr_scale"].update(swin=0.4, efficientnet=2)
+    case.params.write_text(yaml.safe_dump(case_params))
+    assert run_stage(case).exit_code == 0
+    head = (tmp_path / "reports" / "report.md").read_text().split("<!-- table:")[0]
+    assert "CONTROL RUN: `train.shuffle_labels` permuted the training labels" in head
+    assert "lr 0.0005 (x2 for efficientnet, x0.4 for swin); lr warm-up 2 epoch(s); loss" in head
 
 
 @pytest.mark.parametrize("source", ["nih", "/data/chestxray14"])

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cxr_core.data.batches import CacheBatches, prepare_batch
 from cxr_core.data.cache import load_cache
@@ -25,6 +26,7 @@ from cxr_core.models.registry import create_model, get_spec
 from cxr_core.params import load_params
 from cxr_core.runtime import Runtime
 from cxr_core.train.config import TrainConfig
+from cxr_core.train.control import CONTROL_NOTE, permuted_labels
 from cxr_core.train.live import EPOCH_METRICS, TIMING_COLUMNS
 from cxr_core.train.loop import (
     Progress,
@@ -244,6 +246,76 @@ def test_same_seed_same_history_other_settings_restart(tmp_path, reference, cfg,
     other = fit(replace(cfg, epochs=1, seed=1), images, train, val, tmp_path / "model")
     assert other.resumed_from == 0
     assert other.history[0]["train_loss"] != ref.history[0]["train_loss"]
+
+
+@pytest.fixture()
+def step_rates():
+    """The learning rate of every optimiser step taken while the fixture is active."""
+    rates: list[float] = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: rates.append(opt.param_groups[0]["lr"])
+    )
+    yield rates
+    handle.remove()
+
+
+def test_warm_up_rises_linearly_to_lr_then_leaves_it(tmp_path, cfg, data, step_rates) -> None:
+    """Known answer: 4 steps per epoch, 2 warm-up epochs -> lr * 1/8, 2/8, ..., 8/8, then lr."""
+    images, train, val = data
+    steps = TRAIN_IMAGES // cfg.batch_size
+    result = fit(replace(cfg, warmup_epochs=2), images, train, val, tmp_path / "model")
+    expected = [cfg.lr * (i + 1) / (2 * steps) for i in range(2 * steps)] + [cfg.lr] * steps
+    np.testing.assert_allclose(step_rates, expected, rtol=1e-12)
+    assert [row["lr"] for row in result.history] == pytest.approx([cfg.lr / 2, cfg.lr, cfg.lr])
+
+
+def test_a_killed_warm_up_run_resumes_exactly(tmp_path, cfg, data, step_rates) -> None:
+    images, train, val = data
+    warm = replace(cfg, warmup_epochs=2)
+    full = fit(warm, images, train, val, tmp_path / "full")
+    rates_full = list(step_rates)
+    step_rates.clear()
+    with pytest.raises(Killed):
+        fit(warm, images, train, val, tmp_path / "killed", on_epoch_end=_kill_after(1))
+    resumed = fit(warm, images, train, val, tmp_path / "killed")
+    assert resumed.resumed_from == 1 and resumed.history == full.history
+    assert step_rates == rates_full  # epoch 2 replays the second half of the warm-up
+    _assert_same_weights(tmp_path / "killed" / LAST_FILE, tmp_path / "full" / LAST_FILE)
+    # warm-up is part of the resume key: the run without it does not continue this one
+    assert fit(cfg, images, train, val, tmp_path / "killed").resumed_from == 0
+
+
+def test_permuted_labels_move_whole_rows_and_depend_on_the_seed_only(data) -> None:
+    _, train, _ = data
+    before = train.targets.copy()
+    shuffled = permuted_labels(train, seed=0)
+    assert np.array_equal(train.targets, before)  # the caller's table is not touched
+    assert np.array_equal(shuffled.rows, train.rows) and np.array_equal(shuffled.patients, train.patients)
+    # the same label rows (prevalences and co-occurrences kept), paired with other images
+    key = lambda t: sorted(map(tuple, t.targets.tolist()))  # noqa: E731
+    assert key(shuffled) == key(train)
+    assert not np.array_equal(shuffled.targets, train.targets)
+    assert np.array_equal(permuted_labels(train, seed=0).targets, shuffled.targets)
+    assert not np.array_equal(permuted_labels(train, seed=1).targets, shuffled.targets)
+
+
+def test_a_control_run_trains_on_permuted_labels_and_its_checkpoint_says_so(
+    tmp_path, cfg, data, monkeypatch
+) -> None:
+    images, train, val = data
+    seen: list[np.ndarray] = []
+    real_batches = CacheBatches.__init__
+
+    def spy(self, images, rows, targets, *args, **kwargs):
+        seen.append(np.asarray(targets).copy())
+        real_batches(self, images, rows, targets, *args, **kwargs)
+
+    monkeypatch.setattr(CacheBatches, "__init__", spy)
+    fit(replace(cfg, epochs=1, shuffle_labels=True), images, train, val, tmp_path / "model")
+    assert np.array_equal(seen[0], permuted_labels(train, cfg.seed).targets)  # what the loss saw
+    meta = CheckpointMeta.of(load_checkpoint(tmp_path / "model" / BEST_FILE), "best.pt")
+    assert meta.label_file == f"{cfg.label_file} ({CONTROL_NOTE})"
+    assert load_checkpoint(tmp_path / "model" / LAST_FILE)["resume_key"]["shuffle_labels"] is True
 
 
 def test_epoch_seeds_depend_only_on_their_inputs() -> None:

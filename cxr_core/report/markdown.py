@@ -44,6 +44,7 @@ from cxr_core.report.inputs import (
     display_name,
     method_names,
 )
+from cxr_core.report.known_answer import known_answer_table
 from cxr_core.report.provenance import NA, Table
 from cxr_core.report.tables import (
     auc_table,
@@ -68,6 +69,16 @@ def header(params: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
             "pipeline. It is NOT a result on NIH ChestX-ray14 and must not be quoted or compared as one.**",
             "",
         ]
+    if train["shuffle_labels"]:
+        lines += [
+            "> **CONTROL RUN: `train.shuffle_labels` permuted the training labels across images. Every AUC "
+            "should be near 0.5 and every CAM near the random map; anything better is a leak in the pipeline.**",
+            "",
+        ]
+    scaled = ", ".join(f"x{v:g} for {k}" for k, v in train["lr_scale"].items() if v != 1.0)
+    lr_notes = (f" ({scaled})" if scaled else "") + (
+        f"; lr warm-up {train['warmup_epochs']} epoch(s)" if train["warmup_epochs"] else ""
+    )
     lines += [
         "## Chest X-ray classification and localisation report",
         "",
@@ -75,7 +86,7 @@ def header(params: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
         f"label file `{manifest.get('label_file', NA)}`, "
         f"{manifest.get('images', NA)} images, fingerprint `{manifest.get('fingerprint', NA)}`)",
         f"- Config: image size {params['preprocess']['image_size']} px; epochs (max) {train['epochs']}; "
-        f"lr {params['lr']}; loss {train['loss']}; pretrained {str(train['pretrained']).lower()}; "
+        f"lr {params['lr']}{lr_notes}; loss {train['loss']}; pretrained {str(train['pretrained']).lower()}; "
         f"models {', '.join(params['models'])}; training seeds {', '.join(map(str, params['seeds']))}",
         "",
     ]
@@ -122,7 +133,10 @@ def build_report(
         return f"![{caption}]({Path(os.path.relpath(path, out_dir)).as_posix()})\n\n*{caption}*\n"
 
     # (title, tables, text after the tables[, text before them])
-    sections: list[tuple[str, list[Table], list[str], list[str]]] = [
+    sections: list[tuple[str, list[Table], list[str], list[str]]] = []
+    if phantom:
+        sections.append(("Known answer", [known_answer_table(models, params)], [], []))
+    sections += [
         (
             "Data",
             [data_table(split, split_path)],

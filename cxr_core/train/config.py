@@ -14,6 +14,8 @@ from cxr_core.runtime import Runtime
 class TrainConfig:
     """Every setting the loop uses: ``lr``, the ``train`` section and the run's seed (one of ``seeds``).
 
+    ``lr`` is the model's own rate: params' ``lr`` times ``train.lr_scale`` of its family.
+
     ``data_source`` / ``label_file`` (from the raw manifest) go into every checkpoint, so a model
     trained on the phantom says so wherever it is used.
     """
@@ -29,6 +31,8 @@ class TrainConfig:
     plateau_factor: float
     plateau_patience: int
     early_stop_patience: int
+    warmup_epochs: int
+    shuffle_labels: bool
     hflip_p: float
     rotate_p: float
     max_degrees: float
@@ -57,7 +61,7 @@ class TrainConfig:
         return cls(
             model=model,
             image_size=int(image_size),
-            lr=float(params["lr"]),
+            lr=float(params["lr"]) * t["lr_scale"][get_spec(model).family],
             seed=int(seed),
             epochs=t["epochs"],
             batch_size=t["batch_size"],
@@ -66,6 +70,8 @@ class TrainConfig:
             plateau_factor=t["plateau_factor"],
             plateau_patience=t["plateau_patience"],
             early_stop_patience=t["early_stop_patience"],
+            warmup_epochs=t["warmup_epochs"],
+            shuffle_labels=t["shuffle_labels"],
             hflip_p=t["augment"]["hflip_p"],
             rotate_p=t["augment"]["rotate_p"],
             max_degrees=t["augment"]["max_degrees"],

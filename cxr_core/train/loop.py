@@ -3,6 +3,9 @@
 Recipe: Adam at ``lr``; ReduceLROnPlateau on the validation loss (``plateau_factor``,
 ``plateau_patience``); early stop after ``early_stop_patience`` epochs without a lower validation
 loss; at most ``epochs`` epochs; the best-validation-loss weights are kept.
+Not in the paper, off in its config: a linear warm-up over ``warmup_epochs`` and a per-family
+learning rate (``train.lr_scale``), which the phantom's from-scratch known-answer run needs; and the
+label-permutation control (``train.shuffle_labels``, ``cxr_core.train.control``).
 
 Why it looks the way it does:
 
@@ -56,6 +59,7 @@ from cxr_core.models.checkpoints import CheckpointMeta, save_checkpoint
 from cxr_core.models.registry import create_model, get_spec
 from cxr_core.runtime import Runtime
 from cxr_core.train.config import TrainConfig
+from cxr_core.train.control import control_label_file, permuted_labels
 from cxr_core.train.distributed import (
     DistEnv,
     barrier,
@@ -268,7 +272,7 @@ class _Run:
                 f"{cfg.model} epoch {epoch}: train loss {train_loss}, val loss {val_loss}: training diverged; "
                 f"lower lr (now {cfg.lr}) or check the data. {self.out_dir / LAST_FILE} keeps the last good epoch"
             )
-        lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this epoch trained with
+        lr = float(self.optimizer.param_groups[0]["lr"])  # the rate of the epoch's last step
         improved = self.progress.update(epoch, val_loss, val_auc)
         self.scheduler.step(val_loss)
         self.stopped = self.progress.should_stop(cfg.early_stop_patience)
@@ -292,9 +296,11 @@ class _Run:
         self.train_model.train()
         loss_sum = torch.zeros((), device=device)
         desc = f"{cfg.model} epoch {epoch}/{cfg.epochs}"
-        for x_u8, y in tqdm(
+        steps = tqdm(
             self.batches, desc=desc, unit="batch", leave=False, disable=None if env.is_main else True
-        ):
+        )
+        for step, (x_u8, y) in enumerate(steps, start=(epoch - 1) * len(self.batches)):
+            self.warm_up(step)
             x = prepare_batch(
                 x_u8,
                 device,
@@ -312,6 +318,17 @@ class _Run:
             loss_sum += loss.detach()
         sum_over_ranks(loss_sum, env)
         return loss_sum.item() / (len(self.batches) * env.world_size)
+
+    def warm_up(self, step: int) -> None:
+        """Linear warm-up: step i of the first ``warmup_epochs`` epochs trains at ``lr * (i + 1) / their steps``.
+
+        A function of the global step alone, so a resumed run replays it exactly. It only raises the
+        rate towards ``lr``; ReduceLROnPlateau's cuts apply after it (its patience counts from epoch 1).
+        """
+        total = self.cfg.warmup_epochs * len(self.batches)
+        if step < total:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.lr * (step + 1) / total
 
     def validate(self) -> tuple[float, float]:
         """(val loss, val macro AUC) of the bare model, scored on rank 0 and broadcast to every rank."""
@@ -336,7 +353,7 @@ class _Run:
             get_spec(cfg.model).timm_name,
             cfg.image_size,
             data_source=cfg.data_source,
-            label_file=cfg.label_file,
+            label_file=control_label_file(cfg.label_file, cfg.shuffle_labels),
         ).to_dict()
         weights = self.model.state_dict()
         if improved:
@@ -433,6 +450,12 @@ def _build_run(
     """Check the inputs, then make the model (seeded), optimiser, scheduler, batches and wrappers."""
     device = runtime.device
     _check_inputs(cfg, images, val, env)
+    if cfg.shuffle_labels:
+        train = permuted_labels(train, cfg.seed)
+        if env.is_main:
+            logger.warning(
+                "train.shuffle_labels is on: a control run on permuted labels (its AUCs must stay near 0.5)"
+            )
     batches = CacheBatches(
         images,
         train.rows,
