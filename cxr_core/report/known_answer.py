@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cxr_core.explain.baselines import BASELINES
 from cxr_core.models.registry import get_spec
-from cxr_core.report.inputs import CONTROL_METHOD, ModelResults
-from cxr_core.report.provenance import Cell, Table, ci_cell, number, plain_cell
+from cxr_core.report.inputs import CONTROL_METHOD, ModelResults, method_names
+from cxr_core.report.provenance import Cell, Table, ci_cell, finite, lookup, number, plain_cell
 
 #: Families held to the transformer target; every other family is held to the CNN one.
 TRANSFORMER_FAMILIES: frozenset[str] = frozenset({"swin"})
@@ -26,13 +25,15 @@ KIND_NAMES: dict[str, str] = {"cnn_auc": "CNN", "transformer_auc": "transformer"
 
 
 def _best_method(m: ModelResults) -> str | None:
-    """The CAM method (not the random control or a baseline) with the highest class-mean pointing."""
+    """The CAM method (not the random control; :func:`method_names` drops the baselines) with the
+    highest class-mean pointing game; the first in report order on ties."""
     scored = [
-        (float(v["pointing"]["mean"]), name)
-        for name, v in m.localise.get("methods", {}).items()
-        if name != CONTROL_METHOD and name not in BASELINES and v.get("pointing", {}).get("mean") is not None
+        (name, lookup(m.localise, ("methods", name, "pointing", "mean")))
+        for name in method_names([m])
+        if name != CONTROL_METHOD
     ]
-    return max(scored, key=lambda s: s[0])[1] if scored else None  # max keeps the first of equal keys
+    scored = [(name, v) for name, v in scored if finite(v) is not None]
+    return max(scored, key=lambda s: s[1])[0] if scored else None
 
 
 def known_answer_table(models: Sequence[ModelResults], params: Mapping[str, Any]) -> Table:
