@@ -69,12 +69,16 @@ REAL_IMAGES = 112120
 def parse_finding_labels(text: str) -> list[str]:
     """Split a ``Finding Labels`` cell (``A|B|C``) into known finding names.
 
-    ``No Finding`` gives an empty list. An unknown name is an error: silently dropping a
-    finding would corrupt every AUC downstream.
+    ``No Finding`` gives an empty list; ``No Finding`` beside a finding contradicts itself and is an
+    error, like an unknown name: silently dropping a finding would corrupt every AUC downstream.
     """
     names = [part.strip() for part in str(text).split("|") if part.strip()]
     if names == [NO_FINDING]:
         return []
+    if NO_FINDING in names:
+        raise ValueError(
+            f"{text!r} lists '{NO_FINDING}' together with a finding; a cell holds one or the other"
+        )
     unknown = [n for n in names if n not in LABEL_INDEX]
     if unknown:
         raise ValueError(

@@ -94,7 +94,28 @@ def test_class_mean_and_degenerate_maps():
     assert method["degenerate_fraction"] == 0.5
     assert summary["n_boxes"] == 2 and summary["n_images"] == 2 and summary["image_size"] == 8
     # the method's rows, then the image-independent baselines scored by the same code
-    assert records["method"].tolist() == ["EigenCAM"] * 2 + ["BoxPrior"] * 2 + ["UniformMap"] * 2
+    assert (
+        records["method"].tolist()
+        == ["EigenCAM"] * 2 + ["BoxPrior"] * 2 + ["UniformMap"] * 2 + ["CentreMap"] * 2
+    )
+
+
+def test_every_average_is_over_classes_not_boxes():
+    # three Atelectasis boxes (one hit) and one Cardiomegaly box (hit): the class mean is
+    # (1/3 + 1) / 2 = 2/3 for the pointing game and the paper IoU alike; over boxes it would be 1/2
+    heat = np.zeros((4, 8, 8), np.uint8)
+    heat[0, 0:4, 0:4] = 255  # on its box
+    heat[1:3, 6:8, 6:8] = 255  # away from the box
+    heat[3, 4:8, 4:8] = 255  # on its box
+    boxes = [(0.0, 0.0, 4.0, 4.0)] * 3 + [(4.0, 4.0, 4.0, 4.0)]
+    loc = _loc(boxes, ["Atelectasis"] * 3 + ["Cardiomegaly"])
+    _, summary = _score({"GradCAM": heat}, {"GradCAM": np.zeros(4, bool)}, loc, np.zeros((4, 2)),
+                        thresholds=[0.5], box_thresholds=[0.5], positive_threshold=0.5)  # fmt: skip
+    method = summary["methods"]["GradCAM"]
+    assert method["pointing"] == {"Atelectasis": pytest.approx(1 / 3), "Cardiomegaly": 1.0,
+                                  "mean": pytest.approx(2 / 3)}  # fmt: skip
+    assert method["iou"]["t050"]["mean"] == pytest.approx(2 / 3)
+    assert method["box_acc_iou"]["t050"]["T050"] == pytest.approx(2 / 3)
 
 
 def test_threshold_keys_and_size_mismatch():

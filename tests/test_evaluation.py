@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from oracles import explicit_resamples
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from cxr_core.evaluate.metrics import (
@@ -171,6 +172,33 @@ def test_bootstrap_ignores_undefined_replicates():
     assert np.isfinite([low[0], high[0], macro_low, macro_high]).all()
     assert np.isnan(low[1]) and np.isnan(high[1])
     assert (macro_low, macro_high) == (low[0], high[0])
+
+
+def test_bootstrap_ci_equals_an_explicit_resampling_loop_with_sklearn():
+    """Reference: sklearn roc_auc_score on every explicitly resampled replicate (tests/oracles.py),
+    the default 95% percentile interval (np.quantile at 0.025 / 0.975), and the macro rule: a
+    replicate in which any class defined on the full data is undefined is left out of the macro."""
+    rng = np.random.default_rng(7)
+    groups = np.repeat(np.arange(40), 3)
+    targets = (rng.random((120, 3)) < [0.3, 0.5, 0.0]).astype(np.uint8)
+    targets[:3, 2] = 1  # class 2: one positive patient, missing from about a third of the replicates
+    probs = np.round(rng.random((120, 3)) + 0.4 * targets, 1)  # rounded: many ties
+    reps = []
+    for rows in explicit_resamples(groups, 300, seed=3):
+        t, p = targets[rows], probs[rows]
+        reps.append(
+            [roc_auc_score(t[:, c], p[:, c]) if 0 < t[:, c].sum() < len(t) else np.nan for c in range(3)]
+        )
+    reps = np.asarray(reps)
+    low, high, macro_low, macro_high = bootstrap_auc_ci(targets, probs, groups, n_boot=300, seed=3)
+    for c in range(3):
+        ok = np.isfinite(reps[:, c])
+        np.testing.assert_allclose([low[c], high[c]], np.quantile(reps[ok, c], [0.025, 0.975]), rtol=1e-12)
+    complete = np.isfinite(reps).all(axis=1)
+    assert 0.5 < complete.mean() < 0.9
+    np.testing.assert_allclose(
+        [macro_low, macro_high], np.quantile(reps[complete].mean(axis=1), [0.025, 0.975]), rtol=1e-12
+    )
 
 
 def test_bootstrap_argument_errors():

@@ -14,7 +14,6 @@ from cxr_core.explain.geometry import box_masks, energy_in_boxes, paper_iou, ups
 from cxr_core.explain.heldout import (
     HeldoutSettings,
     choose_threshold,
-    class_mean,
     heldout_scores,
     sweep_thresholds,
 )
@@ -111,13 +110,41 @@ def test_maxboxacc_and_tuned_iou_hand_cases():
     assert chosen["iou"] == 0.0 and chosen["maxboxacc"] == {"d030": 0.0, "d050": 0.0, "d070": 0.0}
 
 
+def test_maxboxacc_counts_an_iou_exactly_at_the_cut_off_as_a_hit():
+    # the map's only region is the top half of the box: IoU = 64 / 128 = 0.5 exactly, a hit at
+    # delta = 0.5 (Choe et al.: IoU >= delta) and a miss at the next cut-off up
+    boxes = np.array([[0, 0, 8, 16]] * 2, dtype=float)
+    maps = np.stack([_square(0, 0, 8, 8)] * 2)
+    table, _ = heldout_scores(
+        maps, box_masks(boxes, S), boxes, np.array(["Mass"] * 2), np.array([True, False]),
+        sweep=np.asarray(SETTINGS.sweep), maxboxacc_iou=(0.5, 0.51),
+    )  # fmt: skip
+    np.testing.assert_array_equal(table["maxbox_d050"], [1, 1])
+    np.testing.assert_array_equal(table["maxbox_d051"], [0, 0])
+
+
+def test_equal_tune_hit_counts_choose_the_lowest_threshold():
+    # per-class hits 1, 4, 4, 4 (column 0) and 2, 4, 2, 4 (column 1) of 3, 5, 6, 7 boxes: equal class
+    # means (83/140) whose floats differ in the last bit; the documented rule takes the lower threshold
+    counts, a, b = [3, 5, 6, 7], [1, 4, 4, 4], [2, 4, 2, 4]
+    labels = np.repeat(["Mass", "Nodule", "Effusion", "Atelectasis"], counts)
+    hits = np.zeros((len(labels), 2))
+    start = 0
+    for n, ha, hb in zip(counts, a, b, strict=True):
+        hits[start : start + ha, 0] = 1
+        hits[start : start + hb, 1] = 1
+        start += n
+    assert choose_threshold(hits, labels, np.ones(len(labels), bool)) == 0
+
+
 def test_threshold_is_chosen_on_the_tune_half_only():
     rng = np.random.default_rng(2)
     scores = rng.random((40, 10))
     labels = np.array(["Mass", "Nodule"] * 20)
     tune = np.arange(40) < 20
     chosen = choose_threshold(scores, labels, tune)
-    assert chosen == int(np.argmax(class_mean(scores[tune], labels[tune])))
+    explicit = pd.DataFrame(scores[tune]).groupby(labels[tune]).mean().mean()  # per class, then over classes
+    assert chosen == int(np.argmax(explicit.to_numpy()))
     changed = scores.copy()
     changed[~tune] = rng.random((20, 10)) * 100  # report rows: anything at all
     assert choose_threshold(changed, labels, tune) == chosen
@@ -193,7 +220,7 @@ def test_score_heatmaps_adds_the_baselines_and_reports_on_the_report_half():
         positive_threshold=0.5,
         heldout=SETTINGS,
     )
-    assert set(summary["methods"]) == {"GradCAM", "BoxPrior", "UniformMap"}
+    assert set(summary["methods"]) == {"GradCAM", "BoxPrior", "UniformMap", "CentreMap"}
     assert summary["subsets"] == {"tune": 8, "report": 8}
     report = records[(records["method"] == "GradCAM") & (records["subset"] == "report")]
     held = summary["methods"]["GradCAM"]["heldout"]

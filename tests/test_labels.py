@@ -40,3 +40,10 @@ def test_box_label_alias():
     assert canonical_box_label("Mass") == "Mass"
     with pytest.raises(ValueError, match="Hernia"):
         canonical_box_label("Hernia")
+
+
+@pytest.mark.parametrize("cell", ["No Finding|Effusion", "Effusion|No Finding", "No Finding|No Finding|Mass"])
+def test_no_finding_beside_a_finding_is_refused(cell):
+    # NIH's Data_Entry_2017_v2020.csv never mixes them; a cell that does is corrupt, not "no findings"
+    with pytest.raises(ValueError, match="together with a finding"):
+        parse_finding_labels(cell)

@@ -188,19 +188,37 @@ def test_best_box_scores_per_threshold():
 
 
 def test_pointing_game_hit_miss_tie_flat():
-    h = np.zeros((5, 4, 4))
+    h = np.zeros((6, 4, 4))
     h[0, 1, 2] = 1.0  # unique max at (1, 2), box covers it -> hit
     h[1, 1, 2] = 1.0  # same map, box elsewhere -> miss
-    h[2, 0, 0] = h[2, 3, 3] = 0.7  # tie: one maximal pixel (3, 3) inside the box -> hit
-    h[3] = 0.5  # flat map, box covers everything -> miss by rule
-    # h[4] all zeros: flat too -> miss
+    h[2, 0, 0] = h[2, 3, 3] = 0.7  # tie: the first maximum (0, 0) is outside the box -> miss
+    h[3, 0, 0] = h[3, 3, 3] = 0.7  # the same tie, the box over the first maximum -> hit
+    h[4] = 0.5  # flat map, box covers everything -> miss by rule
+    # h[5] all zeros: flat too -> miss
     masks = np.stack(
         [
             box_mask((2, 1, 1, 1), 4),
             box_mask((0, 2, 2, 2), 4),
             box_mask((3, 3, 1, 1), 4),
+            box_mask((0, 0, 1, 1), 4),
             np.ones((4, 4), bool),
             np.ones((4, 4), bool),
         ]
     )
-    np.testing.assert_array_equal(pointing_hit(h, masks), [True, False, True, False, False])
+    np.testing.assert_array_equal(pointing_hit(h, masks), [True, False, False, True, False, False])
+
+
+def test_pointing_game_upsamples_the_raw_map_and_takes_the_first_of_a_plateau():
+    # a 4 x 4 raw map with one peak at (1, 2), scored at 16 x 16: bilinear upsampling (half-pixel
+    # centres) puts the source centre between output pixels 4p + 1 and 4p + 2, which tie; the first
+    # in row-major order is (5, 9), so a box on (5, 9) is hit and one on (6, 10) (also maximal) is not
+    raw = np.zeros((2, 4, 4))
+    raw[:, 1, 2] = 3.0
+    masks = np.stack([box_mask((9, 5, 1, 1), 16), box_mask((10, 6, 1, 1), 16)])
+    np.testing.assert_array_equal(pointing_hit(raw, masks), [True, False])
+    with pytest.raises(ValueError, match="K x h x w"):
+        pointing_hit(raw[0], masks)
+    with pytest.raises(ValueError, match="2 x S x S"):
+        pointing_hit(raw, masks[:, :, :8])
+    with pytest.raises(ValueError, match="NaN"):
+        pointing_hit(np.full((2, 4, 4), np.nan), masks)

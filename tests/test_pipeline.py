@@ -71,7 +71,8 @@ def test_dvc_repro_runs_every_stage(project):
             )
             loc = json.loads((project / "metrics" / "localise" / model / f"seed{seed}.json").read_text())
             assert set(loc["methods"]) == {
-                "GradCAM", "EigenCAM", "GradCAMPlusPlus", "HiResCAM", "RandomCAM", "BoxPrior", "UniformMap"
+                "GradCAM", "EigenCAM", "GradCAMPlusPlus", "HiResCAM", "RandomCAM", "BoxPrior", "UniformMap",
+                "CentreMap",
             }  # fmt: skip
             assert loc["methods"]["GradCAM"]["heldout"]["chosen_on"] == "tune"
             sanity = json.loads((project / "metrics" / "sanity" / model / f"seed{seed}.json").read_text())
@@ -98,6 +99,47 @@ def test_dvc_repro_runs_every_stage(project):
     assert report.count("PHANTOM") >= 3  # the header, the adjudicated stand-in's note, the external set
     assert "<!-- table: external_phantom -->" in report
     assert "<!-- table: operating_points -->" in report and "<!-- table: adjudicated -->" in report
+
+
+def test_published_pointing_game_equals_an_independent_recomputation(project):
+    """The pointing game of metrics/localise/, recomputed from the saved raw maps and loc.csv by
+    independent code: torch's bilinear upsampling, the first maximum (ties within the stated
+    tolerance), an explicit pixel-centre mask, pandas class means."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+
+    from cxr_core.explain.geometry import PEAK_TOLERANCE
+
+    loc = pd.read_csv(project / "data" / "splits" / "loc.csv")
+    size = int(
+        json.loads((project / "metrics" / "localise" / MODELS[0] / "seed0.json").read_text())["image_size"]
+    )
+    centres = np.arange(size) + 0.5
+    rows = [(centres >= r.y) & (centres < r.y + r.h) for r in loc.itertuples()]
+    cols = [(centres >= r.x) & (centres < r.x + r.w) for r in loc.itertuples()]
+    masks = np.stack([r[:, None] & c[None, :] for r, c in zip(rows, cols, strict=True)]).reshape(len(loc), -1)
+    checked = 0
+    for model in MODELS:
+        for seed in SEEDS:
+            saved = np.load(project / "data" / "heatmaps" / model / f"seed{seed}.npz")
+            published = json.loads(
+                (project / "metrics" / "localise" / model / f"seed{seed}.json").read_text()
+            )
+            for method in [str(m) for m in saved["methods"]]:
+                raw = torch.from_numpy(saved[f"raw_{method}"].astype(np.float64))[:, None]
+                up = F.interpolate(raw, size=(size, size), mode="bilinear", align_corners=False).flatten(1)
+                tied = (up >= up.amax(dim=1, keepdim=True) * (1 - PEAK_TOLERANCE)).int()
+                first = torch.argmax(tied, dim=1).numpy()
+                hits = masks[np.arange(len(loc)), first] & ~tied.all(dim=1).numpy()
+                hits &= ~saved[f"degenerate_{method}"]
+                expected = pd.Series(hits.astype(float)).groupby(loc["label"].to_numpy()).mean()
+                got = published["methods"][method]["pointing"]
+                assert got["mean"] == pytest.approx(expected.mean(), abs=1e-12), (model, seed, method)
+                assert {k: got[k] for k in expected.index} == pytest.approx(expected.to_dict(), abs=1e-12)
+                checked += 1
+    assert checked == len(MODELS) * len(SEEDS) * 5
 
 
 def test_seed_matrix_gives_per_seed_runs_and_an_aggregate(project):

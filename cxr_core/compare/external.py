@@ -30,6 +30,7 @@ from cxr_core.evaluate.metrics import (
     _percentile_interval,
     weighted_auc,
 )
+from cxr_core.explain.class_means import class_means
 from cxr_core.explain.compute import CamSettings, cams_in_batches, clean_maps
 from cxr_core.explain.geometry import box_mask, paper_iou, pointing_hit
 from cxr_core.models.registry import ModelSpec
@@ -181,22 +182,28 @@ def external_box_scores(
     ious = {m: np.full(len(rows), np.nan) for m in settings.methods}
     for lo, hi, out in cams_in_batches(model, spec, images, rows, targets, settings, runtime):
         for method, cam in out.items():
-            maps, _ = clean_maps(cam)  # a degenerate map is 0: it points nowhere and covers nothing
-            hits[method][lo:hi] = pointing_hit(maps, masks[lo:hi])
+            maps, raw, _ = clean_maps(cam)  # a degenerate map is 0: it points nowhere and covers nothing
+            hits[method][lo:hi] = pointing_hit(raw, masks[lo:hi])
             if method in iou_thresholds:
                 ious[method][lo:hi] = paper_iou(maps, masks[lo:hi], [iou_thresholds[method]])[:, 0]
     names_arr = np.asarray(names)
-    order = [c.name for c in classes if c.name in set(names)]
+    order = [c.name for c in classes]
     result: dict[str, Any] = {"n_targets": len(rows), "n_images": int(np.unique(rows).size), "methods": {}}
     for method in settings.methods:
         threshold = iou_thresholds.get(method)
-        block: dict[str, Any] = {"iou_threshold": threshold, "pointing": {}, "iou_tuned": {}}
-        for name in order:
-            sel = names_arr == name
-            block["pointing"][name] = float(hits[method][sel].mean())
-            block["iou_tuned"][name] = float(ious[method][sel].mean()) if threshold is not None else None
-        for metric in ("pointing", "iou_tuned"):
-            values = [v for v in block[metric].values() if v is not None]
-            block[metric]["mean"] = float(np.mean(values)) if values else None
-        result["methods"][method] = block
+        pointing = class_means(hits[method], names_arr, order)
+        if threshold is None:
+            iou_tuned: dict[str, Any] = {name: None for name in pointing}
+        else:
+            iou_tuned = class_means(ious[method], names_arr, order)
+        result["methods"][method] = {
+            "iou_threshold": threshold,
+            "pointing": {k: _json_mean(v) for k, v in pointing.items()},
+            "iou_tuned": {k: _json_mean(v) for k, v in iou_tuned.items()},
+        }
     return result
+
+
+def _json_mean(value: float | None) -> float | None:
+    """A class mean for the JSON: None where there was nothing to average."""
+    return None if value is None or not np.isfinite(value) else float(value)

@@ -58,7 +58,7 @@ COMPARE_KEYS: tuple[str, ...] = (
 )
 #: Localisation metrics compared: name -> what it counts per box (the report prints the label).
 LOC_METRICS: dict[str, str] = {
-    "pointing": "pointing game (heatmap maximum inside the box)",
+    "pointing": "pointing game (maximum of the upsampled raw map inside the box; first of ties)",
     "box_acc": "box accuracy (best heatmap box IoU >= cut-off at the heatmap threshold)",
 }
 #: Held-out localisation metrics: name -> the box records' column (class-mean on the report half).
@@ -69,7 +69,7 @@ HELDOUT_METRICS: dict[str, str] = {
     "pointing": "pointing_hit",
 }
 #: The anatomy-only / chance maps every held-out number is compared with, when scored.
-BASELINE_METHODS: tuple[str, ...] = ("RandomCAM", "BoxPrior", "UniformMap")
+BASELINE_METHODS: tuple[str, ...] = ("RandomCAM", *BASELINES)
 _PRODUCER = "the compare stage"
 
 

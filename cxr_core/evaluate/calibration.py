@@ -11,8 +11,9 @@ clinical reader who sees "0.8" should find the finding in about 80% of such film
 * the **reliability curve** (per bin: mean predicted probability vs fraction positive), as a long
   table for ``dvc plots``.
 
-Bins follow sklearn's ``calibration_curve(strategy="quantile")`` exactly: edges are
-``np.quantile(p, linspace(0, 1, bins + 1))`` and a probability goes to bin ``i`` when
+Bins are sklearn's ``calibration_curve(strategy="quantile")`` bins up to one rounding step: edges
+are ``np.quantile(p, linspace(0, 1, bins + 1))`` (sklearn's ``np.percentile(p, 100 q)`` can land one
+ulp below an observed value that ours lands on) and a probability goes to bin ``i`` when
 ``edge[i] < p <= edge[i + 1]`` (the lowest value joins bin 0). So tied probabilities always share
 one bin: a tie at an edge falls into the lower bin, which then holds more than its share, and
 edges that coincide leave empty bins, which are dropped (they carry no weight in the ECE). "Pooled"

@@ -12,8 +12,8 @@ Conventions:
   validation probability (the convention of sklearn's ``roc_curve``), so the chosen value is one
   that actually splits the validation images;
 * every rule breaks ties towards the *higher* threshold (fewer positive calls for an equally good
-  score), which is also what ``np.argmax`` over sklearn's decreasing ``roc_curve`` thresholds does,
-  the usual published recipe;
+  score), compared on exact counts: the usual recipe, ``np.argmax`` over sklearn's decreasing
+  ``roc_curve`` thresholds, does the same except where float ``tpr - fpr`` splits an exact tie;
 * all three rules depend only on the order of the probabilities, so a monotone recalibration
   (temperature scaling) moves the threshold value but not which images are called positive;
 * a class without positives or without negatives in validation has no threshold (NaN, ``null`` in

@@ -91,10 +91,13 @@ def cams_in_batches(
         )
 
 
-def clean_maps(cam: CamMaps) -> tuple[np.ndarray, np.ndarray]:
-    """The normalised maps with degenerate ones (flat, all-zero, non-finite) set to 0, and the flags."""
+def clean_maps(cam: CamMaps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The normalised maps, the raw float32 maps and the degeneracy flags; a degenerate map (flat,
+    all-zero, non-finite) is 0 in both, so it points nowhere and covers nothing."""
     bad = degenerate_maps(cam.maps)
-    return np.where(bad[:, None, None], 0.0, np.nan_to_num(cam.maps)), bad
+    maps = np.where(bad[:, None, None], 0.0, np.nan_to_num(cam.maps))
+    raw = np.where(bad[:, None, None], 0.0, np.nan_to_num(cam.raw)).astype(np.float32)
+    return maps, raw, bad
 
 
 #: The registries a stage that computes CAMs checks its params against.
@@ -125,10 +128,10 @@ def loc_heatmaps(
     total = -(-k // settings.batch_size)
     for start, stop, out in tqdm(batches, total=total, desc=f"CAMs {spec.name}", unit="batch"):
         for method, cam in out.items():
-            clean, bad = clean_maps(cam)
+            clean, clean_raw, bad = clean_maps(cam)
             degenerate[method][start:stop] = bad
             maps[method][start:stop] = to_uint8(clean)
-            raw[method].append(np.where(bad[:, None, None], 0.0, np.nan_to_num(cam.raw)).astype(np.float32))
+            raw[method].append(clean_raw)
     for method, flags in degenerate.items():
         if flags.any():
             log.warning(

@@ -16,8 +16,9 @@ Conventions (one place, so every number in the localisation report means the sam
   visualisations). The paper's rule is then ``A = H > a * 255``, strictly greater.
 * **Connectivity** (:func:`heatmap_boxes`): 8-connected components (``scipy.ndimage.label`` with a
   3 x 3 structure), so diagonally touching pixels form one region, as a blob in a smooth map should.
-* **Pointing game** (:func:`pointing_hit`): maxima are taken on the float map; with ties, a hit if
-  *any* maximal pixel is in the box; a constant (flat) map is always a miss, since it points nowhere.
+* **Pointing game** (:func:`pointing_hit`): the maximum of the float map (the CAM at its own
+  resolution, upsampled bilinearly to S), never of the 0..255 map, where hundreds of pixels tie at
+  the top level; of genuine float ties the first in row-major order; a flat map is always a miss.
 """
 
 from __future__ import annotations
@@ -272,21 +273,50 @@ def best_box_scores(
     return best_iou, best_iobb
 
 
-def pointing_hit(heatmaps: Any, masks: Any) -> np.ndarray:
-    """Pointing game per map (``K`` bools): is a maximum of the float heatmap inside the box?
+#: Pointing game: pixels within this fraction of a map's maximum tie with it (float noise of
+#: upsampling, far below the float32 resolution of a CAM).
+PEAK_TOLERANCE = 1e-9
+#: Maps per chunk in :func:`pointing_hit` (bounds the float64 upsampled maps to ~100 MB at S=224).
+_POINTING_CHUNK = 256
 
-    Ties: a hit if *any* maximal pixel is inside. A flat map (max == min) is a miss by rule:
-    it has no maximum to point with, and counting it would reward a method that failed.
+
+def pointing_hit(maps: Any, masks: Any) -> np.ndarray:
+    """Pointing game per map (``K`` bools): is the map's maximum inside the box?
+
+    ``maps``: ``K x h x w`` non-negative float maps at any resolution (a CAM at its layer's
+    resolution), upsampled bilinearly to the masks' ``S x S`` (:func:`upsample_bilinear`, as the
+    normalised maps and :func:`energy_in_boxes` are); the min-max normalisation cannot move the
+    maximum, so the raw map is scored. ``masks``: ``K x S x S`` boxes (or unions of boxes).
+
+    The rule for ties: the first maximum in row-major order (``np.argmax``, as TorchRay's pointing
+    game), where values within :data:`PEAK_TOLERANCE` (relative) of the maximum tie. Upsampling
+    makes genuine plateaus, 2 x 2 at an interior peak and up to 16 x 16 in a corner at 7 -> 224,
+    which other bilinear code (torch) breaks by an ulp; counting a hit if *any* tied pixel is
+    inside (Quantus) credits a plateau that straddles the box edge, so one pixel points. A flat
+    map (every pixel tied) is a miss by rule: it points nowhere, and counting it would reward a
+    method that failed.
     """
-    h = _check_heatmaps(heatmaps)
-    m = _check_masks(masks, h.shape)
-    k = h.shape[0]
-    flat_h = h.reshape(k, -1)
-    hi = flat_h.max(axis=1, initial=-np.inf)
-    lo = flat_h.min(axis=1, initial=np.inf)
-    at_max = flat_h == hi[:, None]
-    hit = (at_max & m.reshape(k, -1)).any(axis=1)
-    return hit & (hi > lo)
+    r = np.asarray(maps, dtype=np.float64)
+    if r.ndim != 3:
+        raise ValueError(f"maps must be K x h x w, got shape {r.shape}")
+    if not np.isfinite(r).all():
+        raise ValueError("maps hold NaN or infinite values")
+    m = np.asarray(masks)
+    if m.ndim != 3 or m.shape[0] != r.shape[0] or m.shape[1] != m.shape[2]:
+        raise ValueError(f"masks must be {r.shape[0]} x S x S, got shape {m.shape}")
+    m = _check_masks(m, m.shape)
+    k, s = r.shape[0], m.shape[1]
+    hits = np.zeros(k, dtype=bool)
+    for lo in range(0, k, _POINTING_CHUNK):
+        hi = min(k, lo + _POINTING_CHUNK)
+        up = r[lo:hi] if r.shape[1:] == (s, s) else upsample_bilinear(r[lo:hi], s)
+        flat = up.reshape(hi - lo, -1)
+        peak = flat.max(axis=1, keepdims=True)
+        tied = flat >= peak - PEAK_TOLERANCE * np.abs(peak)
+        first = tied.argmax(axis=1)  # the first True
+        pointed = m[lo:hi].reshape(hi - lo, -1)[np.arange(hi - lo), first]
+        hits[lo:hi] = pointed & ~tied.all(axis=1)
+    return hits
 
 
 def _interp_matrix(size: int, source: int) -> np.ndarray:

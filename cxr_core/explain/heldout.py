@@ -11,7 +11,8 @@ on ``report`` rows. Three per-box scores:
   IoU >= delta on tune; a report box scores the mean over delta of its hits at tau(delta). Choe et
   al.'s "max" is over thresholds on the split being scored; taking tau from tune gives the held-out,
   lower version, and tau maximises the class-mean accuracy (the pipeline's average), not the
-  per-box one. Ties go to the lowest threshold, so a cut-off no tune box reaches gets tau = 0.
+  per-box one. Ties (equal class-mean hit counts, compared exactly) go to the lowest threshold, so
+  a cut-off no tune box reaches gets tau = 0.
 * **Tuned IoU**: the paper's IoU at the sweep threshold with the best tune class-mean IoU.
 * **Energy-based pointing game** (Wang et al. 2020, Score-CAM): the share of the raw map's mass in the
   box; threshold-free, and computed on the un-normalised maps so a per-image min-max cannot move it.
@@ -28,8 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr_core.explain.class_means import best_column
 from cxr_core.explain.geometry import best_box_scores, paper_iou
-from cxr_core.labels import BOX_LABELS
 
 
 def sweep_thresholds(step: float) -> np.ndarray:
@@ -39,26 +40,16 @@ def sweep_thresholds(step: float) -> np.ndarray:
     return np.round(np.arange(0.0, 1.0 - 1e-9, step), 6)
 
 
-def class_mean(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Mean over the box classes present of the per-class means, for each column of ``values`` (K x T)."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[:, None] if v.ndim == 1 else v
-    present = [lab for lab in BOX_LABELS if (labels == lab).any()]
-    if not present:
-        return np.full(v.shape[1], np.nan)
-    return np.mean([v[labels == lab].mean(axis=0) for lab in present], axis=0)
-
-
 def choose_threshold(scores: np.ndarray, labels: np.ndarray, tune: np.ndarray) -> int:
     """Index of the column with the best class-mean score over the **tune** rows (lowest on ties).
 
-    Only ``scores[tune]`` is read, so nothing about the report rows can move the choice.
+    Only ``scores[tune]`` is read, so nothing about the report rows can move the choice; ties are
+    decided by :func:`cxr_core.explain.class_means.best_column` (exact for hit counts).
     """
     tune = np.asarray(tune, dtype=bool)
     if not tune.any():
         raise ValueError("the tune half of the box set is empty: no threshold can be chosen on it")
-    means = class_mean(np.asarray(scores)[tune], np.asarray(labels)[tune])
-    return int(np.argmax(np.where(np.isfinite(means), means, -np.inf)))
+    return best_column(np.asarray(scores)[tune], np.asarray(labels)[tune])
 
 
 def best_box_iou_sweep(maps: np.ndarray, boxes: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:

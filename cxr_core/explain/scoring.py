@@ -8,7 +8,8 @@ threshold, with three families of numbers:
 * the paper's IoU (``sum(A*B) / sum(max(A, B))`` with ``A = H > a * 255``);
 * Wang et al. (2017) boxes from the thresholded map's connected components, the best one scored by
   IoU and IoBB, summarised as accuracy at T in ``cam.box_thresholds``;
-* the pointing game (is the map's maximum inside the box);
+* the pointing game (is the maximum of the raw map, upsampled to the box space, inside the box:
+  :func:`cxr_core.explain.geometry.pointing_hit`, never the 0..255 map, where hundreds of pixels tie);
 
 and the held-out numbers of :mod:`cxr_core.explain.heldout` (thresholds chosen on the tune half of
 the boxes, read on the report half): MaxBoxAccV2, the tuned IoU and the energy-based pointing game,
@@ -25,10 +26,10 @@ import pandas as pd
 
 from cxr_core.errors import ArtifactError
 from cxr_core.explain.baselines import baseline_maps
+from cxr_core.explain.class_means import class_means
 from cxr_core.explain.geometry import best_box_scores, box_masks, energy_in_boxes, paper_iou, pointing_hit
 from cxr_core.explain.heldout import HeldoutSettings, delta_key, heldout_scores
 from cxr_core.files import contract, read_csv, read_json, write_csv, write_json
-from cxr_core.labels import BOX_LABELS
 
 #: Records keep these loc.csv columns.
 RECORD_KEYS = ["image", "row", "label"]
@@ -116,8 +117,9 @@ def score_method(
 ) -> tuple[pd.DataFrame, dict]:
     """One record per box for one method, and the thresholds the held-out scores chose on tune.
 
-    Paper IoU, best-box IoU / IoBB per paper threshold, pointing hit, energy share, tuned IoU and
-    MaxBoxAccV2 hits. A degenerate (flat or broken) map scores 0 everywhere.
+    Paper IoU, best-box IoU / IoBB per paper threshold (on the 0..255 maps, the paper's rule), pointing
+    hit and energy share (on the raw float maps), tuned IoU and MaxBoxAccV2 hits. A degenerate (flat
+    or broken) map scores 0 everywhere.
     """
     size = maps_uint8.shape[-1]
     maps = as_unit_maps(maps_uint8)
@@ -126,7 +128,7 @@ def score_method(
     tune = (loc["subset"] == "tune").to_numpy()
     masks = box_masks(truth, size)
     iou = paper_iou(maps, masks, thresholds)  # K x T
-    hits = pointing_hit(maps, masks) & ~degenerate
+    hits = pointing_hit(raw, masks) & ~degenerate
     box_iou = np.zeros((len(loc), len(thresholds)))
     box_iobb = np.zeros_like(box_iou)
     for k in range(len(loc)):
@@ -153,14 +155,12 @@ def score_method(
 
 
 def _per_class(values: pd.Series, labels: pd.Series) -> dict[str, float]:
-    """Mean per box class, and ``mean`` over the classes that have boxes (the paper's average)."""
-    out = {lab: float(values[labels == lab].mean()) for lab in BOX_LABELS if (labels == lab).any()}
-    out["mean"] = float(np.mean(list(out.values()))) if out else float("nan")
-    return out
+    """Mean per box class and ``mean`` over the classes (:func:`cxr_core.explain.class_means.class_means`)."""
+    return class_means(values.to_numpy(dtype=np.float64), labels.to_numpy())
 
 
 def _class_mean(flags: pd.Series, labels: pd.Series) -> float:
-    return _per_class(flags.astype(float), labels)["mean"]
+    return _per_class(flags, labels)["mean"]
 
 
 def summarise_method(
@@ -185,7 +185,7 @@ def summarise_method(
             summary[f"box_acc_{metric}"][key] = {
                 threshold_key(t, "T"): _class_mean(column >= t, labels) for t in box_thresholds
             }
-    summary["pointing"] = _per_class(records["pointing_hit"].astype(float), labels)
+    summary["pointing"] = _per_class(records["pointing_hit"], labels)
     summary["degenerate_fraction"] = float(records["degenerate"].mean()) if len(records) else 0.0
     report = records[records["subset"] == "report"]
     summary["heldout"] = {
@@ -193,7 +193,7 @@ def summarise_method(
         "thresholds": chosen,
         "report": {
             "energy": _per_class(report["energy"], report["label"]),
-            "pointing": _per_class(report["pointing_hit"].astype(float), report["label"]),
+            "pointing": _per_class(report["pointing_hit"], report["label"]),
             "iou_tuned": _per_class(report["iou_tuned"], report["label"]),
             "maxboxacc": _per_class(report["maxboxacc"], report["label"]),
             "maxbox": {

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cxr_core.explain.class_means import first_best
 from cxr_core.models.registry import get_spec
 from cxr_core.report.inputs import CONTROL_METHOD, ModelResults, method_names
 from cxr_core.report.provenance import Cell, Table, ci_cell, finite, lookup, number, plain_cell
@@ -26,14 +27,15 @@ KIND_NAMES: dict[str, str] = {"cnn_auc": "CNN", "transformer_auc": "transformer"
 
 def _best_method(m: ModelResults) -> str | None:
     """The CAM method (not the random control; :func:`method_names` drops the baselines) with the
-    highest class-mean pointing game; the first in report order on ties."""
+    highest class-mean pointing game; the first in report order on ties (within the tolerance of
+    :func:`cxr_core.explain.class_means.first_best`, so float noise in the JSON cannot pick)."""
     scored = [
         (name, lookup(m.localise, ("methods", name, "pointing", "mean")))
         for name in method_names([m])
         if name != CONTROL_METHOD
     ]
     scored = [(name, v) for name, v in scored if finite(v) is not None]
-    return max(scored, key=lambda s: s[1])[0] if scored else None
+    return scored[first_best([v for _, v in scored])][0] if scored else None
 
 
 def known_answer_table(models: Sequence[ModelResults], params: Mapping[str, Any]) -> Table:
