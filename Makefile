@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,demo]'
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps quantus
 	touch $@
 
 install: $(VENV)/.installed

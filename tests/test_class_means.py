@@ -41,6 +41,10 @@ def test_class_means_columns_absent_classes_and_no_boxes():
     assert np.isnan(class_means(np.zeros(0), np.zeros(0, str), CLASSES)["mean"])
     with pytest.raises(ValueError, match="3 scores for 5 box labels"):
         class_means(np.zeros(3), labels, CLASSES)
+    with pytest.raises(ValueError, match=r"\['Infiltrate'\] are not among"):  # uncanonical: never dropped
+        class_means(np.zeros(2), np.array(["Mass", "Infiltrate"]), CLASSES)
+    with pytest.raises(ValueError, match="hits must be 0 or 1"):
+        best_column(np.full((2, 2), 0.5), labels[:2], CLASSES, hits=True)
 
 
 def test_equal_class_mean_counts_tie_exactly_and_go_to_the_lowest_column():
@@ -57,11 +61,11 @@ def test_equal_class_mean_counts_tie_exactly_and_go_to_the_lowest_column():
     assert exact[0] == exact[1] == Fraction(83, 140)
     floats = class_means(hits, labels, CLASSES)["mean"]
     assert floats[1] > floats[0]  # what an argmax over float means would pick
-    assert best_column(hits, labels, CLASSES) == 0
+    assert best_column(hits, labels, CLASSES, hits=True) == 0
     hits[np.flatnonzero(labels == "Mass")[5], 0] = 1  # one more hit: column 0 now strictly better
-    assert best_column(hits, labels, CLASSES) == 0
+    assert best_column(hits, labels, CLASSES, hits=True) == 0
     hits[:, 0] = 0
-    assert best_column(hits, labels, CLASSES) == 1
+    assert best_column(hits, labels, CLASSES, hits=True) == 1
 
 
 def test_continuous_scores_tie_within_the_stated_tolerance():

@@ -639,3 +639,14 @@ def test_heldout_refuses_records_split_differently_from_loc() -> None:
     stale = loc.assign(subset=np.where(loc["subset"] == "tune", "report", "tune"))  # re-split since
     with pytest.raises(ArtifactError, match="tune / report differently from loc.csv"):
         compare_study(predictions, boxes, stale, [0], settings)
+
+
+def test_ranking_treats_equal_class_mean_rates_that_differ_in_the_last_bit_as_a_tie():
+    # 83/140 as two float class means (tests/test_class_means.py): the first listed is the best
+    from cxr_core.compare.study import ranking
+
+    scores = {"GradCAM": 0.5928571428571427, "HiResCAM": 0.5928571428571429, "EigenCAM": 0.3}
+    result = ranking({"pairs": {}}, scores, 0.05, part="class_mean")
+    assert result["best"] == "GradCAM" and result["order"] == ["GradCAM", "HiResCAM", "EigenCAM"]
+    scores["HiResCAM"] = 0.6  # a real difference still wins
+    assert ranking({"pairs": {}}, scores, 0.05, part="class_mean")["best"] == "HiResCAM"

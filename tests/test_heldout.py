@@ -134,7 +134,7 @@ def test_equal_tune_hit_counts_choose_the_lowest_threshold():
         hits[start : start + ha, 0] = 1
         hits[start : start + hb, 1] = 1
         start += n
-    assert choose_threshold(hits, labels, np.ones(len(labels), bool)) == 0
+    assert choose_threshold(hits, labels, np.ones(len(labels), bool), hits=True) == 0
 
 
 def test_threshold_is_chosen_on_the_tune_half_only():

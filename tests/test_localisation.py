@@ -191,7 +191,7 @@ def test_pointing_game_hit_miss_tie_flat():
     h = np.zeros((6, 4, 4))
     h[0, 1, 2] = 1.0  # unique max at (1, 2), box covers it -> hit
     h[1, 1, 2] = 1.0  # same map, box elsewhere -> miss
-    h[2, 0, 0] = h[2, 3, 3] = 0.7  # tie: the first maximum (0, 0) is outside the box -> miss
+    h[2, 0, 0] = h[2, 3, 3] = 0.7  # tie, both as near the centroid: the first, (0, 0), is outside -> miss
     h[3, 0, 0] = h[3, 3, 3] = 0.7  # the same tie, the box over the first maximum -> hit
     h[4] = 0.5  # flat map, box covers everything -> miss by rule
     # h[5] all zeros: flat too -> miss
@@ -208,10 +208,26 @@ def test_pointing_game_hit_miss_tie_flat():
     np.testing.assert_array_equal(pointing_hit(h, masks), [True, False, False, True, False, False])
 
 
+def test_a_plateau_points_at_its_centre_not_its_edge():
+    # a box prior's maximum is a wide plateau (rows 2..9, columns 3..14): its centroid is (5.5, 8.5),
+    # so it points at (5, 8), the first of the four nearest tied pixels; the first maximum in
+    # row-major order, (2, 3), would sit on the plateau's edge
+    h = np.zeros((3, 16, 16))
+    h[:, 2:10, 3:15] = 1.0
+    masks = np.stack([box_mask((8, 5, 1, 1), 16), box_mask((3, 2, 1, 1), 16), box_mask((9, 6, 1, 1), 16)])
+    np.testing.assert_array_equal(pointing_hit(h, masks), [True, False, False])
+    # two separate tied peaks: it points at one of them (the first of the equally near), not between
+    two = np.zeros((2, 16, 16))
+    two[:, 1, 1] = two[:, 14, 14] = 1.0
+    masks = np.stack([box_mask((1, 1, 1, 1), 16), box_mask((6, 6, 4, 4), 16)])
+    np.testing.assert_array_equal(pointing_hit(two, masks), [True, False])
+
+
 def test_pointing_game_upsamples_the_raw_map_and_takes_the_first_of_a_plateau():
     # a 4 x 4 raw map with one peak at (1, 2), scored at 16 x 16: bilinear upsampling (half-pixel
-    # centres) puts the source centre between output pixels 4p + 1 and 4p + 2, which tie; the first
-    # in row-major order is (5, 9), so a box on (5, 9) is hit and one on (6, 10) (also maximal) is not
+    # centres) puts the source centre between output pixels 4p + 1 and 4p + 2: a 2 x 2 plateau whose
+    # four pixels are equally near its centroid; the first, (5, 9), is the one that points, so a box
+    # on (5, 9) is hit and one on (6, 10) (also maximal) is not
     raw = np.zeros((2, 4, 4))
     raw[:, 1, 2] = 3.0
     masks = np.stack([box_mask((9, 5, 1, 1), 16), box_mask((10, 6, 1, 1), 16)])

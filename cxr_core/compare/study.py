@@ -38,6 +38,7 @@ from cxr_core.compare.paired import (
 from cxr_core.errors import ArtifactError
 from cxr_core.evaluate.metrics import macro_auc
 from cxr_core.explain.baselines import BASELINES
+from cxr_core.explain.class_means import first_best
 from cxr_core.explain.scoring import threshold_key
 from cxr_core.files import contract, read_json, write_json
 from cxr_core.params import check_among
@@ -180,15 +181,17 @@ def ranking(
     """The best contender by ``score`` and, for each other, its gap to the best from the pair table.
 
     ``summary`` is a :func:`comparison_summary` (AUC: ``part=None`` reads ``macro``; rates: ``part``
-    is ``class_mean``). A contender is ``worse`` when the Holm-adjusted p of its pair with the best
+    is ``class_mean``). The best is the first listed of those within
+    :data:`cxr_core.explain.class_means.TIE_TOLERANCE` of the highest score (equal class-mean rates
+    can differ in their last bit). A contender is ``worse`` when the Holm-adjusted p of its pair with the best
     is below ``alpha`` and the difference favours the best; the best itself is never worse.
     """
     scored = {name: s for name, s in score.items() if s is not None}  # an undefined score is not ranked
     if not scored:
         return {"best": None, "order": [], "gap": {}}
-    names = list(score)
-    best = max(scored, key=lambda n: (scored[n], -names.index(n)))  # first in order on ties
-    order = sorted(scored, key=lambda n: (-scored[n], names.index(n)))
+    ranked = [name for name in score if name in scored]
+    best = ranked[first_best([scored[n] for n in ranked])]  # first in order on (float-noise) ties
+    order = [best, *sorted((n for n in ranked if n != best), key=lambda n: (-scored[n], ranked.index(n)))]
     gap: dict[str, Any] = {}
     for pair in summary["pairs"].values():
         if best not in (pair["a"], pair["b"]):

@@ -6,8 +6,8 @@
 * ``UniformMap``: a constant map. Its energy share is the box's share of the image, its paper IoU
   the box area over the image area; it is flat, so it is a miss in the pointing game by rule.
 * ``CentreMap``: a Gaussian peaked at the image centre (sigma a quarter of the side), the same map
-  for every image. It points at the middle, which on real films hits nearly every Cardiomegaly
-  box, so "beats chance" is never confused with "points at the middle".
+  for every image. It points at the middle, where the heart of a frontal film sits, so "beats
+  chance" is never confused with "points at the middle" (Cardiomegaly boxes surround the centre).
 
 The random-map control (``RandomCAM``) is a CAM method (``cam.methods``) and comes from the cams
 stage; these two need only the boxes, so the localise stage makes them. The prior is built from the
@@ -37,14 +37,17 @@ def box_prior(masks: np.ndarray, labels: np.ndarray, tune: np.ndarray) -> dict[s
 
 
 def centre_map(size: int) -> np.ndarray:
-    """``S x S`` float32 Gaussian centred on the image centre ``(S / 2, S / 2)``, peak 1.
+    """``S x S`` float32 Gaussian centred on the image centre ``(S / 2, S / 2)``, min-max scaled to
+    [0, 1] like every other map.
 
-    At an even size the four central pixels tie; the pointing game's first-maximum rule takes the
-    top-left one (``S / 2 - 1``, half a pixel from the centre).
+    At an even size the four central pixels tie; the pointing game takes the first of them
+    (``S / 2 - 1``, half a pixel from the centre).
     """
     centres = np.arange(size) + 0.5 - size / 2.0
     g = np.exp(-0.5 * (centres / (CENTRE_SIGMA * size)) ** 2)
-    return np.outer(g, g).astype(np.float32)
+    m = np.outer(g, g)
+    span = m.max() - m.min()
+    return ((m - m.min()) / span if span > 0 else m).astype(np.float32)
 
 
 def baseline_maps(

@@ -44,6 +44,9 @@ def class_means(values: np.ndarray, labels: np.ndarray, classes: Sequence[str] =
     labels = np.asarray(labels)
     if len(v) != len(labels):
         raise ValueError(f"{len(v)} scores for {len(labels)} box labels")
+    unknown = sorted(set(labels.tolist()) - set(classes))
+    if unknown:
+        raise ValueError(f"box labels {unknown} are not among the classes averaged over ({list(classes)})")
     out = {c: v[labels == c].mean(axis=0) for c in present_classes(labels, classes)}
     mean = np.mean(list(out.values()), axis=0) if out else np.full(v.shape[1], np.nan)
     squeeze = np.ndim(values) == 1
@@ -63,17 +66,22 @@ def _exact_means(hits: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -
     ]
 
 
-def best_column(values: np.ndarray, labels: np.ndarray, classes: Sequence[str] = BOX_LABELS) -> int:
+def best_column(
+    values: np.ndarray, labels: np.ndarray, classes: Sequence[str] = BOX_LABELS, *, hits: bool = False
+) -> int:
     """Index of the column of ``values`` (``K x T``) with the best class mean; the lowest on ties.
 
-    Integer scores (hits) are compared exactly; real ones within :data:`TIE_TOLERANCE` of the best.
-    Columns whose mean is not finite never win; with no box at all, column 0.
+    ``hits=True``: the values are 0/1 hits, compared as exact fractions; otherwise real scores tie
+    within :data:`TIE_TOLERANCE` of the best. Columns whose mean is not finite never win; with no
+    box at all, column 0.
     """
     v = _as_columns(values)
     labels = np.asarray(labels)
     if not present_classes(labels, classes):
         return 0
-    if np.all(np.isfinite(v)) and np.array_equal(v, np.round(v)):
+    if hits:
+        if not np.isin(v, (0, 1)).all():
+            raise ValueError("hits must be 0 or 1")
         exact = _exact_means(v.astype(np.int64), labels, classes)
         return exact.index(max(exact))
     return first_best(class_means(v, labels, classes)["mean"])
@@ -86,4 +94,4 @@ def first_best(values: Sequence[float] | np.ndarray) -> int:
     if not v.size or not np.isfinite(v.max()):
         return 0
     best = v.max()
-    return int(np.flatnonzero(v >= best - TIE_TOLERANCE * max(1.0, abs(best)))[0])
+    return int(np.flatnonzero(v >= best - TIE_TOLERANCE * abs(best))[0])

@@ -18,7 +18,7 @@ Conventions (one place, so every number in the localisation report means the sam
   3 x 3 structure), so diagonally touching pixels form one region, as a blob in a smooth map should.
 * **Pointing game** (:func:`pointing_hit`): the maximum of the float map (the CAM at its own
   resolution, upsampled bilinearly to S), never of the 0..255 map, where hundreds of pixels tie at
-  the top level; of genuine float ties the first in row-major order; a flat map is always a miss.
+  the top level; of genuine float ties the one nearest their centroid; a flat map is always a miss.
 """
 
 from __future__ import annotations
@@ -280,27 +280,45 @@ PEAK_TOLERANCE = 1e-9
 _POINTING_CHUNK = 256
 
 
+def peak_pixels(maps: np.ndarray) -> np.ndarray:
+    """Flat index of the pixel each ``K x S x S`` map points at: its maximum, and of tied maxima the
+    one nearest their centroid (the first in row-major order among equally near ones).
+
+    Values within :data:`PEAK_TOLERANCE` (relative) of the maximum tie. -1 for a flat map (every
+    pixel tied): it points nowhere.
+    """
+    k, s = maps.shape[0], maps.shape[-1]
+    flat = maps.reshape(k, -1)
+    peak = flat.max(axis=1, keepdims=True)
+    tied = flat >= peak - PEAK_TOLERANCE * np.abs(peak)
+    rows, cols = np.divmod(np.arange(s * s), s)
+    count = tied.sum(axis=1)
+    centre_r = (tied * rows).sum(axis=1) / count
+    centre_c = (tied * cols).sum(axis=1) / count
+    dist = (rows[None, :] - centre_r[:, None]) ** 2 + (cols[None, :] - centre_c[:, None]) ** 2
+    pointed = np.where(tied, dist, np.inf).argmin(axis=1)
+    return np.where(count == s * s, -1, pointed)
+
+
 def pointing_hit(maps: Any, masks: Any) -> np.ndarray:
-    """Pointing game per map (``K`` bools): is the map's maximum inside the box?
+    """Pointing game per map (``K`` bools): is the pixel the map points at inside the box?
 
     ``maps``: ``K x h x w`` non-negative float maps at any resolution (a CAM at its layer's
     resolution), upsampled bilinearly to the masks' ``S x S`` (:func:`upsample_bilinear`, as the
     normalised maps and :func:`energy_in_boxes` are); the min-max normalisation cannot move the
     maximum, so the raw map is scored. ``masks``: ``K x S x S`` boxes (or unions of boxes).
 
-    The rule for ties: the first maximum in row-major order (``np.argmax``, as TorchRay's pointing
-    game), where values within :data:`PEAK_TOLERANCE` (relative) of the maximum tie. Upsampling
-    makes genuine plateaus, 2 x 2 at an interior peak and up to 16 x 16 in a corner at 7 -> 224,
-    which other bilinear code (torch) breaks by an ulp; counting a hit if *any* tied pixel is
-    inside (Quantus) credits a plateau that straddles the box edge, so one pixel points. A flat
-    map (every pixel tied) is a miss by rule: it points nowhere, and counting it would reward a
-    method that failed.
+    The map points at its maximum (:func:`peak_pixels`). Ties: a plateau points at its tied pixel
+    nearest the plateau's centroid. TorchRay's pointing game takes the first maximum
+    (``np.argmax``) and Quantus counts a hit if *any* tied pixel is inside; the two agree with ours
+    on a unique maximum, but on a plateau the first one lies on its top-left edge and "any" credits a
+    plateau that straddles the box edge. Upsampling makes plateaus (2 x 2 at an interior peak, up to
+    16 x 16 in a corner at 7 -> 224), and a box prior's maximum is a plateau tens of pixels wide. A
+    flat map is a miss by rule: it points nowhere, and counting it would reward a method that failed.
     """
-    r = np.asarray(maps, dtype=np.float64)
+    r = np.asarray(maps)
     if r.ndim != 3:
         raise ValueError(f"maps must be K x h x w, got shape {r.shape}")
-    if not np.isfinite(r).all():
-        raise ValueError("maps hold NaN or infinite values")
     m = np.asarray(masks)
     if m.ndim != 3 or m.shape[0] != r.shape[0] or m.shape[1] != m.shape[2]:
         raise ValueError(f"masks must be {r.shape[0]} x S x S, got shape {m.shape}")
@@ -309,13 +327,13 @@ def pointing_hit(maps: Any, masks: Any) -> np.ndarray:
     hits = np.zeros(k, dtype=bool)
     for lo in range(0, k, _POINTING_CHUNK):
         hi = min(k, lo + _POINTING_CHUNK)
-        up = r[lo:hi] if r.shape[1:] == (s, s) else upsample_bilinear(r[lo:hi], s)
-        flat = up.reshape(hi - lo, -1)
-        peak = flat.max(axis=1, keepdims=True)
-        tied = flat >= peak - PEAK_TOLERANCE * np.abs(peak)
-        first = tied.argmax(axis=1)  # the first True
-        pointed = m[lo:hi].reshape(hi - lo, -1)[np.arange(hi - lo), first]
-        hits[lo:hi] = pointed & ~tied.all(axis=1)
+        chunk = np.asarray(r[lo:hi], dtype=np.float64)
+        if not np.isfinite(chunk).all():
+            raise ValueError("maps hold NaN or infinite values")
+        up = chunk if chunk.shape[1:] == (s, s) else upsample_bilinear(chunk, s)
+        pointed = peak_pixels(up)
+        inside = m[lo:hi].reshape(hi - lo, -1)[np.arange(hi - lo), np.maximum(pointed, 0)]
+        hits[lo:hi] = inside & (pointed >= 0)
     return hits
 
 

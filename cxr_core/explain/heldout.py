@@ -40,16 +40,16 @@ def sweep_thresholds(step: float) -> np.ndarray:
     return np.round(np.arange(0.0, 1.0 - 1e-9, step), 6)
 
 
-def choose_threshold(scores: np.ndarray, labels: np.ndarray, tune: np.ndarray) -> int:
+def choose_threshold(scores: np.ndarray, labels: np.ndarray, tune: np.ndarray, *, hits: bool = False) -> int:
     """Index of the column with the best class-mean score over the **tune** rows (lowest on ties).
 
     Only ``scores[tune]`` is read, so nothing about the report rows can move the choice; ties are
-    decided by :func:`cxr_core.explain.class_means.best_column` (exact for hit counts).
+    decided by :func:`cxr_core.explain.class_means.best_column` (exact for ``hits``).
     """
     tune = np.asarray(tune, dtype=bool)
     if not tune.any():
         raise ValueError("the tune half of the box set is empty: no threshold can be chosen on it")
-    return best_column(np.asarray(scores)[tune], np.asarray(labels)[tune])
+    return best_column(np.asarray(scores)[tune], np.asarray(labels)[tune], hits=hits)
 
 
 def best_box_iou_sweep(maps: np.ndarray, boxes: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
@@ -84,7 +84,7 @@ def heldout_scores(
     hits = []
     for delta in maxboxacc_iou:
         reached = (best >= delta).astype(np.float64)
-        i_box = choose_threshold(reached, labels, tune)
+        i_box = choose_threshold(reached, labels, tune, hits=True)
         key = delta_key(delta)
         columns[f"maxbox_{key}"] = reached[:, i_box]
         chosen["maxboxacc"][key] = float(sweep[i_box])
