@@ -336,12 +336,18 @@ def test_box_scores_known_answer(monkeypatch) -> None:
         inside = masks.astype(np.float32)
         outside = np.zeros_like(inside)
         outside[:, -1, 0] = 1.0  # bottom-left corner: in neither box
-        return {"Good": CamMaps(inside, inside), "Bad": CamMaps(outside, outside)}
+        # "Raw": a normalised map inside the box but a raw map peaked outside it; the pointing game
+        # reads the raw map (the IoU the normalised one), as on NIH
+        return {
+            "Good": CamMaps(inside, inside),
+            "Bad": CamMaps(outside, outside),
+            "Raw": CamMaps(inside, outside),
+        }
 
     monkeypatch.setattr(compute, "compute_cams", fake_cams)
     probs = np.zeros((2, len(LABELS)), np.float32)
     probs[0, LABEL_INDEX["Nodule"]] = 0.9  # the proxy is explained for its more probable finding
-    settings = CamSettings(("Good", "Bad"), 8, 0, "pytorch-grad-cam", 32)
+    settings = CamSettings(("Good", "Bad", "Raw"), 8, 0, "pytorch-grad-cam", 32)
     images = np.zeros((2, size, size), np.uint8)
 
     class Identity(torch.nn.Module):
@@ -349,14 +355,17 @@ def test_box_scores_known_answer(monkeypatch) -> None:
             return x
 
     out = ext.external_box_scores(
-        Identity(), None, images, probs, boxes, classes, settings, Runtime.cpu(), {"Good": 0.5, "Bad": 0.5}
-    )
+        Identity(), None, images, probs, boxes, classes, settings, Runtime.cpu(),
+        {"Good": 0.5, "Bad": 0.5, "Raw": 0.5},
+    )  # fmt: skip
     assert seen["targets"] == [LABEL_INDEX["Nodule"], LABEL_INDEX["Effusion"]]
     assert [names[i] for i in range(2)] == ["Nodule/Mass", "Effusion"] and rows.tolist() == [0, 1]
     good, bad = out["methods"]["Good"], out["methods"]["Bad"]
     assert good["pointing"] == {"Effusion": 1.0, "Nodule/Mass": 1.0, "mean": 1.0}
     assert good["iou_tuned"]["mean"] == 1.0 and bad["iou_tuned"]["mean"] == 0.0
     assert bad["pointing"]["mean"] == 0.0 and out["n_targets"] == 2 and out["n_images"] == 2
+    raw = out["methods"]["Raw"]
+    assert raw["pointing"]["mean"] == 0.0 and raw["iou_tuned"]["mean"] == 1.0
 
 
 def test_the_shipped_default_run_shows_the_known_answer() -> None:
