@@ -101,6 +101,18 @@ def plateau_centre_pointer(up: np.ndarray) -> int:
     return i * size + j
 
 
+def quantus_scores(metric: type, maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """A Quantus localisation metric on ``K x S x S`` maps (as given: no abs, no normalisation)."""
+    scores = metric(abs=False, normalise=False, disable_warnings=True).evaluate_batch(
+        model=None,
+        x_batch=maps[:, None],
+        y_batch=np.zeros(len(maps)),
+        a_batch=maps[:, None],
+        s_batch=masks[:, None],
+    )
+    return np.asarray(scores)
+
+
 def class_mean_reference(values: np.ndarray, labels: np.ndarray) -> float:
     """pandas: mean per class, then over the classes."""
     return float(pd.Series(np.asarray(values, float)).groupby(labels).mean().mean())
@@ -141,17 +153,7 @@ def test_pointing_equals_quantus_where_the_maximum_is_unique():
     boxes = boxes_near_peaks(rng, raw)
     masks = centre_rule_masks(boxes, S)
     up = torch_upsample(raw, S)
-    metric = quantus.PointingGame(abs=False, normalise=False, disable_warnings=True)
-    theirs = np.asarray(
-        metric.evaluate_batch(
-            model=None,
-            x_batch=up[:, None],
-            y_batch=np.zeros(len(up)),
-            a_batch=up[:, None],
-            s_batch=masks[:, None],
-        ),
-        dtype=bool,
-    )
+    theirs = quantus_scores(quantus.PointingGame, up, masks).astype(bool)
     flat_up = up.reshape(len(up), -1)
     peak = flat_up.max(axis=1, keepdims=True)
     peak_count = (flat_up >= peak - 1e-6 * peak).sum(axis=1)  # no other pixel anywhere near the peak
@@ -199,17 +201,7 @@ def test_energy_equals_quantus_relevance_mass_accuracy():
     boxes = random_boxes(rng, 60)
     masks = centre_rule_masks(boxes, S)
     up = torch_upsample(raw, S)
-    metric = quantus.RelevanceMassAccuracy(abs=False, normalise=False, disable_warnings=True)
-    theirs = np.asarray(
-        metric.evaluate_batch(
-            model=None,
-            x_batch=up[:, None],
-            y_batch=np.zeros(len(up)),
-            a_batch=up[:, None],
-            s_batch=masks[:, None],
-        ),
-        dtype=float,
-    )
+    theirs = quantus_scores(quantus.RelevanceMassAccuracy, up, masks).astype(float)
     ours = energy_in_boxes(raw, boxes, S)
     empty = up.reshape(len(up), -1).sum(axis=1) == 0
     np.testing.assert_allclose(ours[~empty], theirs[~empty], rtol=1e-10, atol=1e-12)
