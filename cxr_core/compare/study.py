@@ -59,7 +59,7 @@ COMPARE_KEYS: tuple[str, ...] = (
 )
 #: Localisation metrics compared: name -> what it counts per box (the report prints the label).
 LOC_METRICS: dict[str, str] = {
-    "pointing": "pointing game (maximum of the upsampled raw map inside the box; first of ties)",
+    "pointing": "pointing game (maximum of the upsampled raw map inside the box; a plateau points at its centre)",
     "box_acc": "box accuracy (best heatmap box IoU >= cut-off at the heatmap threshold)",
 }
 #: Held-out localisation metrics: name -> the box records' column (class-mean on the report half).

@@ -23,7 +23,7 @@ HELDOUT_NAMES: dict[str, str] = {
     "maxboxacc": "MaxBoxAccV2 (Choe et al. 2020) at tune-chosen thresholds, mean over `localise.maxboxacc_iou`",
     "energy": "energy-based pointing game (share of the raw map's mass inside the box)",
     "iou_tuned": "paper IoU at the tune-chosen heatmap threshold",
-    "pointing": "pointing game (maximum of the upsampled raw map inside the box; first of ties)",
+    "pointing": "pointing game (maximum of the upsampled raw map inside the box; a plateau points at its centre)",
 }
 
 

@@ -220,8 +220,8 @@ def pointing_table(models: Sequence[ModelResults], method: str, has_control: boo
         table.add_row(m.display, cells)
     table.notes.append(
         "Pointing game: is the maximum of the raw map (the CAM at its layer's resolution, upsampled "
-        "bilinearly to the box space) inside the box; of tied maxima the first in row-major order, and a "
-        "flat map is a miss. Class mean over all boxes."
+        "bilinearly to the box space) inside the box; a plateau of tied maxima points at its pixel nearest "
+        "the plateau's centroid, and a flat map is a miss. Class mean over all boxes."
     )
     return table
 
