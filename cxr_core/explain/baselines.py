@@ -10,7 +10,7 @@
   chance" is never confused with "points at the middle" (Cardiomegaly boxes surround the centre).
 
 The random-map control (``RandomCAM``) is a CAM method (``cam.methods``) and comes from the cams
-stage; these two need only the boxes, so the localise stage makes them. The prior is built from the
+stage; the baselines need only the boxes, so the localise stage makes them. The prior is built from the
 tune boxes, so its own tune-half and all-box numbers are in-sample: only its report-half numbers
 (the held-out tables) are a fair baseline.
 """
