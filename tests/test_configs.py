@@ -1,8 +1,10 @@
 """The shipped (phantom) configuration, the paper's and the known-answer run's differ only in the keys the
 README lists."""
 
+import difflib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cxr_core.params import validate
@@ -94,3 +96,24 @@ def test_paper_values_are_the_papers_recipe():
         "swin_small",
         "swin_base",
     ]
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "configs/paper.yaml", "configs/known-answer.yaml"])
+@pytest.mark.parametrize(
+    ("override", "line"), [("lr=0.00123", "lr: 0.00123"), ("train.epochs=7", "  epochs: 7")]
+)
+def test_dvc_exp_run_set_param_changes_exactly_one_line(tmp_path, name, override, line):
+    """`dvc exp run -S` rewrites the file through DVC's YAML round trip (dvc.utils.hydra.apply_overrides):
+    in the shipped form that leaves every other line, comment and blank line as it was."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    before = (ROOT / name).read_text()
+    path.write_text(before)
+    apply_overrides(path, [override])
+    diff = [d for d in difflib.unified_diff(before.splitlines(), path.read_text().splitlines(), n=0, lineterm="")
+            if d[:1] in "+-" and not d.startswith(("+++", "---"))]  # fmt: skip
+    assert len(diff) == 2 and diff[0].startswith("-") and diff[1].startswith(f"+{line}"), diff
+    path.write_text(before)
+    apply_overrides(path, [f"lr={yaml.safe_load(before)['lr']}"])  # setting a value to itself: no diff
+    assert path.read_text() == before
