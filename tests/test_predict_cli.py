@@ -157,6 +157,22 @@ def test_cli_predict_usage_errors(checkpoint: Path, tmp_path: Path, monkeypatch:
     assert result.exit_code == 1 and "not 'densenet169'" in result.output
 
 
+def test_cli_predict_names_the_params_key_for_a_model_no_stage_trains(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    png = write_png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    result = CliRunner().invoke(main, ["predict", "--model", "resnet50", str(png)])
+    assert result.exit_code == 1 and "resnet50 is not in `models` of params.yaml" in result.output
+    assert (
+        "models=[densenet121,densenet169,efficientnet_b0,efficientnet_b1,swin_small,swin_base,resnet50]"
+        in (result.output)
+    )
+    result = CliRunner().invoke(
+        main, ["predict", "--model", "densenet121", str(png)]
+    )  # listed, not trained yet
+    assert result.exit_code == 1 and "checkpoint not found (train the model first" in result.output
+
+
 def _probs(stdout: str) -> np.ndarray:
     rows = list(csv.DictReader(io.StringIO(stdout)))
     return np.array([[float(r[label]) for label in LABELS] for r in rows])

@@ -1052,3 +1052,29 @@ def test_localisation_leads_with_heldout_numbers_baselines_and_the_sanity_verdic
     flagged = section[section.index("**Randomisation check failed**") :].split("\n")[0]
     assert "EigenCAM on DenseNet-121" in flagged and "GradCAM on" not in flagged
     assert "RandomCAM on" not in flagged  # the control fails by construction, said once in words
+
+
+def test_calibration_table_flags_a_temperature_at_its_bound_and_a_worse_scaled_ece() -> None:
+    from cxr_core.report.clinical import ClinicalRun, calibration_table
+
+    def run(model: str, temperature: float, at_bound: bool, ece_scaled: float) -> ClinicalRun:
+        cal = {"temperature": temperature, "temperature_at_bound": at_bound,
+               "raw": {"overall": {"ece": 0.263, "brier": 0.2}},
+               "scaled": {"overall": {"ece": ece_scaled, "brier": 0.19}}}  # fmt: skip
+        return ClinicalRun(model, {"calibration": cal}, Path(f"metrics/clinical/{model}/seed0.json"))
+
+    table = calibration_table(
+        [run("efficientnet_b1", 20.0, True, 0.399), run("densenet121", 0.655, False, 0.121)]
+    )
+    cells = {row[0]: row[1] for row in table.rows}
+    assert cells["ENet-b1"][0].text == "20.000 (at bound)" and cells["DenseNet-121"][0].text == "0.655"
+    notes = " ".join(table.notes)
+    assert "**Temperature at its search bound** for ENet-b1 " in notes
+    assert "Scaling made the test ECE worse for ENet-b1:" in notes and "DenseNet-121" not in notes
+
+
+def test_pairwise_tables_say_their_intervals_are_not_multiplicity_adjusted(phantom_report: Inputs) -> None:
+    report = (phantom_report.root / "reports" / "report.md").read_text()
+    for table in ("pairwise_macro_auc", "pairwise_pointing"):
+        section = report.split(f"<!-- table: {table} -->")[1].split("<!-- table:")[0]
+        assert "not adjusted for multiplicity" in section and "Holm p above `compare.alpha`" in section, table

@@ -115,7 +115,15 @@ def _choose_model(
         return given, model_name, seed
     if model_name is not None:
         k = default_seed(params) if seed is None else seed
-        return checkpoint_path(model_name, k), model_name, k
+        path = checkpoint_path(model_name, k)
+        models = (params or {}).get("models") or []
+        if params is not None and model_name not in models and not path.exists():
+            listed = ",".join([*map(str, models), model_name])
+            raise click.ClickException(
+                f"{model_name} is not in `models` of params.yaml, so no stage trains it: add it "
+                f"(e.g. `dvc exp run -S 'models=[{listed}]'`) and run `dvc repro train`"
+            )
+        return path, model_name, k
     if seed is not None:
         raise click.UsageError("--seed needs --model")
     try:

@@ -79,6 +79,10 @@ def operating_table(run: ClinicalRun) -> Table:
     return table
 
 
+def _listed(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def calibration_table(runs: Sequence[ClinicalRun]) -> Table:
     """Per model: the validation temperature and test ECE / Brier before and after it."""
     table = Table(
@@ -87,14 +91,27 @@ def calibration_table(runs: Sequence[ClinicalRun]) -> Table:
         "model",
         ["temperature", "ECE raw", "ECE scaled", "Brier raw", "Brier scaled"],
     )
+    at_bound, worse = [], []
     for run in runs:
         cal = ("calibration",)
+        temperature = run.num(*cal, "temperature")
+        ece_raw, ece_scaled = (
+            run.num(*cal, "raw", "overall", "ece"),
+            run.num(*cal, "scaled", "overall", "ece"),
+        )
+        flagged = bool(run.doc["calibration"].get("temperature_at_bound"))
+        if flagged:
+            at_bound.append(display_name(run.model))
+        if ece_raw.value is not None and ece_scaled.value is not None and ece_scaled.value > ece_raw.value:
+            worse.append(display_name(run.model))
         table.add_row(
             display_name(run.model),
             [
-                plain_cell(run.num(*cal, "temperature")),
-                plain_cell(run.num(*cal, "raw", "overall", "ece")),
-                plain_cell(run.num(*cal, "scaled", "overall", "ece")),
+                Cell(f"{temperature.text} (at bound)", (temperature,))
+                if flagged
+                else plain_cell(temperature),
+                plain_cell(ece_raw),
+                plain_cell(ece_scaled),
                 plain_cell(run.num(*cal, "raw", "overall", "brier")),
                 plain_cell(run.num(*cal, "scaled", "overall", "brier")),
             ],
@@ -106,6 +123,17 @@ def calibration_table(runs: Sequence[ClinicalRun]) -> Table:
         "(`clinical.temperature_scaling`); it changes no ranking, so AUCs are unchanged. Per-finding values "
         "and the reliability curves: metrics/clinical/, plots/reliability/."
     )
+    if at_bound:
+        table.notes.append(
+            f"**Temperature at its search bound** for {_listed(at_bound)} (`clinical.temperature_min` / "
+            "`clinical.temperature_max`): the validation loss kept falling towards the bound, so the fit did "
+            "not converge and its scaled numbers are not a calibration."
+        )
+    if worse:
+        table.notes.append(
+            f"Scaling made the test ECE worse for {_listed(worse)}: the temperature was fitted on the "
+            "validation split, and that split's confidence does not carry over to the test split."
+        )
     return table
 
 

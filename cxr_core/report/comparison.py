@@ -75,6 +75,13 @@ def vs_best_cell(comparison: Comparison | None, model: str) -> Cell:
     return _status_cell(comparison, ("ranking", "gap", model), gap)
 
 
+#: Why an interval that excludes 0 can sit beside a Holm "not separable" (both pairwise tables).
+UNADJUSTED_INTERVAL_NOTE = (
+    "The intervals are per pair and not adjusted for multiplicity: a pair whose interval excludes 0 can "
+    "still be not separable once Holm adjusts its p for the other pairs (Holm p above `compare.alpha`)."
+)
+
+
 def pairwise_auc_table(comparison: Comparison) -> Table:
     """Every pair's macro-AUC difference with its bootstrap CI, raw and Holm-adjusted p."""
     table = Table(
@@ -105,6 +112,7 @@ def pairwise_auc_table(comparison: Comparison) -> Table:
         "differences and DeLong's image-level test (which assumes independent images, so it is too "
         "optimistic here) are in metrics/compare.json."
     )
+    table.notes.append(UNADJUSTED_INTERVAL_NOTE)
     return table
 
 
@@ -210,6 +218,7 @@ def pairwise_loc_table(comparison: Comparison, metric: str = HEADLINE_LOC_METRIC
         "Same boxes, same patient resample for both models of a pair (their heatmaps of the same method); "
         "Holm-adjusted over the model pairs of each method."
     )
+    table.notes.append(UNADJUSTED_INTERVAL_NOTE)
     return table
 
 
