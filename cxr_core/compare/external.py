@@ -191,19 +191,10 @@ def external_box_scores(
     result: dict[str, Any] = {"n_targets": len(rows), "n_images": int(np.unique(rows).size), "methods": {}}
     for method in settings.methods:
         threshold = iou_thresholds.get(method)
-        pointing = class_means(hits[method], names_arr, order)
+        pointing = {k: _json_float(v) for k, v in class_means(hits[method], names_arr, order).items()}
         if threshold is None:
-            iou_tuned: dict[str, Any] = {name: None for name in pointing}
+            iou_tuned: dict[str, Any] = dict.fromkeys(pointing)
         else:
-            iou_tuned = class_means(ious[method], names_arr, order)
-        result["methods"][method] = {
-            "iou_threshold": threshold,
-            "pointing": {k: _json_mean(v) for k, v in pointing.items()},
-            "iou_tuned": {k: _json_mean(v) for k, v in iou_tuned.items()},
-        }
+            iou_tuned = {k: _json_float(v) for k, v in class_means(ious[method], names_arr, order).items()}
+        result["methods"][method] = {"iou_threshold": threshold, "pointing": pointing, "iou_tuned": iou_tuned}
     return result
-
-
-def _json_mean(value: float | None) -> float | None:
-    """A class mean for the JSON: None where there was nothing to average."""
-    return None if value is None or not np.isfinite(value) else float(value)
