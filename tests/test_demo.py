@@ -197,3 +197,74 @@ def test_demo_calls_of_a_temperature_scaled_run_use_the_scaled_probabilities(
     np.testing.assert_allclose(list(result.scaled.values()), scaled, rtol=0, atol=1e-12)
     table = calls_table(result, backend.predictor(KEY).operating)
     assert "<th>scaled (T = 2)</th>" in table and "scaled probability" in table and "(max_f1)" in table
+
+
+def _raw_folder(tmp_path: Path, names: list[str]) -> Path:
+    """An official-layout raw folder holding ``names`` (its manifest as the download stage writes it)."""
+    import json
+
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    for name in names:
+        write_png(raw / "images" / name, (anatomy(64, 64) // 16).astype(np.uint8))
+    fields = {"source": "nih", "label_file": "x", "layout": "official", "image_root": "."}
+    (raw / "manifest.json").write_text(
+        json.dumps({**fields, "images": len(names), "missing": [], "fingerprint": "0"})
+    )
+    return raw
+
+
+def test_demo_examples_are_boxed_images_one_per_finding(tmp_path: Path) -> None:
+    from cxr_core.app.demo import example_images
+
+    box = (1.0, 1.0, 10.0, 10.0)
+    boxes = {
+        "b.png": [(*box, "Mass"), (*box, "Effusion")],
+        "a.png": [(*box, "Effusion")],
+        "c.png": [(*box, "Nodule")],
+        "gone.png": [(*box, "Atelectasis")],  # in loc.csv, not in the raw folder: left out
+    }
+    raw = _raw_folder(tmp_path, ["a.png", "b.png", "c.png", "unboxed.png"])
+    assert [p.name for p in example_images(raw, boxes)] == ["a.png", "b.png", "c.png"]
+    assert [p.name for p in example_images(raw, boxes, limit=2)] == ["a.png", "b.png"]
+    assert example_images(tmp_path / "no-raw", boxes) == []  # a clone before `dvc repro`
+
+
+def test_demo_starts_on_the_last_runs_best_model_with_examples(tmp_path: Path, single_thread: None) -> None:
+    pytest.importorskip("gradio", reason="the demo extra (pip install -e '.[demo]')")
+    import json
+
+    import gradio as gr
+
+    from cxr_core.app.demo import best_of_last_run, build_app
+
+    models = tmp_path / "models"
+    for seed in (0, 1):
+        tiny_checkpoint(models / MODEL / f"seed{seed}" / "best.pt", seed=seed)
+    keys = [f"{MODEL}/seed0", f"{MODEL}/seed1"]
+    headline = tmp_path / "headline.json"
+    best = {"model": MODEL, "seed": 1, "checkpoint": f"models/{MODEL}/seed1/best.pt", "macro_auc": 0.7}
+    headline.write_text(json.dumps({"best": best, "models": {}}))
+    assert best_of_last_run(keys, headline) == f"{MODEL}/seed1"
+    assert best_of_last_run(keys, tmp_path / "none.json") is None
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"best": {**best, "model": "densenet121"}, "models": {}}))
+    assert best_of_last_run(keys, other) is None  # best of another workspace: not offered here
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    assert best_of_last_run(keys, broken) is None  # logged; the page still starts
+
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "loc.csv").write_text(
+        "row,image,patient,label,label_index,x,y,w,h,x1024,y1024,w1024,h1024,subset\n"
+        "0,00000001_000.png,1,Effusion,2,1,1,1,1,512.0,600.0,256.0,200.0,report\n"
+    )
+    raw = _raw_folder(tmp_path, ["00000001_000.png"])
+    app = build_app(models, splits, raw_dir=raw, headline=headline, operating_dir=None)
+    dropdowns = {c.label: c.value for c in app.blocks.values() if isinstance(c, gr.Dropdown)}
+    assert dropdowns["Model"] == f"{MODEL}/seed1"
+    assert [p.name for p in app.cxr_backend.examples] == ["00000001_000.png"]
+    assert any(isinstance(c, gr.Dataset) for c in app.blocks.values())  # gr.Examples renders a Dataset
+    first = build_app(models, splits, raw_dir=raw, headline=None, operating_dir=None)
+    assert {c.label: c.value for c in first.blocks.values() if isinstance(c, gr.Dropdown)}["Model"] == keys[0]

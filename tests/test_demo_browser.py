@@ -92,6 +92,7 @@ def server(phantom_data, tmp_path_factory: pytest.TempPathFactory, single_thread
         models,
         phantom_data.splits,
         operating_dir=operating,
+        raw_dir=phantom_data.raw,
         methods=["EigenCAM", "GradCAM", "GradCAMPlusPlus"],
     )
     port = _free_port()
@@ -227,3 +228,17 @@ def test_demo_upload_shows_probabilities_heatmap_box_and_errors(
     assert "notes.txt" in text and "Traceback" not in browser.page_source
     assert _image_src(browser, "cxr-heatmap") is None
     _save_screenshot(browser, tmp_path / "demo-error.png")
+
+
+def test_demo_example_image_runs_with_one_click(server: str, browser: object) -> None:
+    """The localisation set's images are offered as examples: one click gives a heatmap and the box."""
+    from selenium.webdriver.common.by import By
+
+    _open(browser, server)
+    examples = _wait_for(
+        browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#cxr-examples button"), "the example images"
+    )
+    examples[0].click()
+    _wait_for(browser, lambda d: _image_src(d, "cxr-heatmap"), "the heatmap of the clicked example")
+    message = browser.find_element(By.ID, "cxr-message").text
+    assert "radiologist box" in message and "Phantom model" in message

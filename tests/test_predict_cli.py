@@ -104,7 +104,15 @@ def test_cli_predict_folder_of_pngs_and_a_dicom(
     assert overlays == sorted(
         [f"0000000{i}_000.Effusion.GradCAM.png" for i in range(3)] + ["scan.Effusion.GradCAM.png"]
     )
-    assert Image.open(heat_dir / overlays[0]).size == (96, 96)
+    saved = Image.open(heat_dir / overlays[0])
+    assert saved.size[0] == 96 and saved.size[1] > 96  # a caption band above the 96 x 96 overlay
+    caption = saved.text  # PNG text chunks: a copied file still says what it shows
+    p = float(rows[0]["Effusion"])
+    assert caption["Finding"] == f"Effusion: p = {p:.3f}" and caption["Method"] == "GradCAM"
+    assert caption["Model"] == MODEL and caption["Source"] == "00000000_000.png"
+    assert "Warning" not in caption  # this checkpoint records no phantom source
+    band = np.asarray(saved.convert("RGB"))[: saved.size[1] - 96]
+    assert band.max() > 200 and band.min() == 0  # white text drawn on the black band
     assert dcm.exists()
 
 
@@ -466,3 +474,19 @@ def test_cli_predict_with_a_temperature_calls_on_the_scaled_probabilities(scored
     pred = as_json["predictions"][0]
     np.testing.assert_allclose(list(pred["scaled_probabilities"].values()), scaled[1], atol=5e-7)
     assert as_json["operating_points"]["temperature"] == temperature
+
+
+def test_overlay_of_a_phantom_model_says_so_in_the_image_and_its_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_thread: None
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    phantom = with_source(tiny_checkpoint(tmp_path / "phantom.pt"), "synthetic")
+    good = write_png(tmp_path / "good.png", (anatomy(64, 64) // 16).astype(np.uint8))
+    args = ["predict", "--checkpoint", str(phantom), "--device", "cpu", "--method", "GradCAM"]
+    result = CliRunner().invoke(main, [*args, "--overlay-px", "128", "--heatmaps", "h", str(good)])
+    assert result.exit_code == 0, result.output
+    (saved,) = [Image.open(p) for p in Path("h").iterdir()]
+    assert saved.text["Warning"].startswith("PHANTOM MODEL") and saved.text["Checkpoint"] == str(phantom)
+    band = np.asarray(saved.convert("RGB"))[: saved.size[1] - 128].astype(int)
+    reddish = (band[..., 0] > 150) & (band[..., 1] < 150)  # the warning line is drawn in red
+    assert reddish.any()

@@ -269,7 +269,11 @@ def _warn_if_phantom(predictor: Any) -> None:
 @click.option("--method", default="GradCAM", show_default=True, help="CAM method (GradCAM, EigenCAM, ...)")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option(
-    "--overlay-px", default=DISPLAY_PX, show_default=True, type=click.IntRange(16, 4096), help="overlay side"
+    "--overlay-px",
+    default=DISPLAY_PX,
+    show_default=True,
+    type=click.IntRange(16, 4096),
+    help="overlay width (a caption band sits above the image)",
 )
 def predict(
     inputs: tuple[Path, ...],
@@ -486,6 +490,23 @@ def _overlay_names(files: Sequence[Path], suffixes: Sequence[str]) -> list[str]:
     return names
 
 
+def _overlay_caption(predictor: Any, path: Path, finding: str, probs: Any, method: str) -> dict[str, str]:
+    """What an overlay shows, as PNG text keys: the finding and its probability, model, method, file."""
+    from cxr_core.labels import LABELS
+
+    caption = {
+        "Finding": f"{finding}: p = {float(probs[LABELS.index(finding)]):.3f}",
+        "Model": predictor.name,
+        "Checkpoint": str(predictor.checkpoint),
+        "Method": method,
+        "Source": path.name,
+        "Disclaimer": "research use only, not for diagnosis",
+    }
+    if predictor.phantom:
+        caption["Warning"] = "PHANTOM MODEL: trained on synthetic images; meaningless for a real X-ray"
+    return caption
+
+
 def _write_overlays(
     predictor: Any,
     files: Sequence[Path],
@@ -496,12 +517,11 @@ def _write_overlays(
     overlay_px: int,
     batch_size: int,
 ) -> None:
-    """Heatmap overlay PNGs (the image at ``overlay_px`` with the map blended on top)."""
+    """Heatmap overlay PNGs: the image at ``overlay_px`` with the map blended on top, under a caption."""
     import numpy as np
-    from PIL import Image
 
     from cxr_core.app.imaging import read_image
-    from cxr_core.app.overlay import overlay
+    from cxr_core.app.overlay import captioned, overlay, save_overlay
     from cxr_core.labels import LABELS
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -514,7 +534,10 @@ def _write_overlays(
         )
         for i, path in enumerate(chunk):
             display = read_image(path, overlay_px, limits=predictor.limits)
-            Image.fromarray(overlay(display, maps[i])).save(out_dir / names[start + i])
+            caption = _overlay_caption(predictor, path, findings[start + i], probs[start + i], method)
+            lines = [caption["Finding"], f"{caption['Model']}, {method}"]
+            image = captioned(overlay(display, maps[i]), lines, caption.get("Warning"))
+            save_overlay(out_dir / names[start + i], image, caption)
     logger.info("wrote %d %s heatmap overlays to %s", len(files), method, out_dir)
 
 

@@ -1,8 +1,9 @@
 """The demo app (paper section 4.3): the paper's two programs, classification and localisation, in one page.
 
 Pick a trained model (every ``<models_dir>/<model>/seed<k>/best.pt``, and any ``cxr export``
-folder given), upload a PNG, JPEG or DICOM, and see the 14 probabilities and a heatmap of a chosen
-finding by a chosen CAM method. When the file name is in the localisation set (``loc.csv``), the
+folder given; the last run's best, as ``metrics/headline.json`` names it, comes first), upload a
+PNG, JPEG or DICOM or click one of the localisation set's images, and see the 14 probabilities and
+a heatmap of a chosen finding by a chosen CAM method. When the file name is in the localisation set (``loc.csv``), the
 radiologists' boxes are drawn on both images, as in the paper's Figure 4, so the heatmap can be
 judged against them. A model trained on the synthetic phantom gets a red banner above the results
 (and a line in every result's message), so nobody mistakes its numbers for a reading. When the
@@ -32,17 +33,20 @@ from cxr_core.app.imaging import DEFAULT_LIMITS, ImageLimits, read_image, resize
 from cxr_core.app.overlay import DISPLAY_PX, overlay
 from cxr_core.app.predictor import (
     FALLBACK_SETTINGS,
+    HEADLINE,
     InferenceSettings,
     Operating,
     Predictor,
     finding_index,
+    read_headline,
 )
 from cxr_core.app.predictor import probabilities as probabilities_of
 from cxr_core.data.decode import ImageDecodeError
 from cxr_core.data.metadata import BOX_SPACE
+from cxr_core.data.rawdata import locate_images
 from cxr_core.data.tables import LocTable
 from cxr_core.errors import CxrError
-from cxr_core.labels import LABELS
+from cxr_core.labels import BOX_LABELS, LABELS
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -144,6 +148,39 @@ def pick_model(models: Sequence[str], wanted: str | None) -> str | None:
     return next((m for m in models if m.split("/seed")[0] == wanted), None)
 
 
+def best_of_last_run(models: Sequence[str], headline: str | os.PathLike | None) -> str | None:
+    """The ``<model>/seed<k>`` the report stage named best in ``headline``, when it is among ``models``."""
+    if headline is None or not Path(headline).is_file():
+        return None
+    try:
+        best = read_headline(headline)
+    except CxrError as exc:
+        logger.warning("%s; the demo starts on the first model instead", exc)
+        return None
+    return pick_model(models, best.model if best.seed is None else f"{best.model}/seed{best.seed}")
+
+
+def example_images(
+    raw_dir: str | os.PathLike, boxes: Mapping[str, Sequence[tuple]], limit: int = 4
+) -> list[Path]:
+    """Up to ``limit`` localisation-set images found in the raw folder, one per boxed finding.
+
+    They show what the page is for at one click: the heatmap beside the radiologist's box. None
+    when the raw folder or its images are not there (a clone before ``dvc repro``).
+    """
+    by_finding: dict[str, str] = {}
+    for name in sorted(boxes):
+        for label in sorted({b[4] for b in boxes[name]}, key=BOX_LABELS.index):
+            by_finding.setdefault(label, name)
+    names = list(dict.fromkeys(by_finding[label] for label in BOX_LABELS if label in by_finding))
+    try:
+        found = locate_images(Path(raw_dir), names)
+    except (CxrError, OSError) as exc:
+        logger.info("no example images: %s", exc)
+        return []
+    return [p for p in found if p is not None][:limit]
+
+
 def default_methods(params: Mapping[str, Any] | None) -> list[str]:
     """``cam.methods`` from params.yaml without the random control, else :data:`DEFAULT_METHODS`."""
     methods = list(params["cam"]["methods"]) if params else list(DEFAULT_METHODS)
@@ -190,6 +227,7 @@ class DemoBackend:
         *,
         exports: Sequence[str | os.PathLike] = (),
         operating_dir: str | os.PathLike | None = "data/operating",
+        raw_dir: str | os.PathLike | None = "data/raw",
         settings: InferenceSettings = FALLBACK_SETTINGS,
         limits: ImageLimits = DEFAULT_LIMITS,
         display_px: int = DISPLAY_PX,
@@ -202,6 +240,7 @@ class DemoBackend:
             self.sources[f"{folder}" if key in self.sources else key] = Path(folder)
         self.models = list(self.sources)
         self.boxes = load_boxes(splits_dir)
+        self.examples = [] if raw_dir is None else example_images(raw_dir, self.boxes)
         self.settings = settings
         self.limits = limits
         self.display_px = display_px
@@ -319,6 +358,8 @@ def build_app(
     *,
     exports: Sequence[str | os.PathLike] = (),
     operating_dir: str | os.PathLike | None = "data/operating",
+    raw_dir: str | os.PathLike | None = "data/raw",
+    headline: str | os.PathLike | None = HEADLINE,
     default_model: str | None = None,
     methods: Sequence[str] = DEFAULT_METHODS,
     settings: InferenceSettings = FALLBACK_SETTINGS,
@@ -326,7 +367,13 @@ def build_app(
 ) -> gr.Blocks:
     """The Gradio Blocks of the demo (launch it with :func:`launch`, or ``.launch()`` in a test)."""
     backend = DemoBackend(
-        models_dir, splits_dir, exports=exports, operating_dir=operating_dir, settings=settings, limits=limits
+        models_dir,
+        splits_dir,
+        exports=exports,
+        operating_dir=operating_dir,
+        raw_dir=raw_dir,
+        settings=settings,
+        limits=limits,
     )
     if not backend.models:
         raise DemoError(
@@ -339,7 +386,7 @@ def build_app(
             f"--model {default_model!r} has no {models_dir}/{default_model}/seed<k>/best.pt; "
             f"trained: {backend.models}"
         )
-    first = chosen or backend.models[0]
+    first = chosen or best_of_last_run(backend.models, headline) or backend.models[0]
     gr = import_gradio()
     methods = list(methods) or list(DEFAULT_METHODS)
 
@@ -368,6 +415,14 @@ def build_app(
                 upload = gr.File(
                     label="Chest X-ray (PNG, JPEG, DICOM)", type="filepath", elem_id="cxr-upload"
                 )
+                if backend.examples:
+                    gr.Examples(
+                        [[str(p)] for p in backend.examples],
+                        inputs=[upload],
+                        label="Or click an image of the localisation set (radiologist boxes in green)",
+                        cache_examples=False,
+                        elem_id="cxr-examples",
+                    )
                 message = gr.Markdown("Upload a chest X-ray to start.", elem_id="cxr-message")
                 probabilities = gr.Label(
                     num_top_classes=len(LABELS), label="Probabilities", elem_id="cxr-probs"
@@ -413,4 +468,5 @@ def launch(
         ssr_mode=False,
         max_file_size=max_upload_factor * backend.limits.max_bytes,
         show_error=False,
+        allowed_paths=sorted({str(p.parent.resolve()) for p in backend.examples}),
     )
