@@ -1,8 +1,9 @@
 """``cxr export``: the hub folder loads back in plain timm, offline, with the checkpoint's exact logits.
 
 Known answers: the logits of the checkpoint's own model (``load_model``), the test metrics and
-predictions written here, and the pipeline's probabilities for an S x S image, which timm's
-documented preprocessing (``resolve_data_config`` + ``create_transform``) must reproduce.
+predictions written here, and ``cxr predict``'s probabilities for NIH-format 1024 px files with
+real images' fine texture (``textured_xrays``), which the model card's recipe, run as a user runs
+it, must reproduce; timm's ``create_transform`` does not.
 """
 
 from __future__ import annotations
@@ -13,19 +14,23 @@ import json
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from textured_xrays import card_recipe, run_recipe, write_nih_like_images
 
+from cxr_core.app import hub_preprocess
 from cxr_core.app.cli import main
-from cxr_core.app.export import EXPORT_FILES, prediction_columns
+from cxr_core.app.export import EXPORT_FILES, RECIPE_FOLDER, RECIPE_IMAGE, prediction_columns
+from cxr_core.app.imaging import read_image
 from cxr_core.app.predictor import Predictor
 from cxr_core.evaluate.predict import Predictions
 from cxr_core.labels import LABELS
-from cxr_core.models.checkpoints import CheckpointMeta, load_model, save_checkpoint
+from cxr_core.models.checkpoints import CheckpointMeta, load_checkpoint, load_model, save_checkpoint
 from cxr_core.models.registry import create_model, get_spec
 
 ARCH = "resnet10t"  # a real timm architecture, ~5 M parameters: exports and loads in well under a second
@@ -33,17 +38,19 @@ SIZE = 48
 LABEL_FILE = "Data_Entry_2017_v2020.csv"
 
 
-def write_checkpoint(path: Path, data_source: str = "synthetic", seed: int = 0) -> Path:
+def write_checkpoint(
+    path: Path, data_source: str = "synthetic", seed: int = 0, arch: str = ARCH, size: int = SIZE
+) -> Path:
     """A best.pt as train@ writes it (CheckpointMeta + weights + the epoch's scores), 0 training steps."""
     torch.manual_seed(seed)
-    model = create_model(ARCH, image_size=SIZE)
+    model = create_model(arch, image_size=size)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so eval-mode buffers are exported too
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
     meta = CheckpointMeta(
-        ARCH, get_spec(ARCH).timm_name, SIZE, data_source=data_source, label_file=LABEL_FILE
+        arch, get_spec(arch).timm_name, size, data_source=data_source, label_file=LABEL_FILE
     )
     save_checkpoint(
         path,
@@ -143,35 +150,170 @@ def test_config_is_timms_hub_format_with_the_pipelines_preprocessing(project: Pa
     assert pre["input_size"] == [3, SIZE, SIZE] and pre["num_classes"] == 14
     assert pre["mean"] == [0.485, 0.456, 0.406] and pre["std"] == [0.229, 0.224, 0.225]
     assert (pre["interpolation"], pre["crop_pct"], pre["crop_mode"]) == ("bilinear", 1.0, "squash")
+    assert not {"tag", "license", "origin_url", "paper_ids"} & set(pre)  # ImageNet weights' identity
     assert cfg["phantom"] is True and cfg["data_source"] == "synthetic" and cfg["label_file"] == LABEL_FILE
     assert "operating_points" in cfg and cfg["operating_points"] is None
     assert cfg["cxr_pipeline"] == {
-        "format": 1,
+        "format": 2,
         "model": ARCH,
-        "timm_name": get_spec(ARCH).timm_name,
+        "timm_name": ARCH,
         "image_size": SIZE,
         "seed": 0,
         "epoch": 2,
         "val_loss": 1.25,
         "val_macro_auc": 0.6,
+        "pretrained": False,
+        "base_model": None,
+        "base_model_license": None,
+        "precision": {"cpu": "float32", "cuda": "bfloat16"},  # train.amp: auto; resnets gain nothing on CPU
+    }
+    shipped = (project / "out/preprocess.py").read_bytes()
+    assert shipped == Path(hub_preprocess.__file__).read_bytes()
+
+
+# ------------------------------------------------------------------ the card's recipe == cxr predict
+
+TOLERANCE = 1e-3  # probability; the recipe is in fact bit-exact up to cxr predict's 6 printed decimals
+
+
+@pytest.fixture(scope="module")
+def nih_like(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The five 1024 px textured files of ``textured_xrays`` (8-bit, RGBA, 16-bit, JPEG)."""
+    return write_nih_like_images(tmp_path_factory.mktemp("nih_like"))
+
+
+def calibrate_head(checkpoint: Path, files: list[Path]) -> None:
+    """Scale and centre the head so the logits over ``files`` have std 1 and mean 0 per finding.
+
+    A random network's logits barely move between images (std ~0.003), so any preprocessing
+    error vanishes in them; a trained model's move by units, and so do its errors. This gives the
+    tiny model a trained model's sensitivity (measured: timm's resize then moves it by ~0.1).
+    """
+    state = load_checkpoint(checkpoint)
+    model, _ = load_model(checkpoint)
+    x = hub_preprocess.normalise(np.stack([read_image(f, SIZE) for f in files]))
+    with torch.no_grad():
+        logits = model(x)
+        gain = 1.0 / logits.std(0)
+        head = model.get_classifier()
+        head.weight.mul_(gain[:, None])
+        head.bias.copy_(head.bias * gain - (logits * gain).mean(0))
+    state["model"] = model.state_dict()
+    save_checkpoint(checkpoint, state)
+
+
+def cxr_predict_probs(files: list[Path]) -> dict[str, np.ndarray]:
+    result = CliRunner().invoke(main, ["predict", "--device", "cpu", "--model", ARCH, *map(str, files)])
+    assert result.exit_code == 0, result.output
+    return {
+        row["file"]: np.array([float(row[x]) for x in LABELS])
+        for row in csv.DictReader(io.StringIO(result.stdout))
     }
 
 
-def test_timms_documented_preprocessing_gives_the_pipelines_probabilities(
-    project: Path, tmp_path: Path, single_thread: None
-) -> None:
+def timm_transform_probs(folder: Path, files: list[Path], bf16: bool) -> dict[str, np.ndarray]:
+    """The recipe the card used to show: timm's resolve_data_config + create_transform."""
     import timm
 
-    assert CliRunner().invoke(main, ["export", "--model", ARCH, "out"]).exit_code == 0
-    model = timm.create_model(f"local-dir:{project / 'out'}", pretrained=True).eval()
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
-    grey = np.random.default_rng(3).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)  # already S x S: no resize
-    png = tmp_path / "x.png"
-    Image.fromarray(grey).save(png)
-    with torch.no_grad():
-        via_timm = torch.sigmoid(model(transform(Image.open(png).convert("L").convert("RGB"))[None]))[0]
-    pipeline = Predictor.from_checkpoint(project / "data/models" / ARCH / "seed0/best.pt").predict(grey)[0]
-    np.testing.assert_allclose(via_timm.numpy(), pipeline, atol=1e-5)
+    x = torch.stack([transform(Image.open(f).convert("L").convert("RGB")) for f in files])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x).float()
+    return dict(zip(map(str, files), torch.sigmoid(logits).numpy(), strict=True))
+
+
+def max_difference(got: dict[str, Any], want: dict[str, np.ndarray]) -> float:
+    assert sorted(got) == sorted(want)
+    return max(float(np.abs(np.asarray(got[f]) - want[f]).max()) for f in want)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "none"])
+def test_the_cards_recipe_gives_cxr_predicts_probabilities_on_textured_nih_format_files(
+    project: Path,
+    write_params: Callable[..., Path],
+    nih_like: list[Path],
+    amp: str,
+    single_thread: None,
+) -> None:
+    write_params({"train.epochs": 3, "train.amp": amp})  # bf16: cxr predict autocasts on the CPU too
+    calibrate_head(project / "data/models" / ARCH / "seed0/best.pt", nih_like)
+    assert CliRunner().invoke(main, ["export", "--model", ARCH, "out"]).exit_code == 0
+    out = project / "out"
+    card = (out / "README.md").read_text()
+    bf16 = amp == "bf16"
+    assert f"enabled={bf16}" in card and ("bf16 autocast on the CPU" in card) == bf16
+    want = cxr_predict_probs(nih_like)
+
+    recipe = card_recipe(card, out, nih_like, (RECIPE_FOLDER, RECIPE_IMAGE))
+    assert max_difference(run_recipe(recipe, project), want) <= TOLERANCE
+
+    old = max_difference(timm_transform_probs(out, nih_like, bf16), want)
+    assert old > 50 * TOLERANCE  # what the card showed before: wrong on real-format files
+    if bf16:  # float32 where the pipeline ran bf16 is wrong too
+        fp32 = card_recipe(
+            card.replace("enabled=True", "enabled=False"), out, nih_like, (RECIPE_FOLDER, RECIPE_IMAGE)
+        )
+        assert max_difference(run_recipe(fp32, project), want) > 10 * TOLERANCE
+
+
+def test_shipped_preprocess_reads_files_as_the_pipeline_does(nih_like: list[Path], tmp_path: Path) -> None:
+    from cxr_core.data import batches, decode
+
+    assert (hub_preprocess.MEAN, hub_preprocess.STD) == (batches.IMAGENET_MEAN, batches.IMAGENET_STD)
+    assert (hub_preprocess.RESAMPLE, hub_preprocess.REDUCING_GAP) == (decode.RESAMPLE, decode.REDUCING_GAP)
+    assert hub_preprocess.FORMATS == decode.ALLOWED_FORMATS
+    assert hub_preprocess.SIXTEEN_BIT_MODES == decode.SIXTEEN_BIT_MODES
+    for size in (SIZE, 128, 224):
+        grey = np.stack([read_image(f, size) for f in nih_like])
+        assert np.array_equal(np.stack([hub_preprocess.load(f, size) for f in nih_like]), grey)
+    shipped = hub_preprocess.load_batch(nih_like, SIZE)
+    pipeline = batches.prepare_batch(np.stack([read_image(f, SIZE) for f in nih_like]), "cpu", train=False)
+    assert torch.equal(shipped, pipeline)
+
+    dicom = tmp_path / "scan.dcm"
+    dicom.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    with pytest.raises(hub_preprocess.PreprocessError, match=r"scan\.dcm: DICOM .*cxr predict"):
+        hub_preprocess.load(dicom, SIZE)
+    garbage = tmp_path / "notes.png"
+    garbage.write_text("not an image")
+    with pytest.raises(hub_preprocess.PreprocessError, match=r"notes\.png: cannot decode"):
+        hub_preprocess.load(garbage, SIZE)
+
+
+@pytest.mark.parametrize("init", ["scratch", "imagenet", "unknown"])
+def test_card_and_config_describe_the_trained_weights_not_timms_imagenet_ones(
+    project: Path, write_params: Callable[..., Path], init: str
+) -> None:
+    write_checkpoint(project / "data/models/densenet121/seed0/best.pt", arch="densenet121", size=32)
+    if init == "unknown":
+        (project / "params.yaml").unlink()
+    else:
+        write_params({"train.pretrained": init == "imagenet"})
+    assert CliRunner().invoke(main, ["export", "--model", "densenet121", "out"]).exit_code == 0
+    text = (project / "out/config.json").read_text()
+    cfg = json.loads(text)
+    card = (project / "out/README.md").read_text()
+    front = card.split("---\n")[1]
+    assert cfg["architecture"] == "densenet121" and cfg["cxr_pipeline"]["timm_name"] == "densenet121"
+    assert not {"tag", "license"} & set(cfg["pretrained_cfg"])
+    assert "license:" not in front  # the user sets it; never the ImageNet weights' licence
+    assert "A timm `densenet121` classifier" in card
+    info = cfg["cxr_pipeline"]
+    if init == "imagenet":
+        assert info["pretrained"] is True and info["base_model"] == "timm/densenet121.tv_in1k"
+        assert info["base_model_license"] == "apache-2.0"  # timm's entry for these weights
+        assert "base_model: timm/densenet121.tv_in1k\nbase_model_relation: finetune" in front
+        assert "Fine-tuned from timm's ImageNet-1k weights `timm/densenet121.tv_in1k`" in card
+        assert "are under their own licence (apache-2.0)" in card
+        return
+    assert info["pretrained"] is (False if init == "scratch" else None) and info["base_model"] is None
+    assert "tv_in1k" not in text + card and "apache" not in text + card and "base_model" not in front
+    assert (
+        "Initial weights: random (trained from scratch" in card
+        if init == "scratch"
+        else "Initial weights: not recorded" in card and "Precision: not recorded" in card
+    )
 
 
 def test_predictions_csv_and_model_card(project: Path) -> None:

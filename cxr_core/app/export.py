@@ -6,14 +6,21 @@ share a model, people expect a hub model folder instead. :func:`export_model` wr
 * ``model.safetensors`` and ``config.json``, written by timm's own ``save_for_hf`` (the files
   ``timm.models.push_to_hf_hub`` uploads), so ``timm.create_model("local-dir:OUT",
   pretrained=True)`` or ``"hf-hub:user/repo"`` rebuilds the model with its 14 outputs, its input
-  size and the pipeline's preprocessing (grey repeated to 3 channels, /255, ImageNet mean / std, the
-  whole image resized bilinearly to S x S: timm's ``crop_mode: squash`` with ``crop_pct: 1.0``).
-  Beside timm's keys, ``config.json`` says what the weights were trained on (``phantom``,
-  ``data_source``, ``label_file``), ``operating_points`` (the per-finding thresholds the pipeline
-  chose on the validation split, with method, split and temperature; null when none were chosen:
-  probabilities only) and ``cxr_pipeline`` (model name, seed, best epoch).
-* ``README.md``: a model card (data, label file, split, recipe, test AUCs with CIs, the operating
-  points, intended use, "not for clinical use", and a loud warning for a phantom-trained model).
+  size and timm's nearest description of the pipeline's preprocessing (grey repeated to 3
+  channels, /255, ImageNet mean / std, the whole image resized bilinearly to S x S: timm's
+  ``crop_mode: squash`` with ``crop_pct: 1.0``). ``pretrained_cfg`` keeps none of the ImageNet
+  weights' identity (tag, licence, paper): the exported weights are not them. Beside timm's keys,
+  ``config.json`` says what the weights were trained on (``phantom``, ``data_source``,
+  ``label_file``), ``operating_points`` (the per-finding thresholds the pipeline chose on the
+  validation split, with method, split and temperature; null when none were chosen: probabilities
+  only) and ``cxr_pipeline`` (model name, seed, best epoch, initial weights, precision).
+* ``preprocess.py``: :mod:`cxr_core.app.hub_preprocess`, copied as it is. timm's transforms only
+  approximate the pipeline's decoding and resize (on textured images by 10+ grey levels), so the
+  card's recipe feeds the model through this file and at the pipeline's precision (bf16 autocast
+  where ``train.amp`` gives it), which reproduces ``cxr predict``'s probabilities.
+* ``README.md``: a model card (data, label file, split, recipe, initial weights, test AUCs with
+  CIs, the operating points, intended use, "not for clinical use", and a loud warning for a
+  phantom-trained model).
 * ``predictions.csv``: the test stage's per-image probabilities and 0/1 labels, when known.
 
 A local ``data_source`` path is written as ``local`` so a published card does not leak a path.
@@ -42,10 +49,13 @@ logger = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
+PREPROCESS_FILE = "preprocess.py"
 PREDICTIONS_FILE = "predictions.csv"
-EXPORT_FILES: tuple[str, ...] = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, PREDICTIONS_FILE)
+EXPORT_FILES: tuple[str, ...] = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, PREPROCESS_FILE, PREDICTIONS_FILE)
 #: Version of the ``cxr_pipeline`` section of config.json; bump it when a field changes meaning.
-EXPORT_FORMAT = 1
+#: 2: ``timm_name`` is the architecture without the ImageNet tag; ``pretrained``, ``base_model``,
+#: ``base_model_license`` and ``precision`` added.
+EXPORT_FORMAT = 2
 #: Column names of predictions.csv beyond ``image`` and ``patient``.
 PROB_PREFIX = "prob_"
 LABEL_PREFIX = "label_"
@@ -54,6 +64,14 @@ LABEL_PREFIX = "label_"
 INTERPOLATION = "bilinear"
 CROP_PCT = 1.0
 CROP_MODE = "squash"
+#: ``pretrained_cfg`` keys that describe timm's ImageNet weights (which tag, licence, paper), not
+#: the exported ones; they are dropped, and a fine-tuned model names its start as ``base_model``.
+SOURCE_WEIGHTS_KEYS = frozenset(
+    {"tag", "license", "description", "origin_url", "paper_name", "paper_ids", "notes"}
+)
+#: The placeholders of the card's recipe, which a user (or a test) replaces.
+RECIPE_FOLDER = "path/to/this/folder"
+RECIPE_IMAGE = "xray.png"
 
 PHANTOM_CARD_WARNING = (
     "> [!WARNING]\n"
@@ -80,6 +98,63 @@ class ExportResult:
     folder: Path
     files: tuple[str, ...]
     phantom: bool
+
+
+@dataclass(frozen=True)
+class WeightsOrigin:
+    """Where the exported weights started, as the card and config.json state it.
+
+    ``pretrained`` is ``train.pretrained`` of the export's params.yaml (None without one: unknown).
+    Only a fine-tuned model names ImageNet weights, as ``base_model``; their licence is theirs, so
+    it is reported beside them and never becomes the exported model's licence.
+    """
+
+    architecture: str  # timm architecture, no pretrained tag: densenet121, not densenet121.tv_in1k
+    pretrained: bool | None
+    base_model: str | None = None  # hub id of the ImageNet weights it was fine-tuned from
+    base_model_license: str | None = None  # their licence as timm lists it
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "pretrained": self.pretrained,
+            "base_model": self.base_model,
+            "base_model_license": self.base_model_license,
+        }
+
+
+def weights_origin(model: Any, params: Mapping[str, Any] | None) -> WeightsOrigin:
+    """The origin of ``model``'s weights from its timm ``pretrained_cfg`` and ``train.pretrained``."""
+    cfg = model.pretrained_cfg
+    pretrained = None if params is None else bool(params["train"]["pretrained"])
+    if not pretrained:
+        return WeightsOrigin(cfg["architecture"], pretrained)
+    tag = ".".join(x for x in (cfg["architecture"], cfg.get("tag")) if x)
+    return WeightsOrigin(cfg["architecture"], True, cfg.get("hf_hub_id") or tag, cfg.get("license"))
+
+
+def exported_pretrained_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` without the keys naming the ImageNet weights (:data:`SOURCE_WEIGHTS_KEYS`)."""
+    return {k: v for k, v in cfg.items() if k not in SOURCE_WEIGHTS_KEYS}
+
+
+def inference_precision(params: Mapping[str, Any] | None, spec: Any) -> dict[str, str] | None:
+    """The dtype ``cxr predict`` runs this model at with the export's params (``train.amp``), per device.
+
+    bf16 autocast against float32 moves the probabilities of a model with trained-scale logits by
+    ~0.1 (tests/test_export.py), so the card's recipe must use the pipeline's dtype. None without
+    params.yaml (``cxr predict`` then runs float32).
+    """
+    if params is None:
+        return None
+    import torch
+
+    from cxr_core.runtime import resolve_amp
+
+    amp = params["train"]["amp"]
+    return {
+        device: "bfloat16" if resolve_amp(amp, torch.device(device), spec) else "float32"
+        for device in ("cpu", "cuda")
+    }
 
 
 def public_source(data_source: str) -> str:
@@ -129,6 +204,9 @@ def export_model(
     preds = _read_predictions(Path(predictions)) if predictions is not None else None
     split_counts = _read_split(Path(split)) if split is not None else None
     points = _read_operating(Path(operating), meta.model_name) if operating is not None else None
+    origin = weights_origin(model, params)
+    precision = inference_precision(params, spec)
+    model.pretrained_cfg = exported_pretrained_cfg(model.pretrained_cfg)
 
     out.mkdir(parents=True, exist_ok=True)
     for name in EXPORT_FILES:
@@ -142,10 +220,12 @@ def export_model(
         "cxr_pipeline": {
             "format": EXPORT_FORMAT,
             "model": meta.model_name,
-            "timm_name": meta.timm_name or spec.timm_name,
+            "timm_name": origin.architecture,
             "image_size": size,
             "seed": seed,
             **{k: raw_meta[k] for k in ("epoch", "val_loss", "val_macro_auc") if k in raw_meta},
+            **origin.to_config(),
+            "precision": precision,
         },
     }
     data_config = {
@@ -157,7 +237,8 @@ def export_model(
         "crop_mode": CROP_MODE,
     }
     save_for_hf(model, str(out), model_config=extra, safe_serialization=True, data_config=data_config)
-    files = [WEIGHTS_FILE, CONFIG_FILE]
+    _copy_preprocess(out / PREPROCESS_FILE)
+    files = [WEIGHTS_FILE, CONFIG_FILE, PREPROCESS_FILE]
     if preds is not None:
         _write_predictions(out / PREDICTIONS_FILE, preds)
         files.append(PREDICTIONS_FILE)
@@ -172,13 +253,23 @@ def export_model(
         split=split_counts,
         has_predictions=preds is not None,
         operating=points,
+        origin=origin,
+        precision=precision,
     )
     (out / CARD_FILE).write_text(card, encoding="utf-8")
     files.append(CARD_FILE)
-    for name in (WEIGHTS_FILE, CONFIG_FILE):  # safetensors writes 0600; a folder to share reads like the card
+    # safetensors writes 0600; a folder to share reads like the card
+    for name in (WEIGHTS_FILE, CONFIG_FILE, PREPROCESS_FILE):
         shutil.copymode(out / CARD_FILE, out / name)
     logger.info("exported %s (%s) to %s: %s", meta.model_name, checkpoint, out, ", ".join(files))
     return ExportResult(out, tuple(sorted(files)), meta.phantom)
+
+
+def _copy_preprocess(path: Path) -> None:
+    """The card's preprocessing, :mod:`cxr_core.app.hub_preprocess`, byte for byte (no cxr_core needed)."""
+    from cxr_core.app import hub_preprocess
+
+    path.write_bytes(Path(hub_preprocess.__file__).read_bytes())
 
 
 def _check_target(out: Path, force: bool) -> None:
@@ -317,12 +408,101 @@ def _recipe_lines(params: Mapping[str, Any] | None, seed: int | None) -> list[st
     return lines
 
 
-def _init_text(params: Mapping[str, Any] | None) -> str:
-    if params is None:
+def _init_text(origin: WeightsOrigin) -> str:
+    """The initial weights, as the recipe section says them (empty when params.yaml was not at hand)."""
+    if origin.pretrained is None:
         return ""
-    if params["train"].get("pretrained"):
-        return "Fine-tuned from timm's ImageNet-1k weights. "
-    return "Trained from random initial weights (`train.pretrained: false`). "
+    if origin.pretrained:
+        return (
+            f"Fine-tuned from timm's ImageNet-1k weights `{origin.base_model}` (`train.pretrained: true`). "
+        )
+    return "Trained from random initial weights (`train.pretrained: false`): no ImageNet weights are in it. "
+
+
+def _weights_bullet(origin: WeightsOrigin) -> str:
+    """The model-details bullet on the initial weights: scratch, a named base model, or unknown."""
+    if origin.pretrained is None:
+        return "- Initial weights: not recorded (no params.yaml at export time)"
+    if not origin.pretrained:
+        return "- Initial weights: random (trained from scratch, `train.pretrained: false`)"
+    return f"- Initial weights: timm's ImageNet-1k `{origin.base_model}` (the `base_model`), fine-tuned"
+
+
+def _precision_text(precision: Mapping[str, str] | None) -> str:
+    """How the pipeline ran the model, for the model-details bullet."""
+    if precision is None:
+        return "not recorded (no params.yaml at export time); `cxr predict` without one runs float32"
+    if precision["cpu"] == precision["cuda"]:
+        return f"{_dtype_name(precision['cpu'])} on the CPU and on a GPU (`train.amp`)"
+    return (
+        f"{_dtype_name(precision['cpu'])} on the CPU, {_dtype_name(precision['cuda'])} on a GPU (`train.amp`)"
+    )
+
+
+def _dtype_name(dtype: str) -> str:
+    return "bf16 autocast" if dtype == "bfloat16" else "float32"
+
+
+def _license_text(origin: WeightsOrigin) -> str:
+    """The card's licence line: never the ImageNet weights' licence as the model's own."""
+    start = (
+        f" The starting weights `{origin.base_model}` are under their own licence "
+        f"({origin.base_model_license or 'see their model card'}); yours must allow for it."
+        if origin.pretrained
+        else ""
+    )
+    return (
+        "License: not set by the exporter; choose one and add `license:` to the front matter before "
+        f"publishing.{start} NIH asks users of ChestX-ray14 to cite Wang et al. 2017."
+    )
+
+
+def _usage_lines(precision: Mapping[str, str] | None) -> list[str]:
+    """The card's "How to use": ``preprocess.py`` + timm at the pipeline's CPU precision.
+
+    The code block runs as it stands once ``RECIPE_FOLDER`` and ``RECIPE_IMAGE`` are replaced (a
+    test does exactly that and compares the output with ``cxr predict``).
+    """
+    bf16 = precision is not None and precision["cpu"] == "bfloat16"
+    how = "bf16 autocast" if bf16 else "float32"
+    return [
+        "## How to use",
+        "",
+        f"`{PREPROCESS_FILE}` (beside the weights; numpy, Pillow and torch only) turns a file into the model "
+        "input exactly as cxr-pipeline's `cxr predict` does: grey (16-bit files mapped linearly), resized with "
+        "Pillow's bilinear filter and `reducing_gap=2.0` (JPEGs decoded at reduced scale first), ImageNet "
+        f"mean / std. The model then runs in {how}, as the pipeline ran it on the CPU. This recipe gives "
+        "`cxr predict`'s probabilities:",
+        "",
+        "```python",
+        "import json",
+        "import sys",
+        "from pathlib import Path",
+        "",
+        "import timm",
+        "import torch",
+        "",
+        f'folder = Path("{RECIPE_FOLDER}")  # from the hub: huggingface_hub.snapshot_download("<user>/<repo>")',
+        "sys.path.insert(0, str(folder))",
+        f"import preprocess  # {PREPROCESS_FILE}, shipped with the weights",
+        "",
+        'model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()',
+        f'files = ["{RECIPE_IMAGE}"]  # PNG / JPEG / TIFF / BMP, 8- or 16-bit grey (or R = G = B), any size',
+        'x = preprocess.load_batch(files, model.pretrained_cfg["input_size"][-1])',
+        f'with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled={bf16}):  # {how}',
+        "    logits = model(x).float()",
+        "probs = torch.sigmoid(logits)  # 14 independent probabilities per image, not a softmax",
+        "for name, row in zip(files, probs.tolist()):",
+        '    print(name, json.dumps(dict(zip(model.pretrained_cfg["label_names"], row))))',
+        "```",
+        "",
+        "timm's own `resolve_data_config` + `create_transform` (`config.json`'s `pretrained_cfg`: bilinear, "
+        "squash, no crop) only approximate this: they resize without the reducing gap, clip 16-bit files and "
+        "read JPEGs at full scale. On 1024 px images with a radiograph's fine texture the resized pixels then "
+        "differ by 10 or more grey levels and a trained model's probabilities by 0.1 or more, enough to flip "
+        "calls at an operating point. float32 where the pipeline used bf16 moves them by as much. For DICOM "
+        "files, use `cxr predict`.",
+    ]
 
 
 def _split_lines(params: Mapping[str, Any] | None, split: Mapping[str, Any] | None) -> list[str]:
@@ -423,9 +603,15 @@ def model_card(
     test: Mapping[str, Any] | None,
     split: Mapping[str, Any] | None,
     has_predictions: bool,
+    origin: WeightsOrigin,
+    precision: Mapping[str, str] | None,
     operating: Any = None,
 ) -> str:
-    """The README.md of an export: hub front matter, then what the model is, was trained on and scores."""
+    """The README.md of an export: hub front matter, then what the model is, was trained on and scores.
+
+    ``origin`` decides the model's name, the front matter's ``base_model`` and the licence line;
+    ``precision`` (:func:`inference_precision`) the recipe's dtype.
+    """
     size = meta.image_size
     seed_text = f"seed {seed}" if seed is not None else ""
     names = ", ".join(
@@ -443,23 +629,27 @@ def model_card(
     ]
     if meta.data_source not in (PHANTOM_SOURCE, "unknown"):
         front += ["datasets:", "- nih-chest-xrays"]
+    if origin.base_model:
+        front += [f"base_model: {origin.base_model}", "base_model_relation: finetune"]
     front.append("---")
     body = [f"# {spec.display_name}{f' ({names})' if names else ''}: 14 ChestX-ray14 findings", ""]
     if meta.phantom:
         body += [PHANTOM_CARD_WARNING]
     body += [NOT_CLINICAL, ""]
     body += [
-        f"A timm `{spec.timm_name}` classifier with 14 sigmoid outputs (multi-label: one probability per "
+        f"A timm `{origin.architecture}` classifier with 14 sigmoid outputs (multi-label: one probability per "
         "finding, not a softmax), trained by cxr-pipeline, a DVC re-run of Crawley's Durham MEng study "
         '*"Evaluating the Localisation and Classification Performance of Deep Learning Architectures in the '
         'Context of Multi Pathology Chest X-Ray Classification"*.',
         "",
         "## Model details",
         "",
-        f"- Architecture: timm `{spec.timm_name}` ({n_params / 1e6:.2f} M parameters)",
-        f"- Input: {size} x {size} px; the 8-bit grey image repeated to 3 channels, scaled to 0..1, "
-        "normalised with ImageNet mean / std; the whole image is resized (bilinear) to the square, no crop "
-        "(`config.json` `pretrained_cfg`: `crop_mode: squash`, `crop_pct: 1.0`)",
+        f"- Architecture: timm `{origin.architecture}` ({n_params / 1e6:.2f} M parameters)",
+        _weights_bullet(origin),
+        f"- Input: {size} x {size} px; the grey image resized to the square (Pillow bilinear, "
+        "`reducing_gap=2.0`, no crop), repeated to 3 channels, scaled to 0..1 and normalised with ImageNet "
+        f"mean / std: `{PREPROCESS_FILE}` does exactly this (see *How to use*)",
+        f"- Precision: {_precision_text(precision)}",
         "- Outputs, in order: " + ", ".join(f"`{x}`" for x in LABELS),
         _operating_summary(operating),
         "",
@@ -474,7 +664,7 @@ def model_card(
         "",
         "## Training recipe",
         "",
-        _init_text(params)
+        _init_text(origin)
         + "Adam, ReduceLROnPlateau on the validation loss, early stopping; the best-validation-loss epoch "
         "is kept; random horizontal flip and rotation on the fly; loss as `train.loss` below.",
         "",
@@ -494,24 +684,8 @@ def model_card(
         "- Research and teaching: reproducing the study, comparing architectures, studying CAM heatmaps.",
         "- Out of scope: any clinical use, and any use on images unlike ChestX-ray14's frontal radiographs.",
         "",
-        "## How to use",
+        *_usage_lines(precision),
         "",
-        "```python",
-        "import timm, torch",
-        "from PIL import Image",
-        "",
-        'model = timm.create_model("local-dir:path/to/this/folder", pretrained=True).eval()'
-        '  # or "hf-hub:<user>/<repo>"',
-        "cfg = timm.data.resolve_data_config(model=model)",
-        "transform = timm.data.create_transform(**cfg)",
-        'x = transform(Image.open("xray.png").convert("L").convert("RGB")).unsqueeze(0)',
-        "with torch.no_grad():",
-        "    probs = torch.sigmoid(model(x))[0]",
-        'print(dict(zip(model.pretrained_cfg["label_names"], probs.tolist())))',
-        "```",
-        "",
-        "License: not set by the exporter; choose one before publishing (NIH asks users of ChestX-ray14 to "
-        "cite Wang et al. 2017; ImageNet-pretrained weights keep their own license, see "
-        "`pretrained_cfg.license` in `config.json`).",
+        _license_text(origin),
     ]
     return "\n".join(front + body) + "\n"
