@@ -1,17 +1,21 @@
 """`cxr pr-report` on a throw-away git + DVC project with known metrics, params and plots.
 
-Three commits: ``c0`` without any results, ``c1`` and ``c2`` whose leaderboard AUCs, params and
-loss curve differ by known amounts; the workspace is ``c2``. The report against ``c1`` must show
-exactly those changes (from ``dvc metrics diff`` / ``dvc params diff`` and the headline table) and a
-real PNG; against ``c0`` (no headline file there) every model is new. Runs the real git and dvc
-(offline: DVC's analytics and update check are off), a few seconds.
+Three commits: ``c0`` without any results, ``c1`` and ``c2`` whose leaderboard AUCs, params, loss
+curves and ``metrics/compare.json`` differ by known amounts; the workspace is ``c2``. Between c1 and
+c2 every one of the 2,310 numbers of compare.json changes, as after any retrain, three of them by
+more than their interval: the report against ``c1`` must still fit one GitHub comment, lead with the
+headline and params, and summarise the metrics diff whose full table goes to ``metrics-diff.md``.
+Against ``c0`` (no headline file there) every model is new. Runs the real git and dvc (offline:
+DVC's analytics and update check are off), a few seconds.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -32,15 +36,77 @@ DVC_YAML = {
         "train": {
             "cmd": "python train.py",
             "params": ["lr", "train.epochs"],
-            "metrics": [{"metrics/headline.json": {"cache": False}}],
+            "metrics": [
+                {"metrics/headline.json": {"cache": False}},
+                {"metrics/compare.json": {"cache": False}},
+            ],
             "plots": [{"plots/loss.csv": {"cache": False, "x": "step", "y": "loss"}}],
         }
     },
-    "plots": [{"loss_curve": {"x": "step", "y": {"plots/loss.csv": "loss"}, "title": "Loss per step"}}],
+    "plots": [
+        {"loss_curve": {"x": "step", "y": {"plots/loss.csv": "loss"}, "title": "Loss per step"}},
+        {
+            "val_loss": {
+                "x": "step",
+                "y": {f"train/{m}/seed0/val_loss.tsv": "val_loss" for m in ("densenet121", "swin_small")},
+                "title": "Validation loss",
+            }
+        },
+        {"plots/iou": {"x": "threshold", "y": ["GradCAM", "RandomCAM"], "title": "IoU vs threshold"}},
+    ],
 }
 # (lr, epochs, {model: auc}, loss per step) of commits c1 and c2
 C1 = (0.01, 3, {"densenet121": 0.70, "swin_small": 0.80}, [0.9, 0.7, 0.6])
 C2 = (0.001, 3, {"densenet121": 0.75, "swin_small": 0.78, "efficientnet_b0": 0.66}, [0.8, 0.5, 0.3, 0.2])
+SIX = ("densenet121", "densenet169", "efficientnet_b0", "efficientnet_b1", "swin_small", "swin_base")
+CLASSES = tuple(f"class{i:02d}" for i in range(14))
+STATS = ("p", "p_holm", "p_holm_classes", "z", "variance", "se", "auc_a", "auc_b", "power")  # and n_valid
+# the paired AUC differences of c2 moved outside c1's interval (the diff's ci is +-0.05), by these amounts
+OUTSIDE = {
+    ("densenet121_vs_swin_small", "class03"): 0.2,
+    ("densenet169_vs_swin_base", "class07"): -0.15,
+    ("efficientnet_b0_vs_efficientnet_b1", "class11"): 0.12,
+}
+
+
+def compare_doc(retrained: bool) -> dict:
+    """A compare.json shaped like the real one: per model pair and class a paired difference with
+    its ``ci`` (the interval) and ten other numbers. ``retrained`` moves every number a little
+    (inside the interval) and the :data:`OUTSIDE` differences by more than it."""
+    rng, noise = random.Random(0), random.Random(1)
+    pairs = {}
+    for a, b in itertools.combinations(SIX, 2):
+        per_class = {}
+        for cls in CLASSES:
+            diff = rng.uniform(-0.1, 0.1)
+            stats = {k: rng.random() for k in STATS}
+            stats["n_valid"] = rng.randint(900, 999)
+            if retrained:
+                stats = {
+                    k: v + (1 if k == "n_valid" else noise.uniform(0.001, 0.02)) for k, v in stats.items()
+                }
+                moved = OUTSIDE.get((f"{a}_vs_{b}", cls), noise.uniform(-0.03, 0.03))
+                per_class[cls] = {
+                    "diff": diff + moved,
+                    "ci": [diff + moved - 0.05, diff + moved + 0.05],
+                    **stats,
+                }
+            else:
+                per_class[cls] = {"diff": diff, "ci": [diff - 0.05, diff + 0.05], **stats}
+        pairs[f"{a}_vs_{b}"] = {"a": a, "b": b, "per_class": per_class}
+    return {"models": list(SIX), "n_boot": 1000, "auc": {"pairs": pairs}}
+
+
+def flat_numbers(doc: dict, prefix: str = "") -> dict[str, float]:
+    """Every number of a nested dict under DVC's dotted name (lists left out, as DVC does)."""
+    out = {}
+    for key, value in doc.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(flat_numbers(value, name))
+        elif isinstance(value, int | float):
+            out[name] = value
+    return out
 
 
 def _sh(cwd: Path, *args: str) -> str:
@@ -57,15 +123,24 @@ def _commit(repo: Path, message: str) -> str:
     return _sh(repo, "git", "rev-parse", "HEAD").strip()
 
 
-def _results(repo: Path, lr: float, epochs: int, aucs: dict[str, float], loss: list[float]) -> None:
+def _results(
+    repo: Path, lr: float, epochs: int, aucs: dict[str, float], loss: list[float], *, retrained: bool
+) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump({"lr": lr, "train": {"epochs": epochs, "batch": 8}}))
     models = {m: {"auc": a, "auc_lo": a - 0.05, "auc_hi": a + 0.05, "seeds": 1} for m, a in aucs.items()}
     best = max(aucs, key=aucs.__getitem__)
     headline = {"best": {"model": best, "seed": 0, "macro_auc": aucs[best]}, "models": models}
     (repo / "metrics").mkdir(exist_ok=True)
     (repo / "metrics/headline.json").write_text(json.dumps(headline, indent=2))
-    (repo / "plots").mkdir(exist_ok=True)
+    (repo / "metrics/compare.json").write_text(json.dumps(compare_doc(retrained), indent=2))
+    (repo / "plots/iou").mkdir(parents=True, exist_ok=True)
     (repo / "plots/loss.csv").write_text("step,loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(loss)))
+    for k, model in enumerate(("densenet121", "swin_small")):
+        curve = repo / f"train/{model}/seed0/val_loss.tsv"
+        curve.parent.mkdir(parents=True, exist_ok=True)
+        curve.write_text("step\tval_loss\n" + "".join(f"{i}\t{v + k}\n" for i, v in enumerate(loss)))
+        rows = "".join(f"{t / 10},{v / 2},{v / 4}\n" for t, v in enumerate(loss, start=1))
+        (repo / f"plots/iou/{model}.csv").write_text("threshold,GradCAM,RandomCAM\n" + rows)
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +155,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     (repo / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
     (repo / "params.yaml").write_text(yaml.safe_dump({"lr": 0.1, "train": {"epochs": 1, "batch": 8}}))
     commits = {"c0": _commit(repo, "no results yet")}
-    _results(repo, *C1)
+    _results(repo, *C1, retrained=False)
     commits["c1"] = _commit(repo, "first results")
-    _results(repo, *C2)
+    _results(repo, *C2, retrained=True)
     commits["c2"] = _commit(repo, "second results")
     return repo, commits
 
@@ -110,28 +185,42 @@ def _rows(markdown: str) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def report_vs_c1(project, tmp_path_factory) -> tuple[str, Path]:
+def report_vs_c1(project, tmp_path_factory) -> tuple[str, Path, dict[str, dict]]:
+    """report.md against c1, its folder, and the Vega-Lite spec each plot was rendered from."""
     repo, commits = project
     manifest = repo / "data/raw/manifest.json"  # a DVC output in the real pipeline: never committed
     manifest.parent.mkdir(parents=True)
     manifest.write_text(json.dumps({"source": "synthetic", "layout": "official"}))
     out = tmp_path_factory.mktemp("report_c1")
+    specs: dict[str, dict] = {}
+    render = pr_report.render_png
+
+    def recording(spec, scale, plot_id):
+        specs[plot_id] = spec
+        return render(spec, scale, plot_id)
+
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("DVC_NO_ANALYTICS", "1")
+            mp.setattr(pr_report, "render_png", recording)
             code, output = _run(
                 "--repo", str(repo), "--base", commits["c1"], "--out", str(out),
-                "--plot", "loss_curve", "--plot", "val_loss",
+                "--plot", "loss_curve", "--plot", "val_loss", "--plot", "plots/iou", "--plot", "no_such_plot",
             )  # fmt: skip
     finally:
         manifest.unlink()
     assert code == 0, output
-    return (out / "report.md").read_text(), out
+    return (out / "report.md").read_text(), out, specs
+
+
+def _section(markdown: str, title: str) -> str:
+    """The text of the ``## <title>...`` section, up to the next ``## `` heading."""
+    return markdown.split(f"\n## {title}")[1].split("\n## ")[0]
 
 
 def test_headline_table_has_known_deltas(report_vs_c1, project) -> None:
-    markdown, _ = report_vs_c1
-    rows = {r[0]: r for r in _rows(markdown) if r[0].startswith("`")}
+    markdown, _, _ = report_vs_c1
+    rows = {r[0]: r for r in _rows(_section(markdown, "Headline"))}
     assert rows["`densenet121`"][1:] == ["0.7000", "0.7500", "0.7000 to 0.8000", "+0.0500"]
     assert rows["`swin_small`"][1:] == ["0.8000", "0.7800", "0.7300 to 0.8300", "-0.0200"]
     assert rows["`efficientnet_b0`"][1:] == ["-", "0.6600", "0.6100 to 0.7100", "new"]
@@ -142,24 +231,53 @@ def test_headline_table_has_known_deltas(report_vs_c1, project) -> None:
     assert f"({project[1]['c1'][:7]})" in markdown
 
 
-def test_dvc_metrics_and_params_diffs(report_vs_c1, project) -> None:
-    markdown, _ = report_vs_c1
+def test_large_metrics_diff_fits_one_comment(report_vs_c1, project) -> None:
+    """A retrain changes thousands of values: the page still fits, headline and params first."""
+    markdown, out, _ = report_vs_c1
     base = project[1]["c1"]
-    metrics = markdown.split("## Metrics")[1].split("## Params")[0]
-    params = markdown.split("## Params")[1].split("## Plots")[0]
-    assert "Leaderboard files only: `metrics/headline.json`" in metrics
-    rows = _rows(metrics)
-    assert rows[0] == ["Path", "Metric", base, "workspace", "Change"]  # DVC's table, base first
+    full = (out / pr_report.METRICS_DIFF).read_text()
+    assert len(full) > 4 * pr_report.COMMENT_LIMIT  # what the page used to inline
+    assert len(markdown) < pr_report.COMMENT_LIMIT
+    assert "Cut here" not in markdown  # the summary alone fits: nothing had to be cut
+    titles = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert [t.split()[1] for t in titles] == ["Headline:", "Params", "Plots", "Metrics"]
+    assert ["params.yaml", "lr", "0.01", "0.001"] in _rows(_section(markdown, "Params"))
+    assert "| `densenet121` | 0.7000 | 0.7500 |" in _section(markdown, "Headline")
+    # the full table: every changed number, as DVC prints it
+    old, new = flat_numbers(compare_doc(False)), flat_numbers(compare_doc(True))
+    changed = {k for k in old if old[k] != new[k]}
+    assert len(changed) == 15 * 14 * 11
+    rows = _rows(full)
+    assert rows[0] == ["Path", "Metric", base, "workspace", "Change"]
+    assert {r[1] for r in rows if r[0] == "metrics/compare.json"} == changed
     assert ["metrics/headline.json", "models.densenet121.auc", "0.7", "0.75", "0.05"] in rows
-    assert ["metrics/headline.json", "models.swin_small.auc", "0.8", "0.78", "-0.02"] in rows
-    assert ["metrics/headline.json", "models.efficientnet_b0.auc", "-", "0.66", "-"] in rows
-    rows = _rows(params)
-    assert ["params.yaml", "lr", "0.01", "0.001"] in rows
-    assert not any("epochs" in cell for row in rows for cell in row)  # unchanged params are left out
+    assert f"({len(rows) - 2:,} rows)" in full and full.startswith(pr_report.MARKER)
+
+
+def test_metrics_summary_counts_and_outside_interval(report_vs_c1) -> None:
+    """Per file: counts that add up, and the values that left their interval, largest first."""
+    markdown, _, _ = report_vs_c1
+    metrics = _section(markdown, "Metrics")
+    assert "Leaderboard files only: `metrics/headline.json`, `metrics/compare.json`" in metrics
+    assert "[`metrics-diff.md`](metrics-diff.md)" in metrics
+    rows = {r[0]: r[1:] for r in _rows(metrics) if r[0].startswith("`metrics/")}
+    # changed, new, removed, with an interval (the 210 diffs), outside it
+    assert rows["`metrics/compare.json`"] == ["2,310", "0", "0", "210", "3"]
+    # best.macro_auc and auc, auc_lo, auc_hi of two models changed; efficientnet_b0's four are new;
+    # the two changed AUCs have an interval (auc_lo/auc_hi)
+    assert rows["`metrics/headline.json`"][:4] == ["7", "4", "0", "2"]
+    table = metrics.split("### `metrics/compare.json`")[1].split("### ")[0]
+    outside = [r for r in _rows(table) if "**outside**" in r[-1]]
+    expected = sorted(OUTSIDE.items(), key=lambda kv: -abs(kv[1]))
+    assert [r[0] for r in outside] == [f"`auc.pairs.{p}.per_class.{c}.diff`" for (p, c), _ in expected]
+    assert [r[3] for r in outside] == [f"{v:+.4g}" for _, v in expected]
+    assert all(r[-1].startswith("**outside** base [") for r in outside)
+    assert len(_rows(table)) == 2 + 3 + pr_report.LARGEST_ROWS  # header, outside, largest others
+    assert "Shown: the 3 largest of the 3 changes outside their interval, then the 5 largest" in table
 
 
 def test_phantom_flagged_at_the_top(report_vs_c1) -> None:
-    markdown, _ = report_vs_c1
+    markdown, _, _ = report_vs_c1
     head = markdown.splitlines()[:4]
     assert head[0] == pr_report.MARKER
     assert head[1] == "> [!CAUTION]"
@@ -167,7 +285,7 @@ def test_phantom_flagged_at_the_top(report_vs_c1) -> None:
 
 
 def test_key_plot_rendered_as_png(report_vs_c1) -> None:
-    markdown, out = report_vs_c1
+    markdown, out, _ = report_vs_c1
     assert "![loss_curve](loss_curve.png)" in markdown
     assert "### Loss per step" in markdown and "no data at the base" not in markdown  # both revisions
     png = (out / "loss_curve.png").read_bytes()
@@ -178,8 +296,119 @@ def test_key_plot_rendered_as_png(report_vs_c1) -> None:
     assert image.width > 300 and image.height > 200
     colours = image.getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 20  # lines, axes and text, not a blank canvas
-    assert sorted(p.name for p in out.glob("*.png")) == ["loss_curve.png"]  # only the plots asked for
-    assert "- `val_loss`: no such plot with data in either revision." in markdown
+    assert sorted(p.name for p in out.glob("*.png")) == [  # only the plots asked for
+        "loss_curve.png", "plots-iou-densenet121.png", "plots-iou-swin_small.png", "val_loss.png",
+    ]  # fmt: skip
+    assert "- `no_such_plot`: no such plot with data in either revision." in markdown
+
+
+def _pixels_near(image: Image.Image, rgb: tuple[int, int, int], tolerance: int = 40) -> int:
+    return sum(
+        n
+        for n, c in image.getcolors(maxcolors=1 << 22)
+        if sum(abs(a - b) for a, b in zip(c, rgb, strict=True)) < tolerance
+    )
+
+
+def test_models_told_apart_by_colour(report_vs_c1, project) -> None:
+    """val_loss: one colour per model named in the legend, the revision by dash (DVC: the reverse)."""
+    _, out, specs = report_vs_c1
+    spec = specs["val_loss"]
+    colour = spec["encoding"]["color"]
+    assert colour["scale"]["domain"] == ["densenet121", "swin_small"]  # not the files' paths
+    assert colour["scale"]["scheme"] == "tableau10" and colour["legend"]["labelLimit"] == 0
+    assert {row["filename"] for row in spec["data"]["values"]} == {"densenet121", "swin_small"}
+    dash = spec["encoding"]["strokeDash"]
+    assert dash["field"] == "rev" and dash["scale"]["domain"] == ["workspace", project[1]["c1"]]
+    layers = json.dumps(spec["layer"])
+    assert '"field": "rev", "type": "nominal"' not in layers  # no layer colours by revision any more
+    image = Image.open(out / "val_loss.png").convert("RGB")
+    blue, orange = (0x4C, 0x78, 0xA8), (0xF5, 0x85, 0x18)  # tableau10's first two
+    assert _pixels_near(image, blue) > 200 and _pixels_near(image, orange) > 200
+
+
+def test_folder_plots_name_their_model(report_vs_c1) -> None:
+    markdown, _, specs = report_vs_c1
+    for model in ("densenet121", "swin_small"):
+        assert specs[f"plots/iou/{model}.csv"]["title"]["text"] == f"{model}: IoU vs threshold"
+        assert f"![plots/iou/{model}.csv](plots-iou-{model}.png)" in markdown
+    assert specs["loss_curve"]["title"]["text"] == "Loss per step"  # one file: nothing to tell apart
+    assert markdown.count("### IoU vs threshold") == 1
+
+
+def test_fit_cuts_least_important_first_with_a_note(report_vs_c1) -> None:
+    """Over the limit, the metrics summary goes first, then the plots; tables end on whole rows."""
+    markdown, _, _ = report_vs_c1
+    top, *parts = re.split(r"\n(?=## )", markdown)
+    names = [part.split()[1].rstrip(":") for part in parts]
+    assert names == ["Headline", "Params", "Plots", "Metrics"]
+    ranks = {"Headline": 4, "Params": 3, "Plots": 2, "Metrics": 1}
+    sections = [pr_report.section("top", top.splitlines())] + [
+        pr_report.section(name, part.splitlines(), ranks[name], f"`{name}.md`")
+        for name, part in zip(names, parts, strict=True)
+    ]
+    assert pr_report.render(sections) == markdown  # split and joined again: nothing lost
+    whole = set(markdown.splitlines())
+    for limit, cut in (
+        (len(markdown) - 500, ["Metrics"]),
+        (len(markdown) - len(parts[3]) - 100, ["Metrics", "Plots"]),
+    ):
+        fitted, cut_names = pr_report.fit(sections, limit)
+        page = pr_report.render(fitted)
+        assert len(page) < limit and cut_names == cut
+        for kept in ("Headline", "Params"):
+            assert _section(page, kept) == _section(markdown, kept)
+        assert page.count("**Cut here to fit one GitHub comment") == len(cut)
+        for name in cut:
+            note = _section(page, name).strip().splitlines()[-1]
+            assert note.startswith(f"**Cut here to fit one GitHub comment ({limit:,} characters): ")
+            assert note.endswith(f"left out.** All of it: `{name}.md`.")
+        assert all(line in whole for line in page.splitlines() if line.startswith("|"))  # whole rows
+    fitted, _ = pr_report.fit(sections, len(markdown) - 500)
+    metrics = _section(pr_report.render(fitted), "Metrics")
+    assert "| metric | base | head |" in metrics  # cut between rows, not the whole section
+    assert re.search(
+        r"\*\*Cut here.*: \d+ more table rows and \d+ more paragraphs or tables left out", metrics
+    )
+
+
+def test_interval_spellings_and_outside() -> None:
+    """The project's three ways of writing an interval, and which changes leave it."""
+    doc = {
+        "models": {"m": {"auc": 0.8, "auc_lo": 0.75, "auc_hi": 0.85}},  # headline.json
+        "macro_auc": 0.8, "macro_auc_ci": [0.7, 0.9], "auc": {"A": 0.6}, "auc_ci": {"A": [0.5, 0.7]},
+        "pair": {"diff": 0.02, "ci": [-0.01, 0.05], "p": 0.3},  # compare.json
+        "ci": 0.95, "n": [1, 2],
+    }  # fmt: skip
+    flat = pr_report._flat(doc)
+    assert "n" not in flat and "ci" in flat  # lists left out, as DVC does
+    found = {k: pr_report._interval(place) for k, place in flat.items()}
+    assert found["models.m.auc"] == (0.75, 0.85) and found["macro_auc"] == (0.7, 0.9)
+    assert found["auc.A"] == (0.5, 0.7) and found["pair.diff"] == (-0.01, 0.05)
+    assert found["pair.p"] is None and found["ci"] is None and found["models.m.auc_lo"] is None
+    change = pr_report.Change
+    assert change("pair.diff", 0.02, 0.06, (-0.01, 0.05), "base").outside
+    assert not change("pair.diff", 0.02, 0.04, (-0.01, 0.05), "base").outside
+    assert change("x", 0.05, 0.2, (0.1, 0.3), "head").outside  # the base value outside the head's
+    assert not change("x", 0.15, 0.2, (0.1, 0.3), "head").outside
+    assert not change("x", "a", "b", (0.1, 0.3), "base").outside  # text has no interval
+
+
+def test_short_labels_name_the_model() -> None:
+    paths = [f"{m}/seed0/plots/metrics/val_loss.tsv" for m in ("densenet121", "swin_base")]
+    assert list(pr_report.short_labels(paths).values()) == ["densenet121", "swin_base"]
+    seeds = ["densenet121/seed0/val_loss.tsv", "densenet121/seed1/val_loss.tsv", "swin/seed0/val_loss.tsv"]
+    assert list(pr_report.short_labels(seeds).values()) == [
+        "densenet121/seed0",
+        "densenet121/seed1",
+        "swin/seed0",
+    ]
+    assert list(pr_report.short_labels(["a/x.csv", "a/x.tsv"]).values()) == ["a/x.csv", "a/x.tsv"]  # collide
+    ids = [f"plots/roc/{m}/seed0.csv" for m in ("densenet121", "swin_base")] + ["val_loss"]
+    assert pr_report.file_names(ids, ["plots/roc", "val_loss"]) == {
+        ids[0]: "densenet121",
+        ids[1]: "swin_base",
+    }
 
 
 def test_base_without_headline_file(project, tmp_path) -> None:
@@ -194,11 +423,19 @@ def test_base_without_headline_file(project, tmp_path) -> None:
     assert (
         f"The base `{commits['c0']}` has no `metrics/headline.json`: every model counts as new." in markdown
     )
-    rows = {r[0]: r for r in _rows(markdown) if r[0].startswith("`")}
+    rows = {r[0]: r for r in _rows(_section(markdown, "Headline"))}
     assert rows["`densenet121`"][1:] == ["-", "0.7500", "0.7000 to 0.8000", "new"]
     assert ["params.yaml", "lr", "0.1", "0.001"] in _rows(markdown)
-    # linked, not embedded (a PR comment cannot show relative images); no data at the base is said
+    # every value of compare.json is new: counted, the rows only in the full table (its 2,310 numbers,
+    # n_boot and the 30 model names of the pairs)
+    metrics = _section(markdown, "Metrics")
+    rows = {r[0]: r[1:] for r in _rows(metrics)}
+    assert rows["`metrics/compare.json`"] == ["0", "2,341", "0", "0", "0"]
+    assert "### `metrics/compare.json`\n\nOnly new or removed values: see the full table." in metrics
+    assert len(_rows((tmp_path / "metrics-diff.md").read_text())) == 2 + 2_341 + 15  # headline: 15 values
+    # linked, not embedded (a PR comment cannot show relative images or files); no data at the base is said
     assert "[`pr-report` artifact](https://example.org/run/1)" in markdown and "![" not in markdown
+    assert "[`metrics-diff.md` in the `pr-report` artifact](https://example.org/run/1)" in metrics
     assert "`plots/loss.csv`: no data at the base" in markdown and "No such file" not in markdown
     assert (tmp_path / "plots-loss.png").stat().st_size > 5_000
 

@@ -1,33 +1,42 @@
 """``cxr pr-report``: one Markdown page of what a pull request changes in the pipeline's results.
 
 Reviewers of a pipeline change want the numbers, not a link to a notebook: this command compares the
-workspace (after ``dvc repro``) with a git revision and writes ``<out>/report.md`` with
+workspace (after ``dvc repro``) with a git revision and writes ``<out>/report.md``, a page that fits
+one GitHub comment, with, in this order,
 
 * a loud warning at the top when the results come from the synthetic phantom (they then check the
   wiring, not medicine: the README's "What the phantom numbers mean"),
 * a headline table: test macro AUC per model, base -> head with the delta, read from
   ``metrics/headline.json`` at the base revision (``git show``) and in the workspace,
-* ``dvc metrics diff --md`` (by default only the compact leaderboard files ``metrics/headline.json``
-  and ``metrics/compare.json``; ``--all`` for every metrics file) and ``dvc params diff --md``,
+* ``dvc params diff --md``: the line that says what the change was,
 * the key plots of ``dvc plots diff --json`` (Vega-Lite specs with their data inlined, both
-  revisions overlaid), rendered to PNG next to the Markdown by ``vl-convert-python`` (Rust; no Node
-  or browser needed).
+  revisions overlaid; colour = model or column, dash = revision), rendered to PNG next to the
+  Markdown by ``vl-convert-python`` (Rust; no Node or browser needed),
+* a summary of ``dvc metrics diff`` (by default only the leaderboard files ``metrics/headline.json``
+  and ``metrics/compare.json``; ``--all`` for every metrics file): per file how many values changed,
+  the values that moved outside the interval the file gives for them, changed text, and the largest
+  relative changes of values without an interval. After any retrain every bootstrap interval
+  changes (thousands of rows), so the full table goes to ``<out>/metrics-diff.md`` (and the params
+  table to ``params-diff.md``), linked from the page.
 
-DVC and git run as subprocesses, so the tables are exactly what those commands print. Every failure
-a user can fix (not a git repository, an unknown base, DVC missing, a malformed headline file) is a
-:class:`PrReportError`: one line, exit code 1.
+A page still over :data:`COMMENT_LIMIT` is cut, least important section first, between table rows,
+with a note saying what was left out and where all of it is. DVC and git run as subprocesses, so the
+tables are exactly what those commands print. Every failure a user can fix (not a git repository, an
+unknown base, DVC missing, a malformed headline file) is a :class:`PrReportError`: one line, exit
+code 1.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -47,8 +56,15 @@ KEY_PLOTS = ("val_loss", "plots/iou_vs_threshold")
 PHANTOM_SOURCE = "synthetic"
 #: first line of every report: marks a folder this command may clean of its own old PNGs
 MARKER = "<!-- cxr pr-report -->"
-#: GitHub refuses comment bodies longer than this
+#: GitHub refuses comment bodies longer than this: report.md is kept below it
 COMMENT_LIMIT = 65536
+#: the full tables, next to report.md (which links them)
+METRICS_DIFF = "metrics-diff.md"
+PARAMS_DIFF = "params-diff.md"
+#: rows per metrics file in the summary: outside their interval, changed text, largest relative changes
+OUTSIDE_ROWS = 10
+TEXT_ROWS = 3
+LARGEST_ROWS = 5
 WORKSPACE = "workspace"  # what DVC calls the working tree in its tables
 
 
@@ -169,6 +185,24 @@ def read_workspace(repo: Repo, path: str) -> Any | None:
     return _parse_json(file.read_text(), str(file)) if file.is_file() else None
 
 
+def _json_or_none(text: str | None) -> Any | None:
+    try:
+        return None if text is None else json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def metrics_docs(repo: Repo, rev: str, path: str) -> tuple[Any | None, Any | None]:
+    """A metrics file at ``rev`` and in the workspace, None where absent or not JSON.
+
+    Only read to find the intervals of changed values: a YAML metrics file or one kept in DVC's
+    cache (not in git) has none here, and its rows are summarised without them.
+    """
+    file = repo.root / path
+    head = _json_or_none(file.read_text(errors="replace")) if file.is_file() else None
+    return _json_or_none(repo.git_out("show", f"{rev}:./{path}")), head
+
+
 def exists_at(repo: Repo, rev: str, path: str) -> bool:
     return repo.git_out("cat-file", "-e", f"{rev}:./{path}") is not None
 
@@ -251,7 +285,12 @@ def headline_section(base: Base, base_doc: Any | None, head_doc: Any | None) -> 
 
 def _has_rows(table: str) -> bool:
     """Whether a Markdown table from DVC has a row below its header and separator."""
-    return sum(1 for line in table.splitlines() if line.startswith("|")) > 2
+    return _row_count(table) > 0
+
+
+def _row_count(table: str) -> int:
+    """Rows of a Markdown table below its header and separator."""
+    return max(0, sum(1 for line in table.splitlines() if line.startswith("|")) - 2)
 
 
 def metric_targets(repo: Repo, base: Base, all_metrics: bool) -> list[str]:
@@ -264,6 +303,227 @@ def metric_targets(repo: Repo, base: Base, all_metrics: bool) -> list[str]:
 def diff_section(title: str, table: str, scope: str, empty: str) -> list[str]:
     body = table.strip() if _has_rows(table) else empty
     return [f"## {title}", "", scope, "", body, ""]
+
+
+def _link(name: str, url: str | None) -> str:
+    """A Markdown link to a file next to report.md, or to the CI artifact that holds it.
+
+    A PR comment cannot resolve a relative link, so CI passes the artifact's URL (``--images-url``).
+    """
+    return f"[`{name}` in the `pr-report` artifact]({url})" if url else f"[`{name}`]({name})"
+
+
+def full_diff_file(title: str, command: str, scope: str, table: str, empty: str) -> str:
+    """A full ``dvc ... diff --md`` table as its own page (``metrics-diff.md``, ``params-diff.md``)."""
+    if not _has_rows(table):
+        return "\n".join([MARKER, f"# {title}", "", scope, "", empty, ""])
+    rows = _row_count(table)
+    intro = f"{scope} Every changed value, as `{command}` prints it ({rows:,} rows)."
+    return "\n".join([MARKER, f"# {title}", "", intro, "", table.strip(), ""])
+
+
+# --- metrics: a summary of `dvc metrics diff` ----------------------------------------------------
+
+
+Place = tuple[Mapping[str, Any], str, Mapping[str, Any] | None, str | None]
+
+
+def _flat(doc: Any) -> dict[str, Place]:
+    """Every scalar of a metrics document under DVC's name for it (keys joined by dots, lists left
+    out as DVC does), with its parent mapping and key and the grandparent and its key.
+
+    The parents are where a value's interval is written (:func:`_interval`).
+    """
+    out: dict[str, Place] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str, parent: Mapping[str, Any] | None, key: str | None) -> None:
+        for name, value in node.items():
+            flat = f"{prefix}.{name}" if prefix else str(name)
+            if isinstance(value, Mapping):
+                walk(value, flat, node, str(name))
+            elif not isinstance(value, list):
+                out[flat] = (node, str(name), parent, key)
+
+    if isinstance(doc, Mapping):
+        walk(doc, "", None, None)
+    return out
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value):
+        return min(value), max(value)
+    return None
+
+
+def _interval(place: Place) -> tuple[float, float] | None:
+    """The interval a metrics file gives for one value, in the project's three spellings.
+
+    ``<m>_lo`` / ``<m>_hi`` beside ``<m>`` (headline.json); ``<m>_ci: [lo, hi]`` beside ``<m>``, or
+    ``<group>_ci: {<m>: [lo, hi]}`` beside ``<group>`` (test and clinical files); ``ci: [lo, hi]``
+    beside a paired ``diff`` (compare.json, subgroup gaps).
+    """
+    parent, key, grand, group = place
+    lo, hi = parent.get(f"{key}_lo"), parent.get(f"{key}_hi")
+    if _is_number(lo) and _is_number(hi):
+        return min(lo, hi), max(lo, hi)
+    found = _pair(parent.get(f"{key}_ci")) or (_pair(parent.get("ci")) if key == "diff" else None)
+    if found is None and grand is not None and isinstance(grand.get(f"{group}_ci"), Mapping):
+        found = _pair(grand[f"{group}_ci"].get(key))
+    return found
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row of ``dvc metrics diff``, and the interval its file gives (the base's, else the head's)."""
+
+    metric: str
+    old: Any
+    new: Any
+    interval: tuple[float, float] | None = None
+    interval_at: str = ""  # "base" or "head"
+
+    @property
+    def delta(self) -> float | None:
+        both = _is_number(self.old) and _is_number(self.new)
+        return self.new - self.old if both else None
+
+    @property
+    def outside(self) -> bool:
+        """The head value outside the base's interval (the base value outside the head's, when only
+        the head file has one): a change larger than the file's own uncertainty."""
+        if self.interval is None or self.delta is None:
+            return False
+        value = self.new if self.interval_at == "base" else self.old
+        return not self.interval[0] <= value <= self.interval[1]
+
+
+def metric_changes(
+    diff_json: str, docs: Callable[[str], tuple[Any | None, Any | None]]
+) -> dict[str, list[Change]]:
+    """``dvc metrics diff --json`` (``{file: {metric: {"old", "new", "diff"}}}``) as Changes per file.
+
+    ``docs(file)`` gives the file at the base and in the workspace, where the intervals are read.
+    """
+    doc = _parse_json(diff_json or "{}", "`dvc metrics diff --json` output")
+    out: dict[str, list[Change]] = {}
+    for path, rows in (doc if isinstance(doc, Mapping) else {}).items():
+        if not isinstance(rows, Mapping) or not rows:
+            continue
+        flats = [(_flat(d), side) for d, side in zip(docs(path), ("base", "head"), strict=True)]
+        changes = []
+        for metric, row in rows.items():
+            row = row if isinstance(row, Mapping) else {}
+            found = ((_interval(flat[metric]), side) for flat, side in flats if metric in flat)
+            interval, side = next(((i, s) for i, s in found if i is not None), (None, ""))
+            changes.append(Change(metric, row.get("old"), row.get("new"), interval, side))
+        out[path] = changes
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.5g}" if isinstance(value, float) else str(value).replace("|", "\\|")
+
+
+def _counts(changes: Sequence[Change]) -> dict[str, int]:
+    return {
+        "changed": sum(c.old is not None and c.new is not None for c in changes),
+        "new": sum(c.old is None for c in changes),
+        "removed": sum(c.new is None for c in changes),
+        "interval": sum(c.interval is not None and c.delta is not None for c in changes),
+        "outside": sum(c.outside for c in changes),
+    }
+
+
+def _relative(c: Change) -> float:
+    """|change| / max(|base|, |head|): comparable across units (AUCs, p-values, counts)."""
+    scale = max(abs(c.old), abs(c.new))
+    return abs(c.delta or 0.0) / scale if scale else 0.0
+
+
+def _picked(changes: Sequence[Change]) -> tuple[list[Change], int]:
+    """The rows a reviewer reads first, and how many were outside their interval in all.
+
+    Outside the interval (largest first), then changed text (a new best model), then the largest
+    relative changes of values without an interval (those inside theirs are noise by the file's own
+    measure); at most :data:`OUTSIDE_ROWS`, :data:`TEXT_ROWS` and :data:`LARGEST_ROWS` of each.
+    """
+    outside = sorted((c for c in changes if c.outside), key=lambda c: -abs(c.delta or 0.0))
+    text = [c for c in changes if c.old is not None and c.new is not None and c.delta is None]
+    other = sorted(
+        (c for c in changes if c.delta is not None and c.interval is None),
+        key=lambda c: (_relative(c), abs(c.delta or 0.0)),
+        reverse=True,
+    )
+    return outside[:OUTSIDE_ROWS] + text[:TEXT_ROWS] + other[:LARGEST_ROWS], len(outside)
+
+
+def _interval_cell(change: Change) -> str:
+    if change.interval is None or change.delta is None:
+        return "-"
+    lo, hi = (f"{v:.4g}" for v in change.interval)
+    return f"{'**outside**' if change.outside else 'inside'} {change.interval_at} [{lo}, {hi}]"
+
+
+def _shown(outside: int, text: int, other: int) -> str:
+    """What a file's table shows, in words."""
+    parts = []
+    if outside:
+        parts.append(
+            f"the {min(outside, OUTSIDE_ROWS)} largest of the {outside:,} changes outside their interval"
+        )
+    if text:
+        parts.append(f"{text} changed non-numeric value{'s' * (text > 1)}")
+    if other:
+        parts.append(f"the {other} largest relative change{'s' * (other > 1)} of values without an interval")
+    return "Shown: " + ", then ".join(parts) + "."
+
+
+def _file_table(path: str, changes: Sequence[Change]) -> list[str]:
+    """One metrics file: its picked rows, and a line saying which rows they are."""
+    rows, outside = _picked(changes)
+    out = [f"### `{path}`", ""]
+    if not rows:
+        return [*out, "Only new or removed values: see the full table.", ""]
+    out += ["| metric | base | head | change | interval in the file |", "|---|---|---|---|---|"]
+    for c in rows:
+        change = "-" if c.delta is None else f"{c.delta:+.4g}"
+        cells = [f"`{_fmt(c.metric)}`", _fmt(c.old), _fmt(c.new), change, _interval_cell(c)]
+        out.append("| " + " | ".join(cells) + " |")
+    text = sum(c.delta is None for c in rows)
+    return [*out, "", _shown(outside, text, len(rows) - text - min(outside, OUTSIDE_ROWS)), ""]
+
+
+def metrics_summary(
+    changes: Mapping[str, Sequence[Change]], scope: str, full: str, rows: int, empty: str
+) -> list[str]:
+    """The ``dvc metrics diff`` section: counts per file, then each file's rows that matter most.
+
+    Files with values outside their interval come first: if the page must be cut, they stay.
+    """
+    out = ["## Metrics (`dvc metrics diff`, summarised)", "", scope, ""]
+    if not changes:
+        return [*out, empty, ""]
+    out += [
+        f"All {rows:,} rows, as DVC prints them: {full}. Below, per file: how many values changed; "
+        "those that moved outside the interval the file gives for them (the base's `<m>_lo`/`<m>_hi`, "
+        "`<m>_ci`, or `ci` beside a `diff`; the head's where only it has one); changed text; the "
+        "largest relative changes (|change| / max(|base|, |head|)) of values without an interval.",
+        "",
+        "| file | changed | new | removed | with an interval | outside it |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    counted = {path: _counts(rows_) for path, rows_ in changes.items()}
+    order = sorted(changes, key=lambda p: (-counted[p]["outside"], -counted[p]["changed"]))
+    for path in order:
+        n = counted[path]
+        cells = [f"{n[k]:,}" for k in ("changed", "new", "removed", "interval", "outside")]
+        out.append(f"| `{path}` | " + " | ".join(cells) + " |")
+    out.append("")
+    for path in order:
+        out += _file_table(path, changes[path])
+    return out
 
 
 # --- plots ---------------------------------------------------------------------------------------
@@ -281,8 +541,12 @@ def _selected(name: str, selectors: Sequence[str]) -> bool:
     return any(name == s or name.startswith(s.rstrip("/") + "/") for s in selectors)
 
 
+def _strip_ext(name: str) -> str:
+    return re.sub(r"\.(csv|tsv|json|ya?ml)$", "", name)
+
+
 def _png_name(plot_id: str, taken: set[str]) -> str:
-    stem = re.sub(r"\.(csv|tsv|json|ya?ml)$", "", plot_id)
+    stem = _strip_ext(plot_id)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "plot"
     name, n = f"{stem}.png", 1
     while name in taken:
@@ -296,6 +560,102 @@ def _title(spec: Mapping[str, Any], plot_id: str) -> str:
     if isinstance(title, Mapping):
         title = title.get("text")
     return str(title) if title else plot_id
+
+
+def short_labels(paths: Sequence[str]) -> dict[str, str]:
+    """Short distinct names for paths: the components all share dropped from both ends, and the
+    file extension (``densenet121/seed0/plots/metrics/val_loss.tsv`` -> ``densenet121``).
+
+    Legend entries and titles then name the model, not a path Vega cuts at 160 px. Names that would
+    collide stay whole.
+    """
+    parts = [p.split("/") for p in paths]
+    lead = trail = 0
+    while all(len(p) > lead + 1 for p in parts) and len({p[lead] for p in parts}) == 1:
+        lead += 1
+    while all(len(p) > lead + trail + 1 for p in parts) and len({p[-1 - trail] for p in parts}) == 1:
+        trail += 1
+    labels = {
+        path: _strip_ext("/".join(p[lead : len(p) - trail])) for path, p in zip(paths, parts, strict=True)
+    }
+    return labels if len(set(labels.values())) == len(set(paths)) else {p: p for p in paths}
+
+
+def _recolour(node: Any, colour: Mapping[str, Any]) -> None:
+    """Replace, in place, every ``color`` encoding on the revision with ``colour`` (layers too)."""
+    if isinstance(node, list):
+        for item in node:
+            _recolour(item, colour)
+    elif isinstance(node, dict):
+        encoding = node.get("encoding")
+        colour_now = encoding.get("color") if isinstance(encoding, dict) else None
+        if isinstance(colour_now, Mapping) and colour_now.get("field") == "rev":
+            encoding["color"] = dict(colour)
+        for key in ("layer", "hconcat", "vconcat", "concat", "spec"):
+            _recolour(node.get(key), colour)
+
+
+def colour_by_series(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    """In DVC's line templates, colour the series (model, column) and dash the revision.
+
+    DVC colours by revision and tells several y sources apart by dash pattern alone, labelled with
+    their paths (cut by Vega at 160 px): six models were six grey dashes. Here each series gets a
+    colour and a short untruncated name, and the base is dashed. Other specs are returned as they are.
+    """
+    encoding = spec.get("encoding") if isinstance(spec.get("encoding"), Mapping) else {}
+    dash, colour = encoding.get("strokeDash"), encoding.get("color")
+    data = spec.get("data") if isinstance(spec.get("data"), Mapping) else {}
+    values = data.get("values")
+    if not (isinstance(dash, Mapping) and isinstance(colour, Mapping) and isinstance(values, list)):
+        return spec
+    series_field = dash.get("field")
+    if colour.get("field") != "rev" or not series_field or series_field == "rev":
+        return spec
+    series = list(dict.fromkeys(str(row.get(series_field)) for row in values if isinstance(row, Mapping)))
+    if len(series) < 2:  # one line per revision: colour = revision as DVC draws it
+        return spec
+    labels = short_labels(series)
+    out = copy.deepcopy(dict(spec))
+    # the short name replaces the path in the rows: the template's loess and pivot group by this field
+    out["data"]["values"] = [
+        {**row, series_field: labels[str(row.get(series_field))]}
+        for row in values
+        if isinstance(row, Mapping)
+    ]
+    revisions = (colour.get("scale") or {}).get("domain") or list(dict.fromkeys(r.get("rev") for r in values))
+    new_colour = {
+        "field": series_field,
+        "type": "nominal",
+        "title": None,
+        "scale": {
+            "domain": [labels[s] for s in series],
+            "scheme": "tableau10" if len(series) <= 10 else "tableau20",
+        },
+        "legend": {"labelLimit": 0},
+    }
+    _recolour(out, new_colour)
+    dashes = [[1, 0], [6, 4], [2, 2], [8, 3, 2, 3]]
+    out["encoding"]["strokeDash"] = {
+        "field": "rev",
+        "type": "nominal",
+        "title": "revision",
+        "scale": {"domain": revisions, "range": [dashes[i % len(dashes)] for i in range(len(revisions))]},
+        "legend": {"labelLimit": 0, "symbolType": "stroke", "symbolStrokeColor": "grey"},
+    }
+    return out
+
+
+def name_in_title(spec: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """The spec with ``name`` (the file of a folder plot: its model) leading its title.
+
+    A folder id in dvc.yaml gives one plot per file, all with the folder's title: without this the
+    six ``iou_vs_threshold`` PNGs look alike.
+    """
+    title = spec.get("title")
+    title = dict(title) if isinstance(title, Mapping) else {"text": title} if title else {}
+    text = title.get("text")
+    title["text"] = f"{name}: {text}" if text else name
+    return {**spec, "title": title}
 
 
 def _js_error(text: str) -> str:
@@ -328,6 +688,25 @@ def render_png(spec: Mapping[str, Any], scale: float, plot_id: str) -> bytes:
         ) from exc
 
 
+def file_names(plot_ids: Sequence[str], selectors: Sequence[str]) -> dict[str, str]:
+    """For each plot a folder selector stands for, the part of its path that names it (its model).
+
+    ``plots/iou_vs_threshold/densenet121.csv`` under ``plots/iou_vs_threshold`` -> ``densenet121``;
+    ``plots/roc/densenet121/seed0.csv`` beside other models' ``seed0.csv`` -> ``densenet121``.
+    """
+    groups: dict[str, list[str]] = {}
+    for plot_id in dict.fromkeys(plot_ids):
+        selector = next((s for s in selectors if _selected(plot_id, [s])), plot_id)
+        if plot_id != selector:
+            groups.setdefault(selector.rstrip("/"), []).append(plot_id)
+    names: dict[str, str] = {}
+    for folder, ids in groups.items():
+        inside = [pid[len(folder) + 1 :] for pid in ids]
+        short = short_labels(inside) if len(inside) > 1 else {p: _strip_ext(p) for p in inside}
+        names.update({pid: short[rel] for pid, rel in zip(ids, inside, strict=True)})
+    return names
+
+
 def plots_section_data(
     plots_json: str, selectors: Sequence[str], out: Path, scale: float, base: Base
 ) -> Plots:
@@ -335,24 +714,30 @@ def plots_section_data(
 
     The JSON is ``{"data": {<plot id>: [{"type": "vega", "revisions": [...], "content": <spec>}
     | {"type": "image", ...}]}, "errors": [{"name", "rev", "type", "msg", ...}]}`` (DVC 3); only
-    ``vega`` entries are rendered (``image`` plots are PNGs already, in git).
+    ``vega`` entries are rendered (``image`` plots are PNGs already, in git), with colour = series
+    (:func:`colour_by_series`) and a folder plot's file named in its title (:func:`name_in_title`).
     """
     doc = _parse_json(plots_json, "`dvc plots diff --json` output")
     data = doc.get("data") or {}
+    chosen = [
+        (plot_id, entry)
+        for plot_id, entries in data.items()
+        if _selected(plot_id, selectors)
+        for entry in entries
+        if entry.get("type") == "vega" and entry.get("content")
+    ]
+    names = file_names([plot_id for plot_id, _ in chosen], selectors)
     result, taken, seen = Plots(), set(), set()
-    for plot_id, entries in data.items():
-        if not _selected(plot_id, selectors):
-            continue
-        for entry in entries:
-            if entry.get("type") != "vega" or not entry.get("content"):
-                continue
-            seen.update(s for s in selectors if _selected(plot_id, [s]))
-            png = _png_name(plot_id, taken)
-            (out / png).write_bytes(render_png(entry["content"], scale, plot_id))
-            revs = entry.get("revisions") or []
-            if base.name not in revs:
-                result.notes.append(f"`{plot_id}`: no data at the base `{base.name}`, workspace only.")
-            result.rendered.append((plot_id, _title(entry["content"], plot_id), png))
+    for plot_id, entry in chosen:
+        seen.update(s for s in selectors if _selected(plot_id, [s]))
+        spec = colour_by_series(entry["content"])
+        if plot_id in names:
+            spec = name_in_title(spec, names[plot_id])
+        png = _png_name(plot_id, taken)
+        (out / png).write_bytes(render_png(spec, scale, plot_id))
+        if base.name not in (entry.get("revisions") or []):
+            result.notes.append(f"`{plot_id}`: no data at the base `{base.name}`, workspace only.")
+        result.rendered.append((plot_id, _title(entry["content"], plot_id), png))
     for selector in selectors:
         if selector not in seen:
             result.notes.append(f"`{selector}`: no such plot with data in either revision.")
@@ -369,6 +754,8 @@ def plots_section(plots: Plots, images_url: str | None) -> list[str]:
     out = ["## Plots", ""]
     if images_url and plots.rendered:
         out += [f"The PNGs are in the [`pr-report` artifact]({images_url}) of this workflow run.", ""]
+    if plots.rendered:
+        out += ["Colour: model (or column); solid: workspace, dashed: base.", ""]
     last_title = None
     for plot_id, title, png in plots.rendered:
         if title != last_title:  # a folder id gives one plot per file, all with the same title
@@ -381,6 +768,110 @@ def plots_section(plots: Plots, images_url: str | None) -> list[str]:
     return [*out, ""] if plots.notes else out
 
 
+# --- one comment: cutting what does not fit ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    """A part of the page: Markdown blocks (paragraphs, tables) that blank lines separate.
+
+    ``rank`` orders the cuts when the page is too long for a comment (1 is cut first; 0 never) and
+    ``full`` says where all of it is, for the note that replaces what was cut.
+    """
+
+    name: str
+    blocks: tuple[str, ...]
+    rank: int = 0
+    full: str = ""
+
+
+def section(name: str, lines: Sequence[str], rank: int = 0, full: str = "") -> Section:
+    """A Section of Markdown lines as the builders above write them (a blank line after each block)."""
+    blocks, current = [], []
+    for line in [*lines, ""]:
+        if line.strip():
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    return Section(name, tuple(blocks), rank, full)
+
+
+def render(sections: Sequence[Section]) -> str:
+    return "\n\n".join(block for s in sections for block in s.blocks) + "\n"
+
+
+def _size(s: Section) -> int:
+    """Characters the section adds to the page (each block and the blank line after it)."""
+    return sum(len(block) + 2 for block in s.blocks)
+
+
+def _cut_note(s: Section, limit: int, rows: int, blocks: int) -> str:
+    """The bold note that ends a cut section: how much was left out and where all of it is."""
+    left = [f"{rows:,} more table rows"] if rows else []
+    left += [f"{blocks:,} more paragraphs or tables"] if blocks else []
+    what = " and ".join(left) or "the rest"
+    return f"**Cut here to fit one GitHub comment ({limit:,} characters): {what} left out.** All of it: {s.full}."
+
+
+def _table_head(block: str, room: int) -> tuple[str, int] | None:
+    """The header and first rows of a Markdown table within ``room`` characters, and the rows left."""
+    lines = block.split("\n")
+    if len(lines) < 3 or not all(line.startswith("|") for line in lines):
+        return None
+    kept, size = lines[:2], len(lines[0]) + len(lines[1]) + 3
+    for line in lines[2:]:
+        if size + len(line) + 1 > room:
+            break
+        kept.append(line)
+        size += len(line) + 1
+    return ("\n".join(kept), len(lines) - len(kept)) if len(kept) > 2 else None
+
+
+def shorten(s: Section, budget: int, limit: int) -> Section:
+    """The section's first blocks within ``budget`` characters, then a note on what was left out.
+
+    Its heading always stays; a table is cut between rows, keeping its header; a heading left
+    without its table goes too. Nothing is cut silently: the note names the file with all of it.
+    """
+    reserve = len(_cut_note(s, limit, 10**9, 10**9)) + 2
+    kept = list(s.blocks[:1])
+    room = budget - reserve - sum(len(b) + 2 for b in kept)
+    rows = later = 0
+    for i, block in enumerate(s.blocks[1:], start=1):
+        if len(block) + 2 <= room:
+            kept.append(block)
+            room -= len(block) + 2
+            continue
+        head = _table_head(block, room - 2)
+        if head:
+            kept.append(head[0])
+            rows = head[1]
+        later = len(s.blocks) - i - (1 if head else 0)
+        break
+    while len(kept) > 1 and kept[-1].startswith("#"):
+        kept.pop()
+        later += 1
+    return replace(s, blocks=(*kept, _cut_note(s, limit, rows, later)))
+
+
+def fit(sections: Sequence[Section], limit: int) -> tuple[list[Section], list[str]]:
+    """Cut the least important sections until the page has fewer than ``limit`` characters.
+
+    Returns the sections and the names of those cut. Sections of rank 0 (the title and the phantom
+    warning: a few hundred characters) are never cut, nor a cut section's heading and note, so a
+    ``limit`` below about 2,000 characters may not be reached; :data:`COMMENT_LIMIT` always is.
+    """
+    out, cut = list(sections), []
+    for i in sorted((i for i, s in enumerate(out) if s.rank), key=lambda i: out[i].rank):
+        excess = len(render(out)) - (limit - 1)
+        if excess <= 0:
+            break
+        out[i] = shorten(out[i], _size(out[i]) - excess, limit)
+        cut.append(out[i].name)
+    return out, cut
+
+
 # --- the whole report ----------------------------------------------------------------------------
 
 
@@ -389,32 +880,12 @@ class Report:
     markdown: str
     pngs: list[str]
     phantom: bool
+    files: dict[str, str] = field(default_factory=dict)  # the full tables, by file name in --out
+    cut: list[str] = field(default_factory=list)  # sections shortened to fit one comment
 
 
-def build_report(
-    repo: Repo,
-    base: Base,
-    out: Path,
-    *,
-    all_metrics: bool = False,
-    plots: Sequence[str] = KEY_PLOTS,
-    scale: float = 2.0,
-    images_url: str | None = None,
-) -> Report:
-    """Compare the workspace of ``repo`` with ``base``; write the PNGs into ``out``, return the page."""
-    targets = metric_targets(repo, base, all_metrics)
-    skip_metrics = not all_metrics and not targets  # an old base and head: no leaderboard file yet
-    metrics_args = ["metrics", "diff", "--md", base.name, *(["--targets", *targets] if targets else [])]
-    with TemporaryDirectory(prefix="pr-report-") as scratch, ThreadPoolExecutor(max_workers=3) as pool:
-        # three DVC start-ups (about a second each) in parallel; image plots are copied into scratch
-        metrics = None if skip_metrics else pool.submit(repo.dvc_out, *metrics_args)
-        params = pool.submit(repo.dvc_out, "params", "diff", "--md", base.name)
-        plots_json = pool.submit(repo.dvc_out, "plots", "diff", base.name, "--json", "-o", scratch)
-        head_doc = read_workspace(repo, HEADLINE)
-        base_doc = read_at(repo, base.name, HEADLINE)
-        rendered = plots_section_data(plots_json.result(), plots, out, scale, base)
-        metrics_md, params_md = ("" if metrics is None else metrics.result()), params.result()
-
+def _top(repo: Repo, base: Base, head_doc: Any | None) -> tuple[list[str], bool]:
+    """The marker, the phantom warning (if any), the title and the data source; and whether phantom."""
     sources = data_sources(repo, head_doc)
     reasons = [f"{where}: {src}" for where, src in sources.items() if src == PHANTOM_SOURCE]
     head_sha = (repo.git_out("rev-parse", "--short", "HEAD") or "").strip() or "no commit"
@@ -433,20 +904,114 @@ def build_report(
         lines += [f"Data source: unknown (neither `{MANIFEST}` nor `{HEADLINE}` names it).", ""]
     elif not reasons:
         lines += ["Data source: " + "; ".join(f"{where}: `{src}`" for where, src in sources.items()), ""]
-    lines += headline_section(base, base_doc, head_doc)
+    return lines, bool(reasons)
+
+
+def _metrics_scope(all_metrics: bool, targets: Sequence[str]) -> str:
     if all_metrics:
-        scope = "Every metrics file of dvc.yaml (`--all`)."
-    elif targets:
-        scope = (
-            "Leaderboard files only: " + ", ".join(f"`{t}`" for t in targets) + " (`--all` for every one)."
-        )
-    else:
-        scope = f"Neither `{HEADLINE}` nor `{COMPARE}` exists at either revision: `--all` diffs every metrics file."
-    no_change = "Nothing to compare." if skip_metrics else "No metric changed."
-    lines += diff_section("Metrics (`dvc metrics diff`)", metrics_md, scope, no_change)
-    lines += diff_section("Params (`dvc params diff`)", params_md, "All params files.", "No param changed.")
-    lines += plots_section(rendered, images_url)
-    return Report("\n".join(lines).rstrip() + "\n", [png for _, _, png in rendered.rendered], bool(reasons))
+        return "Every metrics file of dvc.yaml (`--all`)."
+    if targets:
+        return "Leaderboard files only: " + ", ".join(f"`{t}`" for t in targets) + " (`--all` for every one)."
+    return (
+        f"Neither `{HEADLINE}` nor `{COMPARE}` exists at either revision: `--all` diffs every metrics file."
+    )
+
+
+@dataclass(frozen=True)
+class Diffs:
+    """What the DVC commands print: the metrics diff as Markdown and JSON, the params diff, the plots."""
+
+    metrics_md: str
+    metrics_json: str
+    params_md: str
+    plots_json: str
+
+
+def run_diffs(repo: Repo, base: Base, targets: Sequence[str] | None, scratch: str) -> Diffs:
+    """The four ``dvc ... diff`` commands, in parallel (a DVC start-up is about a second).
+
+    ``targets`` None: no metrics file to compare (both metrics outputs are then empty); [] every one.
+    Image plots are copied into ``scratch``.
+    """
+    metrics = ["metrics", "diff", base.name, *(["--targets", *targets] if targets else [])]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        jobs = [
+            None if targets is None else pool.submit(repo.dvc_out, *metrics, "--md"),
+            None if targets is None else pool.submit(repo.dvc_out, *metrics, "--json"),
+            pool.submit(repo.dvc_out, "params", "diff", "--md", base.name),
+            pool.submit(repo.dvc_out, "plots", "diff", base.name, "--json", "-o", scratch),
+        ]
+        return Diffs(*("" if job is None else job.result() for job in jobs))
+
+
+def full_files(base: Base, diffs: Diffs, scope: str, no_metrics: str) -> dict[str, str]:
+    """``metrics-diff.md`` and ``params-diff.md``: the tables as DVC prints them, all rows."""
+    title = f"`{base.name}` ({base.sha[:7]}) -> workspace"
+    return {
+        METRICS_DIFF: full_diff_file(
+            f"`dvc metrics diff`: {title}",
+            f"dvc metrics diff --md {base.name}",
+            scope,
+            diffs.metrics_md,
+            no_metrics,
+        ),
+        PARAMS_DIFF: full_diff_file(
+            f"`dvc params diff`: {title}",
+            f"dvc params diff --md {base.name}",
+            "All params files.",
+            diffs.params_md,
+            "No param changed.",
+        ),
+    }
+
+
+def build_report(
+    repo: Repo,
+    base: Base,
+    out: Path,
+    *,
+    all_metrics: bool = False,
+    plots: Sequence[str] = KEY_PLOTS,
+    scale: float = 2.0,
+    images_url: str | None = None,
+    limit: int = COMMENT_LIMIT,
+) -> Report:
+    """Compare the workspace of ``repo`` with ``base``; write the PNGs into ``out``, return the page
+    (fewer than ``limit`` characters) and the full tables it links to.
+
+    Page order: phantom warning, headline, params, plots, metrics summary; when it is too long the
+    metrics summary is cut first, then the plots, the params, the headline (:func:`fit`).
+    """
+    targets = metric_targets(repo, base, all_metrics)
+    skip_metrics = not all_metrics and not targets  # an old base and head: no leaderboard file yet
+    with TemporaryDirectory(prefix="pr-report-") as scratch:
+        diffs = run_diffs(repo, base, None if skip_metrics else targets, scratch)
+        rendered = plots_section_data(diffs.plots_json, plots, out, scale, base)
+    head_doc, base_doc = read_workspace(repo, HEADLINE), read_at(repo, base.name, HEADLINE)
+    changes = metric_changes(diffs.metrics_json, lambda path: metrics_docs(repo, base.name, path))
+    top, phantom = _top(repo, base, head_doc)
+    scope = _metrics_scope(all_metrics, targets)
+    no_metrics = "Nothing to compare." if skip_metrics else "No metric changed."
+    metrics_link = _link(METRICS_DIFF, images_url)
+    pngs_at = f"the [`pr-report` artifact]({images_url})" if images_url else "the PNGs next to report.md"
+    params_lines = diff_section(
+        "Params (`dvc params diff`)", diffs.params_md, "All params files.", "No param changed."
+    )
+    sections = [
+        section("top", top),
+        section("headline", headline_section(base, base_doc, head_doc), 4, f"`{HEADLINE}` in the workspace"),
+        section("params", params_lines, 3, _link(PARAMS_DIFF, images_url)),
+        section("plots", plots_section(rendered, images_url), 2, pngs_at),
+        section(
+            "metrics",
+            metrics_summary(changes, scope, metrics_link, _row_count(diffs.metrics_md), no_metrics),
+            1,
+            metrics_link,
+        ),
+    ]
+    fitted, cut = fit(sections, limit)
+    pngs = [png for _, _, png in rendered.rendered]
+    return Report(render(fitted), pngs, phantom, full_files(base, diffs, scope, no_metrics), cut)
 
 
 def _clean(out: Path) -> None:
@@ -474,7 +1039,9 @@ def _clean(out: Path) -> None:
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     help="root of the DVC project",
 )
-@click.option("--all", "all_metrics", is_flag=True, help="diff every metrics file, not only the leaderboard")
+@click.option(
+    "--all", "all_metrics", is_flag=True, help="diff every metrics file, not only the leaderboard files"
+)
 @click.option(
     "--plot",
     "plots",
@@ -486,7 +1053,10 @@ def _clean(out: Path) -> None:
 @click.option(
     "--scale", default=2.0, show_default=True, type=click.FloatRange(0.1, 8), help="PNG pixels per Vega px"
 )
-@click.option("--images-url", help="link the PNGs to this URL instead of embedding them (a PR comment)")
+@click.option(
+    "--images-url",
+    help="link the PNGs and full tables to this URL (the run's artifact) instead of embedding them (a PR comment)",
+)
 @click.option("--dvc", "dvc_exe", help="dvc executable [default: PATH, else next to this Python]")
 def main(
     base: str,
@@ -498,7 +1068,8 @@ def main(
     images_url: str | None,
     dvc_exe: str | None,
 ) -> None:
-    """Write <out>/report.md: headline AUCs, metrics and params diffs and key plots against --base."""
+    """Write <out>/report.md (one GitHub comment): headline AUCs, params diff, key plots and a
+    summary of the metrics diff against --base; the full diffs go to metrics-diff.md, params-diff.md."""
     try:
         repo = open_repo(repo_path, dvc_exe)
         rev = resolve_base(repo, base)
@@ -508,16 +1079,22 @@ def main(
         report = build_report(
             repo, rev, out, all_metrics=all_metrics, plots=plots, scale=scale, images_url=images_url
         )
+        for name, text in report.files.items():  # the full tables first: report.md links them
+            (out / name).write_text(text)
+        (out / "report.md").write_text(report.markdown)
     except (PrReportError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    (out / "report.md").write_text(report.markdown)
-    click.echo(f"wrote {out / 'report.md'} and {len(report.pngs)} plot(s) against {rev.name}", err=True)
+    click.echo(
+        f"wrote {out / 'report.md'} ({len(report.markdown):,} characters), {len(report.pngs)} plot(s) "
+        f"and the full tables {', '.join(report.files)} against {rev.name}",
+        err=True,
+    )
     if report.phantom:
         click.echo("WARNING: phantom run (synthetic data): see the top of the report", err=True)
-    if len(report.markdown) > COMMENT_LIMIT:
+    if report.cut:
         click.echo(
-            f"WARNING: report.md has {len(report.markdown)} characters; a GitHub comment takes at most "
-            f"{COMMENT_LIMIT} (fewer metrics or plots: no --all)",
+            f"WARNING: cut to fit one GitHub comment ({COMMENT_LIMIT:,} characters): "
+            f"{', '.join(report.cut)} (a note in report.md says where all of it is)",
             err=True,
         )
 
