@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -172,16 +173,76 @@ def test_phantom_through_the_data_stages(tmp_path):
     assert ((loc["x"] + loc["w"]) <= 64 + 1e-6).all() and ((loc["y"] + loc["h"]) <= 64 + 1e-6).all()
 
 
-def test_preprocess_names_a_missing_image(tmp_path):
-    params = _params(
-        tmp_path, **{"data.phantom.images": 40, "data.phantom.image_px": 128, "preprocess.image_size": 32}
+def _preprocess(params: Path, raw: Path, out: Path):
+    return CliRunner().invoke(
+        preprocess.main, ["--params", str(params), "--raw", str(raw), "--out", str(out)]
     )
+
+
+SMALL = {"data.phantom.images": 40, "data.phantom.image_px": 128, "preprocess.image_size": 32}
+
+
+def test_preprocess_redraws_the_phantom_where_a_workspace_lacks_it(tmp_path):
+    """A DVC temporary workspace or a fresh clone has the manifest but not the (untracked) PNGs."""
+    params = _params(tmp_path, **SMALL)
     raw = tmp_path / "raw"
     _run(download.main, "--params", str(params), "--out", str(raw))
-    victim = sorted((raw / "images").iterdir())[5]
-    victim.unlink()
-    result = CliRunner().invoke(
-        preprocess.main, ["--params", str(params), "--raw", str(raw), "--out", str(tmp_path / "c")]
+    originals = {p.name: p.read_bytes() for p in (raw / "images").iterdir()}
+    _run(preprocess.main, "--params", str(params), "--raw", str(raw), "--out", str(tmp_path / "before"))
+
+    names = sorted(originals)
+    (raw / "images" / names[5]).unlink()  # one lost
+    (raw / "images" / names[6]).write_bytes(originals[names[7]])  # one replaced by another's bytes
+    assert _preprocess(params, raw, tmp_path / "one").exit_code == 0
+    assert {p.name: p.read_bytes() for p in (raw / "images").iterdir()} == originals
+
+    for path in (raw / "images").iterdir():  # all gone, as in `dvc exp run --queue`
+        path.unlink()
+    (raw / "images").rmdir()
+    assert _preprocess(params, raw, tmp_path / "all").exit_code == 0
+    assert {p.name: p.read_bytes() for p in (raw / "images").iterdir()} == originals
+    for out in ("one", "all"):
+        assert (tmp_path / out / "images.npy").read_bytes() == (
+            tmp_path / "before" / "images.npy"
+        ).read_bytes()
+
+
+def test_preprocess_refuses_a_phantom_other_params_describe(tmp_path):
+    params = _params(tmp_path, **SMALL)
+    raw = tmp_path / "raw"
+    _run(download.main, "--params", str(params), "--out", str(raw))
+    shutil.rmtree(raw / "images")
+    (tmp_path / "other").mkdir()
+    other = _params(tmp_path / "other", **SMALL, **{"data.phantom.seed": 1})
+    result = _preprocess(other, raw, tmp_path / "c")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a message, not a traceback
+    assert "does not match" in result.output and "dvc repro download" in result.output
+
+
+def _local_copy(tmp_path: Path) -> tuple[Path, Path]:
+    """A phantom written as a user's own copy, linked in place by ``data.source: <folder>``."""
+    copy = tmp_path / "copy"
+    params = _params(tmp_path, **SMALL, **{"data.source": str(copy)})
+    phantom.generate(
+        phantom.PhantomConfig(**yaml.safe_load(params.read_text())["data"]["phantom"]), copy, progress=False
     )
+    (copy / md.DATA_ENTRY).rename(copy / md.DATA_ENTRY_V2020)  # as NIH names it
+    _run(download.main, "--params", str(params), "--out", str(tmp_path / "raw"))
+    return copy, params
+
+
+def test_preprocess_names_a_missing_image_of_a_local_copy(tmp_path):
+    copy, params = _local_copy(tmp_path)
+    victim = sorted((copy / "images").iterdir())[5]
+    victim.unlink()  # a local copy is never redrawn: the missing file is named
+    result = _preprocess(params, tmp_path / "raw", tmp_path / "c")
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a message, not a traceback
     assert victim.name in result.output
+
+
+def test_preprocess_names_a_local_copy_that_is_gone(tmp_path):
+    copy, params = _local_copy(tmp_path)
+    shutil.rmtree(copy / "images")
+    result = _preprocess(params, tmp_path / "raw", tmp_path / "c")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert str(copy) in result.output and "no images there" in result.output

@@ -238,6 +238,15 @@ def test_threshold_change_rescores_without_retraining(project):
         _sh(project, "git", "checkout", "params.yaml")
 
 
+def test_experiments_that_change_the_data_stages_run_outside_the_workspace(project):
+    """A DVC temporary workspace (``--temp``, ``--queue``) has the manifest but not the untracked
+    phantom PNGs: preprocess draws them again."""
+    run = _sh(project, "dvc", "exp", "run", "--temp", "-S", "preprocess.workers=1", "-n", "pre-w1")
+    assert "Running stage 'preprocess'" in run and "Running stage 'train@" not in run  # the same cache
+    shown = _sh(project, "dvc", "exp", "show", "--csv", "--only-changed")
+    assert "pre-w1" in shown
+
+
 def test_experiments_lr_and_queued_grid(project):
     """`dvc exp run -S lr=...` retrains without re-preprocessing; a queued lr x seeds grid runs with -j 2."""
     run = _sh(project, "dvc", "exp", "run", "-S", "lr=0.001", "-n", "lr-001")

@@ -90,6 +90,11 @@ def _fingerprint(found: dict[str, Path]) -> str:
     return digest.hexdigest()
 
 
+def image_fingerprint(image_root: Path, layout: str) -> str:
+    """The manifest's fingerprint of the images now under ``image_root`` (sha256 over names and sizes)."""
+    return _fingerprint(scan_images(image_root, layout))
+
+
 def write_manifest(raw_dir: Path, source: str, image_root: Path, *, label_file: str) -> Manifest:
     """Scan the images, compare with ``Data_Entry.csv``, and write ``raw_dir/manifest.json``.
 

@@ -570,12 +570,16 @@ def write_bbox_list(path: Path, boxes: list[tuple[str, str, float, float, float,
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-def generate(cfg: PhantomConfig, raw_dir: Path, progress: bool = True) -> PhantomPlan:
-    """Write the phantom set into ``raw_dir`` in the official layout; returns its plan."""
-    raw_dir = Path(raw_dir)
-    images_dir = raw_dir / "images"
+def draw_images(
+    cfg: PhantomConfig, the_plan: PhantomPlan, images_dir: Path, progress: bool = True
+) -> dict[str, dict[str, tuple[int, int, int, int]]]:
+    """Write the plan's PNGs into ``images_dir``; returns each image's sign boxes (pixel space).
+
+    Also how a workspace without the images (a DVC temporary workspace, a fresh clone) gets them
+    back: every image is a pure function of ``(config, image number)``.
+    """
+    images_dir = Path(images_dir)
     images_dir.mkdir(parents=True, exist_ok=True)
-    the_plan = plan(cfg)
     jobs = [(s, cfg.image_px, str(images_dir)) for s in the_plan.specs]
     bar = tqdm(total=len(jobs), desc="phantom images", unit="img", disable=not progress)
     drawn: dict[str, dict[str, tuple[int, int, int, int]]] = {}
@@ -590,6 +594,14 @@ def generate(cfg: PhantomConfig, raw_dir: Path, progress: bool = True) -> Phanto
             drawn[name] = boxes
             bar.update()
     bar.close()
+    return drawn
+
+
+def generate(cfg: PhantomConfig, raw_dir: Path, progress: bool = True) -> PhantomPlan:
+    """Write the phantom set into ``raw_dir`` in the official layout; returns its plan."""
+    raw_dir = Path(raw_dir)
+    the_plan = plan(cfg)
+    drawn = draw_images(cfg, the_plan, raw_dir / "images", progress)
 
     # Boxes only for test images (all 984 real boxes are in the test list), as floats in 1024 space.
     rng = np.random.default_rng([cfg.seed, 2])
