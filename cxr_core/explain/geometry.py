@@ -191,18 +191,19 @@ def heatmap_boxes(heatmap: Any, threshold: float) -> list[tuple[float, float, fl
     h = np.asarray(heatmap)
     if h.ndim != 2:
         raise ValueError(f"heatmap must be S x S, got shape {h.shape}")
-    binary = binarise(h, threshold)
-    labelled, _ = ndimage.label(binary, structure=np.ones((3, 3), dtype=bool))
-    boxes = []
-    for rows, cols in ndimage.find_objects(labelled):
-        boxes.append(
-            (
-                float(cols.start),
-                float(rows.start),
-                float(cols.stop - cols.start),
-                float(rows.stop - rows.start),
-            )
-        )
+    return [tuple(float(v) for v in box) for box in _component_boxes(binarise(h, threshold))]
+
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def _component_boxes(binary: np.ndarray) -> np.ndarray:
+    """``N x 4`` float ``(x, y, w, h)`` of the 8-connected regions of a 2-D boolean map, label order."""
+    labelled, _ = ndimage.label(binary, structure=_EIGHT_CONNECTED)
+    found = ndimage.find_objects(labelled)
+    boxes = np.empty((len(found), 4))
+    for i, (rows, cols) in enumerate(found):
+        boxes[i] = (cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
     return boxes
 
 
@@ -258,18 +259,29 @@ def best_box_scores(
     """Per threshold, the best IoU and the best IoBB of any box from :func:`heatmap_boxes` (0 if none).
 
     The two maxima are taken independently (the best-IoBB box need not be the best-IoU one), the
-    usual reading of "a hit if any predicted box overlaps enough".
+    usual reading of "a hit if any predicted box overlaps enough". The map is checked and turned
+    into levels once for the whole sweep (what :func:`heatmap_boxes` does per threshold); the
+    localise stage calls this for every box and method, so that is most of its time.
     """
     t = _as_box(truth_box, "truth_box")
     a = _check_thresholds(thresholds)
+    h = np.asarray(heatmap)
+    if h.ndim != 2:
+        raise ValueError(f"heatmap must be S x S, got shape {h.shape}")
+    levels = to_uint8(h)
+    top = int(levels.max()) if levels.size else -1
     best_iou = np.zeros(a.size)
     best_iobb = np.zeros(a.size)
-    for n, threshold in enumerate(a):
-        boxes = heatmap_boxes(heatmap, float(threshold))
-        if boxes:
-            pred = np.asarray(boxes)
-            best_iou[n] = np.max(box_iou(pred, t))
-            best_iobb[n] = np.max(box_iobb(pred, t))
+    truth_area = t[2] * t[3]
+    for n, level in enumerate(_first_level_above(a)):
+        if level > top:  # nothing above this level, nor above any higher one
+            break
+        pred = _component_boxes(levels >= level)
+        inter = _intersection(pred, t)
+        area = pred[:, 2] * pred[:, 3]
+        union = area + truth_area - inter  # as box_iou / box_iobb compute them, to the bit
+        best_iou[n] = np.max(np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0))
+        best_iobb[n] = np.max(np.where(area > 0, inter / np.where(area > 0, area, 1.0), 0.0))
     return best_iou, best_iobb
 
 

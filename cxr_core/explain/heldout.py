@@ -77,14 +77,26 @@ def heldout_scores(
     (0/1 per cut-off) and ``maxboxacc`` (their mean), and the chosen thresholds.
     """
     iou = paper_iou(maps, masks, sweep)
-    best = best_box_iou_sweep(maps, boxes, sweep)
     i_iou = choose_threshold(iou, labels, tune)
     columns = {"iou_tuned": iou[:, i_iou]}
     chosen: dict = {"iou": float(sweep[i_iou]), "maxboxacc": {}}
+    # The component sweep is the costly part: every threshold on the tune rows (to choose), only the
+    # chosen thresholds on the report rows (NaN elsewhere, never read: they count as not reached).
+    tune = np.asarray(tune, dtype=bool)
+    sweep = np.asarray(sweep, dtype=np.float64)
+    best = np.full((len(maps), len(sweep)), np.nan)
+    best[tune] = best_box_iou_sweep(maps[tune], boxes[tune], sweep)
+    picks = {
+        delta: choose_threshold((best >= delta).astype(np.float64), labels, tune, hits=True)
+        for delta in maxboxacc_iou
+    }
+    needed = sorted(set(picks.values()))
+    if needed and (~tune).any():
+        best[np.ix_(~tune, needed)] = best_box_iou_sweep(maps[~tune], boxes[~tune], sweep[needed])
     hits = []
     for delta in maxboxacc_iou:
         reached = (best >= delta).astype(np.float64)
-        i_box = choose_threshold(reached, labels, tune, hits=True)
+        i_box = picks[delta]
         key = delta_key(delta)
         columns[f"maxbox_{key}"] = reached[:, i_box]
         chosen["maxboxacc"][key] = float(sweep[i_box])
