@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install repro test lint bench pr-report leaderboard gpu-check scale
+.PHONY: install repro test lint bench pr-report leaderboard gpu-check scale known-answer profile
 
 BASE ?= main
 PR_REPORT_ARGS ?=
@@ -28,6 +28,15 @@ lint: install
 
 test: lint
 	pytest -q
+
+# the long phantom run (configs/known-answer.yaml; about 65 min on 2 CPU cores) as a DVC experiment in a
+# temporary workspace: prints each model's verdict and exits 1 unless all six pass (README: "The known answer")
+known-answer: install
+	cxr known-answer
+
+# where `dvc repro` spends its time, stage by stage (forces every stage; results come out unchanged)
+profile: install
+	python -m benchmarks stages
 
 # dvc exp show as a leaderboard: experiment, lr and each model's test macro AUC (about 190 columns)
 leaderboard: install

@@ -1,7 +1,8 @@
 """``python -m benchmarks all [--quick] [--out benchmarks/results]``: every benchmark, one report.
 
 Sub-commands ``loader``, ``models``, ``preprocess``, ``cams``, ``compare`` run one section each.
-Two more stand apart and are not part of ``all``: ``scale`` (a dry run of every post-image step at
+``stages`` profiles ``dvc repro`` stage by stage (``benchmarks.stages``). Two more stand apart and
+are not part of ``all``: ``scale`` (a dry run of every post-image step at
 the real data set's size, ``benchmarks.scale``) and ``gpu-check`` (one GPU's training speed per
 model and a phantom epoch on it, ``benchmarks.gpu_check``; it refuses to run without CUDA unless
 ``--allow-cpu``).
@@ -231,6 +232,19 @@ def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise click.BadParameter(f"{value!r}: every fraction must be in (0, 1]")
     return fractions
+
+
+@cli.command("stages")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
+@click.option(
+    "--only", multiple=True, help="stage families to time (e.g. --only test --only cams); default all"
+)
+def stages(out: Path, only: tuple[str, ...]) -> None:
+    """Where `dvc repro` spends its time: every stage forced in DAG order, split into start / dvc / work."""
+    from benchmarks import stages as stages_bench
+
+    result = stages_bench.run(Path.cwd(), out, only)
+    write_json(out / "stages.json", result)
 
 
 @cli.command("scale")

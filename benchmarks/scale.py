@@ -611,7 +611,7 @@ def _step_compare(job: Job) -> dict[str, Any]:
         records = BoxRecords.read(job.root / "timed" / "boxes.csv")
         settings = CompareSettings(
             n_boot=SETTINGS["bootstrap"], ci=SETTINGS["ci"], seed=job.seed, alpha=0.05,
-            box_threshold=0.25, box_cutoff=0.1,
+            min_auc_difference=0.05, min_rate_difference=0.05, box_threshold=0.25, box_cutoff=0.1,
         )  # fmt: skip
         return _predictions(job), records, LocTable.read(job.splits).table, settings
 

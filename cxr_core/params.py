@@ -317,6 +317,8 @@ SCHEMA = Section(
         "compare": Section(
             {
                 "alpha": Float(0.0, 0.5, lo_open=True),
+                "min_auc_difference": Float(0.0, 1.0),
+                "min_rate_difference": Float(0.0, 1.0),
                 "box_threshold": Float(0.0, 1.0, decimals=2),
                 "box_cutoff": Float(0.0, 1.0, decimals=2),
             }
@@ -346,6 +348,12 @@ SCHEMA = Section(
                         "cnn_auc": PROB,
                         "transformer_auc": PROB,
                         "pointing_ratio": Float(0.0, 1000.0, lo_open=True),
+                        "min_epochs": Section(
+                            {
+                                family: Int(0, 10000)
+                                for family in ("densenet", "efficientnet", "swin", "other")
+                            }
+                        ),
                     }
                 ),
             }

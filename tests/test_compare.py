@@ -501,7 +501,16 @@ def test_study_known_answer_and_copy_is_exactly_zero() -> None:
     from cxr_core.compare.study import CompareSettings, compare_study
 
     predictions, boxes, loc = _study_inputs()
-    settings = CompareSettings(n_boot=300, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    settings = CompareSettings(
+        n_boot=300,
+        ci=0.95,
+        seed=0,
+        alpha=0.05,
+        min_auc_difference=0.0,
+        min_rate_difference=0.0,
+        box_threshold=0.25,
+        box_cutoff=0.1,
+    )
     doc = compare_study(predictions, boxes, loc, [0], settings)
     pairs = doc["auc"]["pairs"]
     assert set(pairs) == {"good_vs_chance", "good_vs_copy", "chance_vs_copy"}
@@ -533,7 +542,16 @@ def test_study_seeds_give_mean_and_spread() -> None:
     from cxr_core.evaluate.metrics import macro_auc
 
     predictions, boxes, loc = _study_inputs(seed=3, n_seeds=2)
-    settings = CompareSettings(n_boot=100, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    settings = CompareSettings(
+        n_boot=100,
+        ci=0.95,
+        seed=0,
+        alpha=0.05,
+        min_auc_difference=0.0,
+        min_rate_difference=0.0,
+        box_threshold=0.25,
+        box_cutoff=0.1,
+    )
     doc = compare_study(predictions, boxes, loc, [0, 5], settings)
     spread = doc["seed_runs"]["good"]
     per_seed = [macro_auc(r.targets, r.probs) for r in predictions["good"]]
@@ -557,7 +575,16 @@ def test_study_refuses_runs_on_different_test_sets() -> None:
     predictions["chance"] = [
         Predictions(bad.images, bad.rows, bad.patients[::-1].copy(), bad.probs, bad.targets)
     ]
-    settings = CompareSettings(n_boot=10, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    settings = CompareSettings(
+        n_boot=10,
+        ci=0.95,
+        seed=0,
+        alpha=0.05,
+        min_auc_difference=0.0,
+        min_rate_difference=0.0,
+        box_threshold=0.25,
+        box_cutoff=0.1,
+    )
     with pytest.raises(ArtifactError, match="chance.*different test images"):
         compare_study(predictions, boxes, loc, [0], settings)
     predictions, boxes, loc = _study_inputs()
@@ -570,9 +597,20 @@ def test_study_with_one_model_names_it_best() -> None:
     from cxr_core.compare.study import CompareSettings, compare_study
 
     predictions, boxes, loc = _study_inputs()
-    settings = CompareSettings(n_boot=10, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    settings = CompareSettings(
+        n_boot=10,
+        ci=0.95,
+        seed=0,
+        alpha=0.05,
+        min_auc_difference=0.0,
+        min_rate_difference=0.0,
+        box_threshold=0.25,
+        box_cutoff=0.1,
+    )
     doc = compare_study({"good": predictions["good"]}, {"good": boxes["good"]}, loc, [0], settings)
-    assert doc["ranking"] == {"best": "good", "order": ["good"], "gap": {}} and doc["auc"] == {}
+    assert (
+        doc["ranking"] == {"best": "good", "order": ["good"], "gap": {}, "margin": 0.0} and doc["auc"] == {}
+    )
 
 
 def test_study_ranks_models_by_name_even_with_dots_in_them() -> None:
@@ -582,7 +620,16 @@ def test_study_ranks_models_by_name_even_with_dots_in_them() -> None:
     predictions, boxes, loc = _study_inputs()
     renamed = {"good.a1_in1k": predictions["good"], "chance": predictions["chance"]}
     boxes = {"good.a1_in1k": boxes["good"], "chance": boxes["chance"]}
-    settings = CompareSettings(n_boot=50, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    settings = CompareSettings(
+        n_boot=50,
+        ci=0.95,
+        seed=0,
+        alpha=0.05,
+        min_auc_difference=0.0,
+        min_rate_difference=0.0,
+        box_threshold=0.25,
+        box_cutoff=0.1,
+    )
     doc = compare_study(renamed, boxes, loc, [0], settings)
     assert doc["ranking"]["best"] == "good.a1_in1k" and set(doc["ranking"]["gap"]) == {"chance"}
     assert doc["localisation"]["pointing"]["models_by_method"]["GradCAM"]["ranking"]["best"] == "good.a1_in1k"
@@ -592,7 +639,16 @@ def test_heldout_block_reports_the_report_half_with_baseline_gaps() -> None:
     from cxr_core.compare.study import CompareSettings, compare_study
 
     predictions, boxes, loc = _study_inputs()
-    settings = CompareSettings(n_boot=300, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    settings = CompareSettings(
+        n_boot=300,
+        ci=0.95,
+        seed=0,
+        alpha=0.05,
+        min_auc_difference=0.0,
+        min_rate_difference=0.0,
+        box_threshold=0.25,
+        box_cutoff=0.1,
+    )
     doc = compare_study(predictions, boxes, loc, [0], settings)
     held = doc["localisation"]["heldout"]
     report = loc[loc["subset"] == "report"]
@@ -617,7 +673,16 @@ def test_heldout_ignores_the_tune_half() -> None:
     from cxr_core.compare.study import CompareSettings, compare_study
 
     predictions, boxes, loc = _study_inputs()
-    settings = CompareSettings(n_boot=100, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    settings = CompareSettings(
+        n_boot=100,
+        ci=0.95,
+        seed=0,
+        alpha=0.05,
+        min_auc_difference=0.0,
+        min_rate_difference=0.0,
+        box_threshold=0.25,
+        box_cutoff=0.1,
+    )
     before = compare_study(predictions, boxes, loc, [0], settings)["localisation"]["heldout"]
     changed = {}
     for model, runs in boxes.items():
@@ -635,7 +700,16 @@ def test_heldout_refuses_records_split_differently_from_loc() -> None:
     from cxr_core.errors import ArtifactError
 
     predictions, boxes, loc = _study_inputs()
-    settings = CompareSettings(n_boot=50, ci=0.95, seed=0, alpha=0.05, box_threshold=0.25, box_cutoff=0.1)
+    settings = CompareSettings(
+        n_boot=50,
+        ci=0.95,
+        seed=0,
+        alpha=0.05,
+        min_auc_difference=0.0,
+        min_rate_difference=0.0,
+        box_threshold=0.25,
+        box_cutoff=0.1,
+    )
     stale = loc.assign(subset=np.where(loc["subset"] == "tune", "report", "tune"))  # re-split since
     with pytest.raises(ArtifactError, match="tune / report differently from loc.csv"):
         compare_study(predictions, boxes, stale, [0], settings)
@@ -650,3 +724,19 @@ def test_ranking_treats_equal_class_mean_rates_that_differ_in_the_last_bit_as_a_
     assert result["best"] == "GradCAM" and result["order"] == ["GradCAM", "HiResCAM", "EigenCAM"]
     scores["HiResCAM"] = 0.6  # a real difference still wins
     assert ranking({"pairs": {}}, scores, 0.05, part="class_mean")["best"] == "HiResCAM"
+
+
+def test_a_significant_lead_within_the_training_noise_margin_is_not_called() -> None:
+    """Holm p < alpha is not enough: the best must also lead by more than compare.min_auc_difference."""
+    from cxr_core.compare.study import ranking
+
+    def pairs(diff: float) -> dict:
+        stat = {"diff": diff, "ci": [diff - 0.01, diff + 0.01], "p_holm": 0.001}
+        return {"pairs": {"a_vs_b": {"a": "a", "b": "b", "macro": stat}}}
+
+    scores = {"a": 0.86, "b": 0.83}
+    assert ranking(pairs(0.03), scores, 0.05)["gap"]["b"]["worse"]  # no margin: called
+    within = ranking(pairs(0.03), scores, 0.05, margin=0.05)
+    assert not within["gap"]["b"]["worse"] and within["margin"] == 0.05
+    assert ranking(pairs(0.06), scores, 0.05, margin=0.05)["gap"]["b"]["worse"]
+    assert not ranking(pairs(0.05), scores, 0.05, margin=0.05)["gap"]["b"]["worse"]  # strictly more

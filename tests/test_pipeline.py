@@ -247,6 +247,36 @@ def test_experiments_that_change_the_data_stages_run_outside_the_workspace(proje
     assert "pre-w1" in shown
 
 
+def test_make_known_answer_runs_a_config_as_an_experiment_and_exits_on_its_verdicts(project):
+    """`cxr known-answer --config C`: C's differences as `dvc exp run --temp -S ...`, then the exit code
+    follows the experiment's metrics/known_answer.json; the workspace keeps its own results."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    before = (project / "metrics" / "known_answer.json").read_text()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for name, cnn_auc, expected_rc in (("unreachable", 0.999, 1), ("lenient", 0.0, 0)):
+        config = yaml.safe_load((project / "params.yaml").read_text())
+        config["report"]["known_answer"].update(cnn_auc=cnn_auc, transformer_auc=cnn_auc, pointing_ratio=0.0)
+        config["report"]["known_answer"]["min_epochs"] = dict.fromkeys(
+            params["report"]["known_answer"]["min_epochs"], 0
+        )
+        path = project / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        done = subprocess.run(
+            ["cxr", "known-answer", "--config", path.name, "--name", f"ka-{name}"],
+            cwd=project, env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert done.returncode == expected_rc, done.stdout + done.stderr[-3000:]
+        verdicts = [line.split()[1] for line in done.stdout.splitlines() if line.startswith(tuple(MODELS))]
+        assert len(verdicts) == len(MODELS)  # the report judges each model's first seed
+        assert set(verdicts) == ({"fail"} if expected_rc else {"pass"}), done.stdout
+        assert (
+            "Running stage 'report'" in done.stderr + done.stdout
+            and "Running stage 'train@" not in done.stdout
+        )
+        path.unlink()
+    assert (project / "metrics" / "known_answer.json").read_text() == before  # the workspace is untouched
+
+
 def test_experiments_lr_and_queued_grid(project):
     """`dvc exp run -S lr=...` retrains without re-preprocessing; a queued lr x seeds grid runs with -j 2."""
     run = _sh(project, "dvc", "exp", "run", "-S", "lr=0.001", "-n", "lr-001")

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import click
 
 from cxr_core.app.imaging import DEFAULT_LIMITS
+from cxr_core.app.known_answer_run import main as known_answer
 from cxr_core.app.leaderboard import main as leaderboard
 from cxr_core.app.overlay import DISPLAY_PX
 from cxr_core.app.pr_report import main as pr_report
@@ -706,6 +707,7 @@ def demo(
 
 main.add_command(pr_report, name="pr-report")
 main.add_command(leaderboard, name="leaderboard")
+main.add_command(known_answer, name="known-answer")
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,9 @@ JSON (``metrics/compare.json``) that the report turns into its comparison tables
 * ``seed_runs``: each model's macro AUC per training seed, their mean and standard deviation;
 * ``delong``: DeLong's test per class and pair on the first seed's predictions (image-level);
 * ``ranking``: the model with the highest macro AUC and, for every other, whether it is
-  significantly worse (Holm-adjusted p < ``compare.alpha`` and the difference favours the best);
+  significantly worse (Holm-adjusted p < ``compare.alpha`` and behind the best by more than
+  ``compare.min_auc_difference``: the tests are conditional on one training run per model, so a
+  difference smaller than the spread between training runs is never called);
 * ``localisation``: the same paired bootstrap for the pointing game and box accuracy, between
   models for each CAM method and between methods for each model, with the same ranking; and
   ``localisation.heldout``: on the report half of the boxes only (thresholds were chosen on the
@@ -92,6 +94,8 @@ class CompareSettings:
     ci: float
     seed: int
     alpha: float
+    min_auc_difference: float
+    min_rate_difference: float
     box_threshold: float
     box_cutoff: float
 
@@ -106,6 +110,8 @@ class CompareSettings:
             ci=float(test["ci"]),
             seed=int(cfg["seed"]),
             alpha=float(compare["alpha"]),
+            min_auc_difference=float(compare["min_auc_difference"]),
+            min_rate_difference=float(compare["min_rate_difference"]),
             box_threshold=float(compare["box_threshold"]),
             box_cutoff=float(compare["box_cutoff"]),
         )
@@ -176,7 +182,11 @@ def seed_spread(predictions: Mapping[str, Sequence[Predictions]], seeds: Sequenc
 
 
 def ranking(
-    summary: Mapping[str, Any], score: Mapping[str, float | None], alpha: float, part: str | None = None
+    summary: Mapping[str, Any],
+    score: Mapping[str, float | None],
+    alpha: float,
+    part: str | None = None,
+    margin: float = 0.0,
 ) -> dict[str, Any]:
     """The best contender by ``score`` and, for each other, its gap to the best from the pair table.
 
@@ -184,11 +194,12 @@ def ranking(
     is ``class_mean``). The best is the first listed of those within
     :data:`cxr_core.explain.class_means.TIE_TOLERANCE` of the highest score (equal class-mean rates
     can differ in their last bit). A contender is ``worse`` when the Holm-adjusted p of its pair with the best
-    is below ``alpha`` and the difference favours the best; the best itself is never worse.
+    is below ``alpha`` and the best is ahead by more than ``margin`` (the spread between training
+    runs, which the paired test does not see); the best itself is never worse.
     """
     scored = {name: s for name, s in score.items() if s is not None}  # an undefined score is not ranked
     if not scored:
-        return {"best": None, "order": [], "gap": {}}
+        return {"best": None, "order": [], "gap": {}, "margin": margin}
     ranked = [name for name in score if name in scored]
     best = ranked[first_best([scored[n] for n in ranked])]  # first in order on (float-noise) ties
     order = [best, *sorted((n for n in ranked if n != best), key=lambda n: (-scored[n], ranked.index(n)))]
@@ -205,9 +216,9 @@ def ranking(
         lo, hi = stat["ci"]
         ci = [None if hi is None else sign * hi, None if lo is None else sign * lo] if sign < 0 else [lo, hi]
         p_holm = stat.get("p_holm")
-        worse = p_holm is not None and p_holm < alpha and diff is not None and diff > 0
+        worse = p_holm is not None and p_holm < alpha and diff is not None and diff > margin
         gap[other] = {"diff": diff, "ci": ci, "p_holm": p_holm, "worse": bool(worse)}
-    return {"best": best, "order": order, "gap": gap}
+    return {"best": best, "order": order, "gap": gap, "margin": margin}
 
 
 def _box_hits(records: pd.DataFrame, metric: str, settings: CompareSettings) -> pd.Series:
@@ -265,7 +276,9 @@ def _rate_block(
     for pair in summary["pairs"].values():
         rates[pair["b"]] = pair["class_mean"]["rate_b"]
     summary["rate"] = rates
-    summary["ranking"] = ranking(summary, rates, settings.alpha, part="class_mean")
+    summary["ranking"] = ranking(
+        summary, rates, settings.alpha, part="class_mean", margin=settings.min_rate_difference
+    )
     return summary
 
 
@@ -407,7 +420,7 @@ def compare_study(
     localisation = compare_localisation(records, loc, seeds, settings)
     if len(predictions) < 2:
         (only,) = predictions
-        empty = {"best": only, "order": [only], "gap": {}}
+        empty = {"best": only, "order": [only], "gap": {}, "margin": settings.min_auc_difference}
         return {**head, "auc": {}, "delong": {}, "ranking": empty, "localisation": localisation}
     probs = {m: np.stack([run.probs for run in runs]) for m, runs in predictions.items()}
     result = paired_auc_bootstrap(
@@ -424,6 +437,6 @@ def compare_study(
         **head,
         "auc": auc,
         "delong": delong,
-        "ranking": ranking(auc, macro, settings.alpha),
+        "ranking": ranking(auc, macro, settings.alpha, margin=settings.min_auc_difference),
         "localisation": localisation,
     }

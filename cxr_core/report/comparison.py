@@ -245,6 +245,12 @@ def _names(models: Sequence[str]) -> str:
     return ", ".join(shown[:-1]) + " and " + shown[-1]
 
 
+def _study_order(comparison: Comparison, models: Sequence[str]) -> list[str]:
+    """``models`` in the study's order (params ``models``), not by score: a tie reads the same on every CPU."""
+    order = list(comparison.doc["models"])
+    return sorted(models, key=lambda m: order.index(m) if m in order else len(order))
+
+
 def _split(rank: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     worse = [m for m, g in rank["gap"].items() if g["worse"]]
     return worse, [m for m in rank["gap"] if m not in worse]
@@ -264,26 +270,25 @@ def verdict(comparison: Comparison) -> str:
     rank = comparison.ranking
     if rank["best"] is None:
         return "**Verdict.** No model has a defined macro AUC, so the data cannot rank them.\n"
-    best = display_name(rank["best"])
     worse, tied = _split(rank)
     seeds = len(comparison.doc["seeds"])
-    lines = [
-        f"**Verdict (classification).** {best} has the highest "
-        f"{'seed-mean ' if seeds > 1 else ''}macro test AUC."
-    ]
+    mean = "seed-mean " if seeds > 1 else ""
     if not tied:
-        lines.append(f" Every other model is significantly worse ({_names(worse)}).")
-    elif not worse:
-        lines.append(f" The data cannot separate it from any other model ({_names(tied)}).")
+        lines = [
+            f"**Verdict (classification).** {display_name(rank['best'])} classifies best: every other "
+            f"model is significantly worse ({_names(worse)})."
+        ]
     else:
-        lines.append(
-            f" Significantly worse: {_names(worse)}. Not separable from {best} with these data: {_names(tied)}."
-        )
+        lead = _names(_study_order(comparison, [rank["best"], *tied]))
+        lines = [f"**Verdict (classification).** Not separable at the top: {lead}."]
+        if worse:
+            lines.append(f" Significantly worse: {_names(worse)}.")
     runs = "one training run per model" if seeds == 1 else f"{seeds} training seeds per model"
     lines.append(
-        " Significance: paired patient bootstrap of the macro AUC difference, Holm-adjusted over all "
-        f"model pairs, at the family-wise level `compare.alpha`; it is conditional on the trained runs "
-        f"({runs}): seed-to-seed variation is not in it.\n"
+        f" Significance: paired patient bootstrap of the {mean}macro AUC difference from the highest, "
+        "Holm-adjusted over all model pairs, at the family-wise level `compare.alpha`, and only for a "
+        "lead larger than `compare.min_auc_difference`: the test is conditional on the trained runs "
+        f"({runs}) and does not see how much another training run (seed, CPU kind) would move them.\n"
     )
     loc = comparison.loc(HEADLINE_LOC_METRIC)["models_by_method"]
     parts = []
@@ -292,12 +297,11 @@ def verdict(comparison: Comparison) -> str:
         if rank_m.get("best") is None:
             continue
         worse_m, tied_m = _split(rank_m)
-        text = f"with {method}, {display_name(rank_m['best'])} points best"
-        text += (
-            f" (not separable from {_names(tied_m)})"
-            if tied_m
-            else " (every other model significantly worse)"
-        )
+        if tied_m:
+            lead = _names(_study_order(comparison, [rank_m["best"], *tied_m]))
+            text = f"with {method}, {lead} lead, not separable"
+        else:
+            text = f"with {method}, {display_name(rank_m['best'])} points best (every other model significantly worse)"
         if not _beats_control(comparison, rank_m["best"], method):
             text += f", though not significantly better than {CONTROL_METHOD} there"
         parts.append(text)
@@ -306,7 +310,7 @@ def verdict(comparison: Comparison) -> str:
         lines.append(
             f"\n**Verdict (localisation, {LOC_METRIC_NAMES[HEADLINE_LOC_METRIC]}).** "
             + "; ".join(parts)
-            + ". Holm-adjusted within each CAM method.\n"
+            + ". Holm-adjusted within each CAM method, for a lead larger than `compare.min_rate_difference`.\n"
         )
     return "".join(lines)
 

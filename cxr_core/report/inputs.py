@@ -90,6 +90,11 @@ class ReportPaths:
         return self.metrics / "headline.json"
 
     @property
+    def known_answer_json(self) -> Path:
+        """Written by the report: each run's known-answer verdict (``make known-answer`` reads it)."""
+        return self.metrics / "known_answer.json"
+
+    @property
     def split_json(self) -> Path:
         return self.metrics / "split.json"
 

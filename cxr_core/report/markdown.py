@@ -44,7 +44,7 @@ from cxr_core.report.inputs import (
     display_name,
     method_names,
 )
-from cxr_core.report.known_answer import known_answer_table
+from cxr_core.report.known_answer import judge_all, known_answer_table
 from cxr_core.report.provenance import NA, Table
 from cxr_core.report.tables import (
     auc_table,
@@ -135,7 +135,7 @@ def build_report(
     # (title, tables, text after the tables[, text before them])
     sections: list[tuple[str, list[Table], list[str], list[str]]] = []
     if phantom:
-        sections.append(("Known answer", [known_answer_table(models, params)], [], []))
+        sections.append(("Known answer", [known_answer_table(judge_all(models, params), params)], [], []))
     sections += [
         (
             "Data",

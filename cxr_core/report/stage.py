@@ -39,6 +39,7 @@ from cxr_core.report.inputs import (
     read_json,
     required_inputs,
 )
+from cxr_core.report.known_answer import KnownAnswerMetrics, judge_all, known_answer_json
 from cxr_core.report.markdown import Report, build_report, write_report
 
 logger = logging.getLogger(__name__)
@@ -115,4 +116,7 @@ def make_report(params: Mapping[str, Any], paths: ReportPaths) -> Report:
     write_report(report, paths.out)
     board = headline(models, best, comparison, params["report"]["headline_method"], CHECKPOINT_PATTERN)
     HeadlineMetrics.write(paths.headline_json, board)
+    KnownAnswerMetrics.write(
+        paths.known_answer_json, known_answer_json(judge_all(models, params), params, report.phantom)
+    )
     return report
