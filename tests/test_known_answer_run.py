@@ -55,3 +55,20 @@ def test_every_run_must_pass() -> None:
     assert summary(read_verdicts(doc(), "f"))[1] is False  # nothing judged is not a pass
     with pytest.raises(ArtifactError, match="experiment x: metrics/known_answer.json"):
         read_verdicts('{"runs": {"m/seed0": {}}}', "experiment x: metrics/known_answer.json")
+
+
+def test_a_bad_value_in_the_config_stops_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from cxr_core.app.known_answer_run import main
+
+    config = yaml.safe_load((ROOT / "configs" / "known-answer.yaml").read_text())
+    config["report"]["known_answer"]["pointing_ratio"] = 0.0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(main, ["--config", str(path), "--name", "never-run"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"{path}: report.known_answer.pointing_ratio = 0.0" in result.output

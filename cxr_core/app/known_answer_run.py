@@ -22,6 +22,7 @@ import yaml
 
 from cxr_core.app.pr_report import PrReportError, _tool
 from cxr_core.errors import CxrError
+from cxr_core.params import load_params
 
 #: The experiment's name (one per baseline commit: a rerun replaces it).
 EXPERIMENT = "known-answer"
@@ -125,6 +126,7 @@ def main(config: Path, params_path: Path, name: str) -> None:
     """Run the known-answer configuration as a DVC experiment and exit 1 unless every model passes."""
     try:
         dvc = _tool("dvc", "install the project (make install) or put dvc on PATH")
+        load_params(config)  # a bad value stops here, naming the file, not after an hour of training
         sets = overrides(_read_yaml(params_path), _read_yaml(config), str(config))
         baseline = _git("rev-parse", "HEAD").strip()
         subprocess.run([dvc, "exp", "remove", name], capture_output=True, check=False)  # a rerun replaces it
