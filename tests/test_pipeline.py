@@ -255,7 +255,9 @@ def test_make_known_answer_runs_a_config_as_an_experiment_and_exits_on_its_verdi
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for name, cnn_auc, expected_rc in (("unreachable", 0.999, 1), ("lenient", 0.0, 0)):
         config = yaml.safe_load((project / "params.yaml").read_text())
-        config["report"]["known_answer"].update(cnn_auc=cnn_auc, transformer_auc=cnn_auc, pointing_ratio=1e-6)
+        config["report"]["known_answer"].update(
+            cnn_auc=cnn_auc, transformer_auc=cnn_auc, pointing_ratio=0.001
+        )
         config["report"]["known_answer"]["min_epochs"] = dict.fromkeys(
             params["report"]["known_answer"]["min_epochs"], 0
         )
