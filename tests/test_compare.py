@@ -446,6 +446,16 @@ def test_rates_accept_seed_mean_hits_but_not_other_values() -> None:
 # the compare stage's study (metrics/compare.json)
 
 
+def _settings(n_boot: int):
+    """The comparison's knobs for a small test: alpha 0.05, no noise margin, the default box point."""
+    from cxr_core.compare.study import CompareSettings
+
+    return CompareSettings(
+        n_boot=n_boot, ci=0.95, seed=0, alpha=0.05, min_auc_difference=0.0, min_rate_difference=0.0,
+        box_threshold=0.25, box_cutoff=0.1,
+    )  # fmt: skip
+
+
 def _study_inputs(seed: int = 0, n_seeds: int = 1):
     """Three models on one test set: 'good' learned the targets, 'chance' did not, 'copy' = good."""
     import pandas as pd
@@ -498,19 +508,10 @@ def _study_inputs(seed: int = 0, n_seeds: int = 1):
 
 
 def test_study_known_answer_and_copy_is_exactly_zero() -> None:
-    from cxr_core.compare.study import CompareSettings, compare_study
+    from cxr_core.compare.study import compare_study
 
     predictions, boxes, loc = _study_inputs()
-    settings = CompareSettings(
-        n_boot=300,
-        ci=0.95,
-        seed=0,
-        alpha=0.05,
-        min_auc_difference=0.0,
-        min_rate_difference=0.0,
-        box_threshold=0.25,
-        box_cutoff=0.1,
-    )
+    settings = _settings(n_boot=300)
     doc = compare_study(predictions, boxes, loc, [0], settings)
     pairs = doc["auc"]["pairs"]
     assert set(pairs) == {"good_vs_chance", "good_vs_copy", "chance_vs_copy"}
@@ -538,20 +539,11 @@ def test_study_known_answer_and_copy_is_exactly_zero() -> None:
 
 
 def test_study_seeds_give_mean_and_spread() -> None:
-    from cxr_core.compare.study import CompareSettings, compare_study
+    from cxr_core.compare.study import compare_study
     from cxr_core.evaluate.metrics import macro_auc
 
     predictions, boxes, loc = _study_inputs(seed=3, n_seeds=2)
-    settings = CompareSettings(
-        n_boot=100,
-        ci=0.95,
-        seed=0,
-        alpha=0.05,
-        min_auc_difference=0.0,
-        min_rate_difference=0.0,
-        box_threshold=0.25,
-        box_cutoff=0.1,
-    )
+    settings = _settings(n_boot=100)
     doc = compare_study(predictions, boxes, loc, [0, 5], settings)
     spread = doc["seed_runs"]["good"]
     per_seed = [macro_auc(r.targets, r.probs) for r in predictions["good"]]
@@ -566,7 +558,7 @@ def test_study_seeds_give_mean_and_spread() -> None:
 
 
 def test_study_refuses_runs_on_different_test_sets() -> None:
-    from cxr_core.compare.study import CompareSettings, compare_study
+    from cxr_core.compare.study import compare_study
     from cxr_core.errors import ArtifactError
     from cxr_core.evaluate.predict import Predictions
 
@@ -575,16 +567,7 @@ def test_study_refuses_runs_on_different_test_sets() -> None:
     predictions["chance"] = [
         Predictions(bad.images, bad.rows, bad.patients[::-1].copy(), bad.probs, bad.targets)
     ]
-    settings = CompareSettings(
-        n_boot=10,
-        ci=0.95,
-        seed=0,
-        alpha=0.05,
-        min_auc_difference=0.0,
-        min_rate_difference=0.0,
-        box_threshold=0.25,
-        box_cutoff=0.1,
-    )
+    settings = _settings(n_boot=10)
     with pytest.raises(ArtifactError, match="chance.*different test images"):
         compare_study(predictions, boxes, loc, [0], settings)
     predictions, boxes, loc = _study_inputs()
@@ -594,19 +577,10 @@ def test_study_refuses_runs_on_different_test_sets() -> None:
 
 
 def test_study_with_one_model_names_it_best() -> None:
-    from cxr_core.compare.study import CompareSettings, compare_study
+    from cxr_core.compare.study import compare_study
 
     predictions, boxes, loc = _study_inputs()
-    settings = CompareSettings(
-        n_boot=10,
-        ci=0.95,
-        seed=0,
-        alpha=0.05,
-        min_auc_difference=0.0,
-        min_rate_difference=0.0,
-        box_threshold=0.25,
-        box_cutoff=0.1,
-    )
+    settings = _settings(n_boot=10)
     doc = compare_study({"good": predictions["good"]}, {"good": boxes["good"]}, loc, [0], settings)
     assert (
         doc["ranking"] == {"best": "good", "order": ["good"], "gap": {}, "margin": 0.0} and doc["auc"] == {}
@@ -615,40 +589,22 @@ def test_study_with_one_model_names_it_best() -> None:
 
 def test_study_ranks_models_by_name_even_with_dots_in_them() -> None:
     """timm names such as resnet18.a1_in1k have dots; JSON keys lose them, the ranking must not."""
-    from cxr_core.compare.study import CompareSettings, compare_study
+    from cxr_core.compare.study import compare_study
 
     predictions, boxes, loc = _study_inputs()
     renamed = {"good.a1_in1k": predictions["good"], "chance": predictions["chance"]}
     boxes = {"good.a1_in1k": boxes["good"], "chance": boxes["chance"]}
-    settings = CompareSettings(
-        n_boot=50,
-        ci=0.95,
-        seed=0,
-        alpha=0.05,
-        min_auc_difference=0.0,
-        min_rate_difference=0.0,
-        box_threshold=0.25,
-        box_cutoff=0.1,
-    )
+    settings = _settings(n_boot=50)
     doc = compare_study(renamed, boxes, loc, [0], settings)
     assert doc["ranking"]["best"] == "good.a1_in1k" and set(doc["ranking"]["gap"]) == {"chance"}
     assert doc["localisation"]["pointing"]["models_by_method"]["GradCAM"]["ranking"]["best"] == "good.a1_in1k"
 
 
 def test_heldout_block_reports_the_report_half_with_baseline_gaps() -> None:
-    from cxr_core.compare.study import CompareSettings, compare_study
+    from cxr_core.compare.study import compare_study
 
     predictions, boxes, loc = _study_inputs()
-    settings = CompareSettings(
-        n_boot=300,
-        ci=0.95,
-        seed=0,
-        alpha=0.05,
-        min_auc_difference=0.0,
-        min_rate_difference=0.0,
-        box_threshold=0.25,
-        box_cutoff=0.1,
-    )
+    settings = _settings(n_boot=300)
     doc = compare_study(predictions, boxes, loc, [0], settings)
     held = doc["localisation"]["heldout"]
     report = loc[loc["subset"] == "report"]
@@ -670,19 +626,10 @@ def test_heldout_block_reports_the_report_half_with_baseline_gaps() -> None:
 
 
 def test_heldout_ignores_the_tune_half() -> None:
-    from cxr_core.compare.study import CompareSettings, compare_study
+    from cxr_core.compare.study import compare_study
 
     predictions, boxes, loc = _study_inputs()
-    settings = CompareSettings(
-        n_boot=100,
-        ci=0.95,
-        seed=0,
-        alpha=0.05,
-        min_auc_difference=0.0,
-        min_rate_difference=0.0,
-        box_threshold=0.25,
-        box_cutoff=0.1,
-    )
+    settings = _settings(n_boot=100)
     before = compare_study(predictions, boxes, loc, [0], settings)["localisation"]["heldout"]
     changed = {}
     for model, runs in boxes.items():
@@ -696,20 +643,11 @@ def test_heldout_ignores_the_tune_half() -> None:
 
 
 def test_heldout_refuses_records_split_differently_from_loc() -> None:
-    from cxr_core.compare.study import CompareSettings, compare_study
+    from cxr_core.compare.study import compare_study
     from cxr_core.errors import ArtifactError
 
     predictions, boxes, loc = _study_inputs()
-    settings = CompareSettings(
-        n_boot=50,
-        ci=0.95,
-        seed=0,
-        alpha=0.05,
-        min_auc_difference=0.0,
-        min_rate_difference=0.0,
-        box_threshold=0.25,
-        box_cutoff=0.1,
-    )
+    settings = _settings(n_boot=50)
     stale = loc.assign(subset=np.where(loc["subset"] == "tune", "report", "tune"))  # re-split since
     with pytest.raises(ArtifactError, match="tune / report differently from loc.csv"):
         compare_study(predictions, boxes, stale, [0], settings)
