@@ -218,6 +218,15 @@ def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return w * h
 
 
+def _overlaps(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """IoU and IoBB (over ``pred``'s area) of checked ``(x, y, w, h)`` boxes; 0 for an empty denominator."""
+    inter = _intersection(pred, truth)
+    area = pred[..., 2] * pred[..., 3]
+    union = area + truth[..., 2] * truth[..., 3] - inter
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return iou, np.where(area > 0, inter / np.where(area > 0, area, 1.0), 0.0)
+
+
 def _as_boxes(boxes: Any, name: str) -> np.ndarray:
     """``... x 4`` boxes; zero-size boxes are allowed here (they score 0), negative ones are not."""
     b = np.asarray(boxes, dtype=np.float64)
@@ -232,11 +241,7 @@ def _as_boxes(boxes: Any, name: str) -> np.ndarray:
 
 def box_iou(a: Any, b: Any) -> np.ndarray | float:
     """Geometric IoU of ``(x, y, w, h)`` boxes (broadcasts over leading axes); 0 for an empty union."""
-    a_ = _as_boxes(a, "a")
-    b_ = _as_boxes(b, "b")
-    inter = _intersection(a_, b_)
-    union = a_[..., 2] * a_[..., 3] + b_[..., 2] * b_[..., 3] - inter
-    out = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    out = _overlaps(_as_boxes(a, "a"), _as_boxes(b, "b"))[0]
     return float(out) if out.ndim == 0 else out
 
 
@@ -245,11 +250,7 @@ def box_iobb(pred: Any, truth: Any) -> np.ndarray | float:
 
     Note it rewards small predictions: any box inside the truth scores 1, so report it beside IoU.
     """
-    p = _as_boxes(pred, "pred")
-    t = _as_boxes(truth, "truth")
-    inter = _intersection(p, t)
-    area = p[..., 2] * p[..., 3]
-    out = np.where(area > 0, inter / np.where(area > 0, area, 1.0), 0.0)
+    out = _overlaps(_as_boxes(pred, "pred"), _as_boxes(truth, "truth"))[1]
     return float(out) if out.ndim == 0 else out
 
 
@@ -272,16 +273,11 @@ def best_box_scores(
     top = int(levels.max()) if levels.size else -1
     best_iou = np.zeros(a.size)
     best_iobb = np.zeros(a.size)
-    truth_area = t[2] * t[3]
     for n, level in enumerate(_first_level_above(a)):
         if level > top:  # nothing above this level, nor above any higher one
             break
-        pred = _component_boxes(levels >= level)
-        inter = _intersection(pred, t)
-        area = pred[:, 2] * pred[:, 3]
-        union = area + truth_area - inter  # as box_iou / box_iobb compute them, to the bit
-        best_iou[n] = np.max(np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0))
-        best_iobb[n] = np.max(np.where(area > 0, inter / np.where(area > 0, area, 1.0), 0.0))
+        iou, iobb = _overlaps(_component_boxes(levels >= level), t)
+        best_iou[n], best_iobb[n] = np.max(iou), np.max(iobb)
     return best_iou, best_iobb
 
 
