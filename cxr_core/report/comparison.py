@@ -245,10 +245,13 @@ def _names(models: Sequence[str]) -> str:
     return ", ".join(shown[:-1]) + " and " + shown[-1]
 
 
-def _study_order(comparison: Comparison, models: Sequence[str]) -> list[str]:
-    """``models`` in the study's order (params ``models``), not by score: a tie reads the same on every CPU."""
+def _leaders(comparison: Comparison, rank: Mapping[str, Any]) -> str:
+    """The best and every model not separable from it, in the study's order (params ``models``), not
+    by score: a tie at the top reads the same whichever of them a CPU or seed puts first."""
     order = list(comparison.doc["models"])
-    return sorted(models, key=lambda m: order.index(m) if m in order else len(order))
+    worse = set(_split(rank)[0])
+    leaders = [rank["best"], *(m for m in rank["gap"] if m not in worse)]
+    return _names(sorted(leaders, key=lambda m: order.index(m) if m in order else len(order)))
 
 
 def _split(rank: Mapping[str, Any]) -> tuple[list[str], list[str]]:
@@ -279,8 +282,7 @@ def verdict(comparison: Comparison) -> str:
             f"model is significantly worse ({_names(worse)})."
         ]
     else:
-        lead = _names(_study_order(comparison, [rank["best"], *tied]))
-        lines = [f"**Verdict (classification).** Not separable at the top: {lead}."]
+        lines = [f"**Verdict (classification).** Not separable at the top: {_leaders(comparison, rank)}."]
         if worse:
             lines.append(f" Significantly worse: {_names(worse)}.")
     runs = "one training run per model" if seeds == 1 else f"{seeds} training seeds per model"
@@ -298,8 +300,7 @@ def verdict(comparison: Comparison) -> str:
             continue
         worse_m, tied_m = _split(rank_m)
         if tied_m:
-            lead = _names(_study_order(comparison, [rank_m["best"], *tied_m]))
-            text = f"with {method}, {lead} lead, not separable"
+            text = f"with {method}, {_leaders(comparison, rank_m)} lead, not separable"
         else:
             text = f"with {method}, {display_name(rank_m['best'])} points best (every other model significantly worse)"
         if not _beats_control(comparison, rank_m["best"], method):
