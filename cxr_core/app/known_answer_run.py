@@ -20,7 +20,7 @@ from typing import Any
 import click
 import yaml
 
-from cxr_core.app.pr_report import PrReportError, _tool
+from cxr_core.app.tools import find_tool
 from cxr_core.errors import CxrError
 from cxr_core.params import load_params
 
@@ -125,7 +125,7 @@ def summary(runs: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], bool]:
 def main(config: Path, params_path: Path, name: str) -> None:
     """Run the known-answer configuration as a DVC experiment and exit 1 unless every model passes."""
     try:
-        dvc = _tool("dvc", "install the project (make install) or put dvc on PATH")
+        dvc = find_tool("dvc", "install the project (make install) or put dvc on PATH")
         load_params(config)  # a bad value stops here, naming the file, not after an hour of training
         sets = overrides(_read_yaml(params_path), _read_yaml(config), str(config))
         baseline = _git("rev-parse", "HEAD").strip()
@@ -136,7 +136,7 @@ def main(config: Path, params_path: Path, name: str) -> None:
             raise KnownAnswerError(f"`{' '.join(args[1:])}` failed (its output is above)")
         rev = _git("rev-parse", f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}").strip()
         runs = read_verdicts(_git("show", f"{rev}:{VERDICTS}"), f"experiment {name}: {VERDICTS}")
-    except (CxrError, PrReportError) as exc:
+    except CxrError as exc:
         raise click.ClickException(str(exc)) from None
     lines, passed = summary(runs)
     click.echo("\n".join(lines))

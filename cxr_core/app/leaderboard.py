@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import click
 
-from cxr_core.app.pr_report import PrReportError, _tool
+from cxr_core.app.tools import ToolNotFoundError, find_tool
 
 #: DVC column names kept (a regex, matched from the start); everything else is dropped.
 KEEP = r"^(Experiment|lr|models\.[^.]+\.auc)$"
@@ -30,8 +30,8 @@ def exp_show_command(dvc: str, extra: Sequence[str] = ()) -> list[str]:
 def main(dvc_options: tuple[str, ...]) -> None:
     """The experiments as a leaderboard: name, lr and each model's test macro AUC (dvc exp show)."""
     try:
-        dvc = _tool("dvc", "install the project (make install) or put dvc on PATH")
-    except PrReportError as exc:
+        dvc = find_tool("dvc", "install the project (make install) or put dvc on PATH")
+    except ToolNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     done = subprocess.run(exp_show_command(dvc, dvc_options), check=False)
     raise SystemExit(done.returncode)

@@ -22,8 +22,8 @@ one GitHub comment, with, in this order,
 A page still over :data:`COMMENT_LIMIT` is cut, least important section first, between table rows,
 with a note saying what was left out and where all of it is. DVC and git run as subprocesses, so the
 tables are exactly what those commands print. Every failure a user can fix (not a git repository, an
-unknown base, DVC missing, a malformed headline file) is a :class:`PrReportError`: one line, exit
-code 1.
+unknown base, a malformed headline file) is a :class:`PrReportError`, and git or DVC missing a
+:class:`cxr_core.app.tools.ToolNotFoundError`: one line, exit code 1.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -43,6 +41,7 @@ from typing import Any
 
 import click
 
+from cxr_core.app.tools import ToolNotFoundError, find_tool
 from cxr_core.errors import CxrError
 
 HEADLINE = "metrics/headline.json"
@@ -73,21 +72,6 @@ class PrReportError(CxrError):
 
 
 # --- git and dvc ---------------------------------------------------------------------------------
-
-
-def _tool(name: str, hint: str, given: str | None = None) -> str:
-    """Path of an executable: ``given`` (a name or path), else PATH, else next to this Python.
-
-    The sibling lookup finds ``.venv/bin/dvc`` when the command runs as ``.venv/bin/python -m ...``
-    without the venv activated.
-    """
-    candidates = [given] if given else [name, str(Path(sys.executable).parent / name)]
-    for candidate in candidates:
-        found = shutil.which(candidate)
-        if found:
-            return found
-    where = f"{given!r} is not an executable" if given else f"not on PATH nor next to {sys.executable}"
-    raise PrReportError(f"{name} not found ({where}): {hint}")
 
 
 def _run(cmd: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -124,7 +108,7 @@ class Repo:
 
 def open_repo(path: Path, dvc: str | None = None) -> Repo:
     """Check that ``path`` is a DVC project in a git work tree and that git and dvc are there."""
-    git = _tool("git", "install git")
+    git = find_tool("git", "install git")
     path = path.resolve()
     done = _run([git, "rev-parse", "--show-toplevel"], path)
     if done.returncode != 0:
@@ -135,7 +119,7 @@ def open_repo(path: Path, dvc: str | None = None) -> Repo:
         raise PrReportError(
             f"{path} is not the root of a DVC project (no .dvc/ folder): run it where dvc.yaml is"
         )
-    return Repo(path, git, _tool("dvc", "install the project (make install) or activate .venv", dvc))
+    return Repo(path, git, find_tool("dvc", "install the project (make install) or activate .venv", dvc))
 
 
 @dataclass(frozen=True)
@@ -1082,7 +1066,7 @@ def main(
         for name, text in report.files.items():  # the full tables first: report.md links them
             (out / name).write_text(text)
         (out / "report.md").write_text(report.markdown)
-    except (PrReportError, OSError) as exc:
+    except (PrReportError, ToolNotFoundError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"wrote {out / 'report.md'} ({len(report.markdown):,} characters), {len(report.pngs)} plot(s) "
