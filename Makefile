@@ -49,10 +49,10 @@ bench: install
 gpu-check: install
 	python -m benchmarks gpu-check
 
-# the pipeline's steps at NIH's full size on synthetic data (time and peak memory at 10/50/100%): docs/scale.md
+# the pipeline's steps at NIH's full size on synthetic data (time and peak memory at 10/50/100%): docs/scale-check.md
 scale: install
 	python -m benchmarks scale
 
 # Markdown + PNG report of what changed against BASE (metrics, params, plots): docs/pr-report.md
 pr-report: install
-	python -m cxr_core.app.pr_report --base $(BASE) --out pr-report $(PR_REPORT_ARGS)
+	python -m cxr_core.devtools.pr_report --base $(BASE) --out pr-report $(PR_REPORT_ARGS)

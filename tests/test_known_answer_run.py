@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxr_core.app.known_answer_run import KnownAnswerError, overrides, read_verdicts, summary
+from cxr_core.devtools.known_answer_run import KnownAnswerError, overrides, read_verdicts, summary
 from cxr_core.errors import ArtifactError
 
 ROOT = Path(__file__).parents[1]
@@ -62,7 +62,7 @@ def test_a_bad_value_in_the_config_stops_before_any_run(
 ) -> None:
     from click.testing import CliRunner
 
-    from cxr_core.app.known_answer_run import main
+    from cxr_core.devtools.known_answer_run import main
 
     config = yaml.safe_load((ROOT / "configs" / "known-answer.yaml").read_text())
     config["report"]["known_answer"]["pointing_ratio"] = 0.0

@@ -26,8 +26,8 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from cxr_core.app import pr_report
-from cxr_core.app.pr_report import PrReportError, main
+from cxr_core.devtools import pr_report
+from cxr_core.devtools.pr_report import PrReportError, main
 
 pytest.importorskip("vl_convert")
 

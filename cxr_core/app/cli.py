@@ -25,10 +25,10 @@ from typing import Any, TextIO
 import click
 
 from cxr_core.app.imaging import DEFAULT_LIMITS
-from cxr_core.app.known_answer_run import main as known_answer
-from cxr_core.app.leaderboard import main as leaderboard
 from cxr_core.app.overlay import DISPLAY_PX
-from cxr_core.app.pr_report import main as pr_report
+from cxr_core.devtools.known_answer_run import main as known_answer
+from cxr_core.devtools.leaderboard import main as leaderboard
+from cxr_core.devtools.pr_report import main as pr_report
 from cxr_core.errors import CxrError
 from cxr_core.logs import setup_logging
 from cxr_core.runtime import DEVICES, check_amp, check_device

@@ -20,7 +20,7 @@ from typing import Any
 import click
 import yaml
 
-from cxr_core.app.tools import find_tool
+from cxr_core.devtools.tools import find_tool
 from cxr_core.errors import CxrError
 from cxr_core.params import load_params
 

@@ -23,7 +23,7 @@ A page still over :data:`COMMENT_LIMIT` is cut, least important section first, b
 with a note saying what was left out and where all of it is. DVC and git run as subprocesses, so the
 tables are exactly what those commands print. Every failure a user can fix (not a git repository, an
 unknown base, a malformed headline file) is a :class:`PrReportError`, and git or DVC missing a
-:class:`cxr_core.app.tools.ToolNotFoundError`: one line, exit code 1.
+:class:`cxr_core.devtools.tools.ToolNotFoundError`: one line, exit code 1.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import Any
 
 import click
 
-from cxr_core.app.tools import ToolNotFoundError, find_tool
+from cxr_core.devtools.tools import ToolNotFoundError, find_tool
 from cxr_core.errors import CxrError
 
 HEADLINE = "metrics/headline.json"

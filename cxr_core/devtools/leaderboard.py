@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import click
 
-from cxr_core.app.tools import ToolNotFoundError, find_tool
+from cxr_core.devtools.tools import ToolNotFoundError, find_tool
 
 #: DVC column names kept (a regex, matched from the start); everything else is dropped.
 KEEP = r"^(Experiment|lr|models\.[^.]+\.auc)$"
