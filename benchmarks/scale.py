@@ -592,7 +592,7 @@ def _step_score(job: Job) -> dict[str, Any]:
 
 def _predictions(job: Job) -> dict[str, Any]:
     """Six models' test predictions (one seed each), as the test stage saves them."""
-    from cxr_core.evaluate.predict import Predictions
+    from cxr_core.evaluate.predictions import Predictions
 
     test = _test_table(job)
     targets = test.targets.astype(np.uint8)

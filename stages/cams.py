@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import LocTable
-from cxr_core.evaluate.predict import Predictions
+from cxr_core.evaluate.predictions import Predictions
 from cxr_core.explain.compute import CAM_LOOKUPS, CamSettings, loc_heatmaps
 from cxr_core.models.checkpoints import load_model
 from cxr_core.models.registry import get_spec

@@ -28,7 +28,8 @@ from cxr_core.data.metadata import DATA_ENTRY, read_data_entry
 from cxr_core.data.tables import SplitTable
 from cxr_core.errors import ArtifactError
 from cxr_core.evaluate.operating import OperatingPoints, get_threshold_rule
-from cxr_core.evaluate.predict import Predictions, infer_logits
+from cxr_core.evaluate.predict import infer_logits
+from cxr_core.evaluate.predictions import Predictions
 from cxr_core.models.checkpoints import load_model
 from cxr_core.models.registry import get_spec
 from cxr_core.params import load_params

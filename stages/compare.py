@@ -12,7 +12,7 @@ from pathlib import Path
 from cxr_core.compare.study import CompareSettings, ComparisonMetrics, compare_study
 from cxr_core.data.tables import LocTable
 from cxr_core.errors import ArtifactError
-from cxr_core.evaluate.predict import Predictions
+from cxr_core.evaluate.predictions import Predictions
 from cxr_core.explain.scoring import BoxRecords
 from cxr_core.params import load_params
 from stages._common import params_option, path_option, splits_option, stage_command

@@ -14,7 +14,8 @@ from cxr_core.compare.external import external_box_scores, external_summary
 from cxr_core.compare.external_metrics import ExternalMetrics
 from cxr_core.data.external.store import ExternalSet
 from cxr_core.errors import ArtifactError
-from cxr_core.evaluate.predict import Predictions, predict_probs
+from cxr_core.evaluate.predict import predict_probs
+from cxr_core.evaluate.predictions import Predictions
 from cxr_core.explain.compute import CAM_LOOKUPS, CamSettings
 from cxr_core.files import read_json
 from cxr_core.models.checkpoints import load_model

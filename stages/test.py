@@ -12,7 +12,8 @@ from pathlib import Path
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import SplitTable
 from cxr_core.evaluate.metrics import RocTable, TestMetrics, roc_points, summarise
-from cxr_core.evaluate.predict import Predictions, predict_probs
+from cxr_core.evaluate.predict import predict_probs
+from cxr_core.evaluate.predictions import Predictions
 from cxr_core.models.checkpoints import load_model
 from cxr_core.models.registry import get_spec
 from cxr_core.params import load_params

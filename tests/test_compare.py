@@ -460,7 +460,7 @@ def _study_inputs(seed: int = 0, n_seeds: int = 1):
     """Three models on one test set: 'good' learned the targets, 'chance' did not, 'copy' = good."""
     import pandas as pd
 
-    from cxr_core.evaluate.predict import Predictions
+    from cxr_core.evaluate.predictions import Predictions
     from cxr_core.labels import BOX_LABELS, LABELS
 
     rng = np.random.default_rng(seed)
@@ -560,7 +560,7 @@ def test_study_seeds_give_mean_and_spread() -> None:
 def test_study_refuses_runs_on_different_test_sets() -> None:
     from cxr_core.compare.study import compare_study
     from cxr_core.errors import ArtifactError
-    from cxr_core.evaluate.predict import Predictions
+    from cxr_core.evaluate.predictions import Predictions
 
     predictions, boxes, loc = _study_inputs()
     bad = predictions["chance"][0]

@@ -28,7 +28,7 @@ from cxr_core.app.cli import main
 from cxr_core.app.export import EXPORT_FILES, RECIPE_FOLDER, RECIPE_IMAGE, prediction_columns
 from cxr_core.app.imaging import read_image
 from cxr_core.app.predictor import Predictor
-from cxr_core.evaluate.predict import Predictions
+from cxr_core.evaluate.predictions import Predictions
 from cxr_core.labels import LABELS
 from cxr_core.models.checkpoints import CheckpointMeta, load_checkpoint, load_model, save_checkpoint
 from cxr_core.models.registry import create_model, get_spec

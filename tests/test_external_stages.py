@@ -21,7 +21,8 @@ from test_external_sources import _real, _write_dicom, needs_txrv
 from cxr_core.data.cache import load_cache
 from cxr_core.data.external import chexpert, padchest, vindr
 from cxr_core.data.tables import SplitTable
-from cxr_core.evaluate.predict import Predictions, predict_probs
+from cxr_core.evaluate.predict import predict_probs
+from cxr_core.evaluate.predictions import Predictions
 from cxr_core.models.checkpoints import load_model
 from cxr_core.runtime import Runtime
 

@@ -16,7 +16,7 @@ from cxr_core.app.cli import main as cxr
 from cxr_core.app.predictor import InferenceSettings, Predictor
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import SplitTable
-from cxr_core.evaluate.predict import Predictions
+from cxr_core.evaluate.predictions import Predictions
 from cxr_core.models.checkpoints import CheckpointMeta, save_checkpoint
 from cxr_core.models.registry import create_model, get_spec
 from cxr_core.params import load_params

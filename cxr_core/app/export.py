@@ -316,7 +316,7 @@ def _read_operating(path: Path, model_name: str) -> Any:
 
 
 def _read_predictions(path: Path) -> Any:
-    from cxr_core.evaluate.predict import Predictions
+    from cxr_core.evaluate.predictions import Predictions
 
     if not path.is_file():
         logger.warning("%s not found: the export will have no %s", path, PREDICTIONS_FILE)

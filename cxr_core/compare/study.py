@@ -77,7 +77,7 @@ _PRODUCER = "the compare stage"
 
 
 class Predictions(Protocol):
-    """What a run's test predictions must offer (``cxr_core.evaluate.predict.Predictions`` does):
+    """What a run's test predictions must offer (``cxr_core.evaluate.predictions.Predictions`` does):
     the comparison needs the numbers, not the code that produced them."""
 
     rows: np.ndarray
