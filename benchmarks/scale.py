@@ -597,7 +597,7 @@ def _predictions(job: Job) -> dict[str, Any]:
     test = _test_table(job)
     targets = test.targets.astype(np.uint8)
     return {
-        m: Predictions(test.images, test.rows, test.patients, probs, targets)
+        m: Predictions(test.images, test.rows, test.patients, probs, targets, np.log(probs))
         for m, probs in _model_probs(targets, job.seed).items()
     }
 

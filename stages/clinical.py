@@ -1,9 +1,9 @@
 """clinical@model-seed: operating points, calibration, subgroup audit and adjudicated labels of one run.
 
 Scores the validation split with the checkpoint (the thresholds and the temperature are chosen
-there, never on test), recomputes the test logits (checked against the test stage's
-probabilities, so both describe one checkpoint), and writes the operating points that
-``cxr predict`` and the demo use, the audit's metrics and the reliability curves.
+there, never on test) and reads the test logits and probabilities from the test stage's file, then
+writes the operating points that ``cxr predict`` and the demo use, the audit's metrics and the
+reliability curves.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 
 from cxr_core.compare.clinical import (
     ClinicalMetrics,
@@ -28,7 +27,7 @@ from cxr_core.data.metadata import DATA_ENTRY, read_data_entry
 from cxr_core.data.tables import SplitTable
 from cxr_core.errors import ArtifactError
 from cxr_core.evaluate.operating import OperatingPoints, get_threshold_rule
-from cxr_core.evaluate.predict import infer_logits
+from cxr_core.evaluate.predict import infer_logits, sigmoid_probs
 from cxr_core.evaluate.predictions import Predictions
 from cxr_core.models.checkpoints import load_model
 from cxr_core.models.registry import get_spec
@@ -83,18 +82,22 @@ def main(
     images, _ = load_cache(cache, expected_size=int(meta["image_size"]))
     saved = Predictions.load(predictions)
 
-    def split(table: SplitTable) -> Split:
-        logits = infer_logits(model, images, table.rows, runtime=runtime, batch_size=train["eval_batch_size"])
-        own = torch.sigmoid(logits).numpy().astype(np.float32)  # what predict_probs returns
-        return Split(table.images, table.patients, table.targets.astype("uint8"), logits.numpy(), own)
-
-    test_table = SplitTable.read(splits, "test")
-    val, test = split(SplitTable.read(splits, "val")), split(test_table)
-    if not (np.array_equal(saved.rows, test_table.rows) and np.array_equal(saved.probs, test.probs)):
+    val_table, test_table = SplitTable.read(splits, "val"), SplitTable.read(splits, "test")
+    logits = infer_logits(model, images, val_table.rows, runtime=runtime, batch_size=train["eval_batch_size"])
+    val = Split(
+        val_table.images,
+        val_table.patients,
+        val_table.targets.astype("uint8"),
+        logits.numpy(),
+        sigmoid_probs(logits),
+    )
+    if not np.array_equal(saved.rows, test_table.rows):
         raise ArtifactError(
-            f"{predictions}: not this checkpoint's test probabilities ({checkpoint}); "
-            f"re-run the test stage (dvc repro test@{model_name}-{seed})"
+            f"{predictions}: not the test rows of {splits}; re-run the test stage (dvc repro test@{model_name}-{seed})"
         )
+    test = Split(
+        test_table.images, test_table.patients, test_table.targets.astype("uint8"), saved.logits, saved.probs
+    )
     doc, points, curves = clinical_audit(
         val, test, read_data_entry(raw / DATA_ENTRY), AdjudicatedLabels.read(adjudicated), settings
     )

@@ -1,6 +1,6 @@
 """test@model: score a checkpoint on the official test split.
 
-Writes the test-set probabilities (``Predictions``), the per-class AUC / bootstrap CI / AUPRC
+Writes the test-set logits and probabilities (``Predictions``), the per-class AUC / bootstrap CI / AUPRC
 metrics (patients as bootstrap groups) and the ROC points as a long CSV for ``dvc plots``.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import SplitTable
 from cxr_core.evaluate.metrics import RocTable, TestMetrics, roc_points, summarise
-from cxr_core.evaluate.predict import predict_probs
+from cxr_core.evaluate.predict import infer_logits, sigmoid_probs
 from cxr_core.evaluate.predictions import Predictions
 from cxr_core.models.checkpoints import load_model
 from cxr_core.models.registry import get_spec
@@ -55,9 +55,10 @@ def main(
     runtime = Runtime.from_params(train, get_spec(model_name))
     images, _ = load_cache(cache, expected_size=int(meta["image_size"]))
     test = SplitTable.read(splits, "test")
-    probs = predict_probs(model, images, test.rows, runtime=runtime, batch_size=train["eval_batch_size"])
+    logits = infer_logits(model, images, test.rows, runtime=runtime, batch_size=train["eval_batch_size"])
+    probs = sigmoid_probs(logits)
     targets = test.targets.astype("uint8")
-    Predictions(test.images, test.rows, test.patients, probs, targets).save(predictions)
+    Predictions(test.images, test.rows, test.patients, probs, targets, logits.numpy()).save(predictions)
 
     summary = summarise(
         targets, probs, test.patients, n_boot=test_cfg["bootstrap"], ci=test_cfg["ci"], seed=cfg["seed"]

@@ -471,7 +471,7 @@ def _study_inputs(seed: int = 0, n_seeds: int = 1):
 
     def run(signal: float) -> Predictions:
         probs = (signal * targets + rng.random(targets.shape)).astype(np.float32)
-        return Predictions(images, rows, patients, probs, targets)
+        return Predictions(images, rows, patients, probs, targets, logits=np.log(probs))  # logits unused here
 
     good = [run(1.0) for _ in range(n_seeds)]
     predictions = {"good": good, "chance": [run(0.0) for _ in range(n_seeds)], "copy": good}
@@ -565,7 +565,7 @@ def test_study_refuses_runs_on_different_test_sets() -> None:
     predictions, boxes, loc = _study_inputs()
     bad = predictions["chance"][0]
     predictions["chance"] = [
-        Predictions(bad.images, bad.rows, bad.patients[::-1].copy(), bad.probs, bad.targets)
+        Predictions(bad.images, bad.rows, bad.patients[::-1].copy(), bad.probs, bad.targets, bad.logits)
     ]
     settings = _settings(n_boot=10)
     with pytest.raises(ArtifactError, match="chance.*different test images"):

@@ -80,6 +80,7 @@ def known_predictions() -> Predictions:
         patients=np.array([1, 1, 7]),
         probs=rng.random((3, 14)).astype(np.float32),
         targets=(rng.random((3, 14)) < 0.3).astype(np.uint8),
+        logits=rng.normal(size=(3, 14)).astype(np.float32),
     )
 
 

@@ -21,7 +21,7 @@ from test_external_sources import _real, _write_dicom, needs_txrv
 from cxr_core.data.cache import load_cache
 from cxr_core.data.external import chexpert, padchest, vindr
 from cxr_core.data.tables import SplitTable
-from cxr_core.evaluate.predict import predict_probs
+from cxr_core.evaluate.predict import infer_logits, sigmoid_probs
 from cxr_core.evaluate.predictions import Predictions
 from cxr_core.models.checkpoints import load_model
 from cxr_core.runtime import Runtime
@@ -83,8 +83,9 @@ def nih_side(phantom_data, tmp_path_factory) -> Path:
     model, _ = load_model(checkpoint)
     images, _ = load_cache(phantom_data.cache)
     test = SplitTable.read(phantom_data.splits, "test")
-    probs = predict_probs(model, images, test.rows, runtime=Runtime.cpu(), batch_size=32)
-    Predictions(test.images, test.rows, test.patients, probs, test.targets.astype("uint8")).save(
+    logits = infer_logits(model, images, test.rows, runtime=Runtime.cpu(), batch_size=32)
+    targets = test.targets.astype("uint8")
+    Predictions(test.images, test.rows, test.patients, sigmoid_probs(logits), targets, logits.numpy()).save(
         root / "predictions" / MODEL / "seed0.npz"
     )
     loc = {"methods": {m: {"heldout": {"chosen_on": "tune", "thresholds": {"iou": 0.5}}} for m in METHODS}}

@@ -407,7 +407,8 @@ def _compare_json(root: Path, rng: np.random.Generator, params: dict) -> None:
     runs = {}
     for m, signal in (("densenet121", 0.2), ("swin_small", 0.8)):
         probs = (signal * targets + rng.uniform(size=targets.shape)).astype(np.float32) / 2
-        runs[m] = [Predictions(np.array([f"{i:08d}_000.png" for i in rows]), rows, patients, probs, targets)]
+        names = np.array([f"{i:08d}_000.png" for i in rows])
+        runs[m] = [Predictions(names, rows, patients, probs, targets, logits=np.log(probs))]  # logits unused
     loc = LocTable.read(root / "data" / "splits").table
     records = {}
     for m, p_hit in (("densenet121", 0.3), ("swin_small", 0.7)):

@@ -62,5 +62,9 @@ def predict_probs(
     batch_size: int,
 ) -> np.ndarray:
     """Sigmoid probabilities (N x C float32) of ``images[rows]``: :func:`infer_logits` + sigmoid."""
-    logits = infer_logits(model, images, rows, runtime=runtime, batch_size=batch_size)
+    return sigmoid_probs(infer_logits(model, images, rows, runtime=runtime, batch_size=batch_size))
+
+
+def sigmoid_probs(logits: torch.Tensor) -> np.ndarray:
+    """The probabilities every scorer reports: torch's float32 sigmoid of the logits, as numpy."""
     return torch.sigmoid(logits).numpy().astype(np.float32)

@@ -1,4 +1,4 @@
-"""The test predictions file: one run's test-set probabilities and logits (torch-free).
+"""The test predictions file: one run's test-set logits and probabilities (torch-free).
 
 Its own module so that every reader (compare, clinical, localise, the report, the PR review) depends
 on the file type and not on the forward pass that writes it (``cxr_core.evaluate.predict``).
@@ -21,17 +21,22 @@ _PREDICTIONS_PRODUCER = "the test stage (test@<model>-<seed>)"
 @contract(
     "data/predictions/<model>/seed<k>.npz",
     writer="test@<model>-<k>",
-    fields=("images", "rows", "patients", "probs", "targets"),
+    fields=("images", "rows", "patients", "probs", "targets", "logits"),
 )
 @dataclass(frozen=True)
 class Predictions:
-    """A model's test-set probabilities, with the cache rows, images, patients and 0/1 targets."""
+    """A model's test-set probabilities and logits, with the cache rows, images, patients and 0/1 targets.
+
+    ``probs`` is the forward's float32 sigmoid of ``logits``; both are kept so that readers need
+    no forward pass (the clinical audit's temperature acts on the logits).
+    """
 
     images: np.ndarray  # str, N
     rows: np.ndarray  # int64 cache rows, N
     patients: np.ndarray  # int64, N
     probs: np.ndarray  # float32, N x 14
     targets: np.ndarray  # uint8, N x 14
+    logits: np.ndarray  # float32, N x 14
 
     def __post_init__(self) -> None:
         n = len(self.rows)
@@ -39,11 +44,10 @@ class Predictions:
             raise ValueError(
                 f"predictions: {len(self.images)} images and {len(self.patients)} patients for {n} rows"
             )
-        if self.probs.shape != (n, len(LABELS)) or self.targets.shape != (n, len(LABELS)):
-            raise ValueError(
-                f"predictions: probs {self.probs.shape} and targets {self.targets.shape} must be "
-                f"({n}, {len(LABELS)}) for {n} rows"
-            )
+        shapes = {k: getattr(self, k).shape for k in ("probs", "targets", "logits")}
+        if any(shape != (n, len(LABELS)) for shape in shapes.values()):
+            listed = ", ".join(f"{k} {shape}" for k, shape in shapes.items())
+            raise ValueError(f"predictions: {listed} must each be ({n}, {len(LABELS)}) for {n} rows")
 
     def save(self, path: str | os.PathLike) -> None:
         write_npz(
@@ -54,6 +58,7 @@ class Predictions:
                 "patients": self.patients.astype(np.int64),
                 "probs": self.probs.astype(np.float32),
                 "targets": self.targets.astype(np.uint8),
+                "logits": self.logits.astype(np.float32),
             },
         )
 
