@@ -1104,3 +1104,23 @@ def test_pairwise_tables_say_their_intervals_are_not_multiplicity_adjusted(phant
     for table in ("pairwise_macro_auc", "pairwise_pointing"):
         section = report.split(f"<!-- table: {table} -->")[1].split("<!-- table:")[0]
         assert "not adjusted for multiplicity" in section and "Holm p above `compare.alpha`" in section, table
+
+
+def test_first_screen_is_the_summary_and_its_links_resolve(phantom_report: Inputs) -> None:
+    """The first 60 lines hold the data source, the verdicts, every model's summary row and the whole
+    known answer; each "Details" link names a section heading that exists further down."""
+    text = (phantom_report.root / "reports" / "report.md").read_text()
+    screen = "\n".join(text.splitlines()[:60])
+    assert "- Data source: **PHANTOM" in screen and "**Verdict (classification).**" in screen
+    summary, known = parse_tables(screen)["summary"], parse_tables(screen)["known_answer"]
+    assert len(summary["rows"]) == len(known["rows"]) == len(MODELS)
+    assert summary["columns"] == ["Macro AUC [95% CI]", "vs best", "Pointing (GradCAM)"]
+    assert screen.index("<!-- table: summary -->") < screen.index("<!-- table: known_answer -->")
+    assert known == parse_tables(text)["known_answer"]  # the whole table, not cut by the screen's end
+    links = re.findall(r"\[([^\]]+)\]\((#[^)]+)\)", text.split("## Summary", 1)[0].split("Details:", 1)[1])
+    headings = {line[3:] for line in text.splitlines() if line.startswith("## ")}
+    assert [title for title, _ in links][:3] == ["Data", "Training", "Classification"]
+    for title, target in links:
+        assert title in headings and target == "#" + re.sub(r"[^a-z0-9 _-]", "", title.lower()).replace(
+            " ", "-"
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from cxr_core.report.tables import (
     degenerate_table,
     literature_table,
     localisation_tables,
+    summary_table,
     training_table,
 )
 
@@ -107,6 +108,107 @@ class Report:
         return pd.DataFrame.from_records([r for t in self.tables for r in t.provenance()])
 
 
+#: (title, tables, text after the tables, text before them): one section of the report.
+Section = tuple[str, list[Table], list[str], list[str]]
+
+
+def anchor(title: str) -> str:
+    """The link target GitHub and most Markdown viewers give a heading."""
+    kept = "".join(c for c in title.lower() if c.isalnum() or c in " -_")
+    return "#" + kept.replace(" ", "-")
+
+
+def _comparison_section(comparison: Comparison, names: Sequence[str]) -> Section:
+    tables = []
+    if comparison.has_pairs:
+        tables.append(pairwise_auc_table(comparison))
+    if len(comparison.doc["seeds"]) > 1:
+        tables.append(seeds_table(comparison, names))
+    if comparison.has_pairs:
+        tables += [loc_ranking_table(comparison, names), pairwise_loc_table(comparison)]
+    if comparison.doc["localisation"]:
+        tables.append(control_table(comparison, names))
+    return ("Which model is best?", tables, [], [])
+
+
+def _clinical_section(
+    clinical: Sequence[ClinicalRun],
+    best: ModelResults | None,
+    phantom: bool,
+    figure: Callable[[str, str], str],
+) -> Section:
+    chosen = next((c for c in clinical if best is not None and c.model == best.name), clinical[0])
+    tables = [
+        operating_table(chosen),
+        calibration_table(clinical),
+        subgroup_table(chosen),
+        adjudicated_table(clinical, phantom),
+    ]
+    caption = f"Reliability diagram of {display_name(chosen.model)} (test split)"
+    return ("Clinical evaluation", tables, [figure("reliability", caption)], [])
+
+
+def _heldout_lead(sanity: Mapping[str, SanityRun]) -> list[str]:
+    lead = [
+        "The tables below lead with numbers measured on the report half of the boxes at heatmap "
+        "thresholds chosen on the tune half (Choe et al. 2020); the paper's Tables 7-8 (fixed "
+        "thresholds, all boxes) follow for comparison with the paper.\n"
+    ]
+    flagged = [f for f in failing_methods(sanity) if not f.startswith(f"{CONTROL_METHOD} on")]
+    if flagged:
+        lead.append(
+            f"**Randomisation check failed** (the maps barely change when the model's weights are "
+            f"re-initialised, so they do not show what the model learned): {', '.join(flagged)}. "
+            f"{CONTROL_METHOD} fails by construction (it ignores the model).\n"
+        )
+    return lead
+
+
+def _localisation_section(
+    models: Sequence[ModelResults],
+    methods: Sequence[str],
+    comparison: Comparison | None,
+    sanity: Mapping[str, SanityRun],
+    examples: ExampleGrid | None,
+    figure: Callable[[str, str], str],
+) -> Section:
+    tables: list[Table] = []
+    lead: list[str] = []
+    if comparison is not None and "heldout" in comparison.doc["localisation"]:
+        tables += heldout_section(comparison, models, methods, sanity)
+        lead = _heldout_lead(sanity)
+    tables += localisation_tables(models, methods)
+    degenerate = degenerate_table(models, methods)
+    if degenerate is not None:
+        tables.append(degenerate)
+    text = [figure("iou", "Paper IoU (class mean) against heatmap threshold")]
+    if examples is not None:
+        shown = display_name(examples.model)
+        if examples.methods:
+            text.append(figure("examples", f"Example heatmaps of {shown}: {', '.join(examples.methods)}"))
+        if examples.not_computed:
+            text.append(
+                f"Example heatmaps: {', '.join(examples.not_computed)} (report.example_methods) not "
+                f"computed for {shown} (see cam.methods), so not drawn.\n"
+            )
+    return ("Localisation", tables, text, lead)
+
+
+def _external_section(
+    external: Sequence[ExternalRun], params: Mapping[str, Any], names: Sequence[str]
+) -> Section:
+    seed = int(params["seeds"][0])
+    return (
+        "External validation",
+        [t for run in external for t in external_tables(run, names, seed)],
+        [],
+        [
+            "The NIH-trained models scored on data sets they never saw (the paper's section 5.1 "
+            "future work), each finding mapped to the NIH finding(s) that score it.\n"
+        ],
+    )
+
+
 def build_report(
     params: Mapping[str, Any],
     manifest: Mapping[str, Any],
@@ -121,10 +223,13 @@ def build_report(
     sanity: Mapping[str, SanityRun] | None = None,
     external: Sequence[ExternalRun] = (),
 ) -> Report:
-    """Assemble report.md: header, data, training, Tables 5-8, the model comparison, localisation."""
+    """Assemble report.md: a one-screen summary (header, verdicts, summary table, known answer, links),
+    then data, training, Tables 5-8, the model comparison, clinical, localisation and external sections."""
     _, phantom = data_source(manifest)
     best = best_model(models, comparison.ranking["best"] if comparison else None)
     methods = method_names(models, params["cam"]["methods"])
+    names = [m.name for m in models]
+    vs_best = (lambda m: vs_best_cell(comparison, m)) if comparison else None
 
     def figure(key: str, caption: str) -> str:
         path = figures.get(key)
@@ -132,11 +237,12 @@ def build_report(
             return ""
         return f"![{caption}]({Path(os.path.relpath(path, out_dir)).as_posix()})\n\n*{caption}*\n"
 
-    # (title, tables, text after the tables[, text before them])
-    sections: list[tuple[str, list[Table], list[str], list[str]]] = []
+    summary: list[Section] = [
+        ("Summary", [summary_table(models, params["report"]["headline_method"], vs_best)], [], [])
+    ]
     if phantom:
-        sections.append(("Known answer", [known_answer_table(judge_all(models, params), params)], [], []))
-    sections += [
+        summary.append(("Known answer", [known_answer_table(judge_all(models, params), params)], [], []))
+    details: list[Section] = [
         (
             "Data",
             [data_table(split, split_path)],
@@ -151,86 +257,18 @@ def build_report(
         ),
         (
             "Classification",
-            [
-                auc_table(models, (lambda m: vs_best_cell(comparison, m)) if comparison else None),
-                literature_table(best, phantom),
-            ],
+            [auc_table(models, vs_best), literature_table(best, phantom)],
             [figure("roc", "ROC curves per class")],
             [],
         ),
     ]
     if comparison is not None:
-        names = [m.name for m in models]
-        compare_tables = []
-        if comparison.has_pairs:
-            compare_tables.append(pairwise_auc_table(comparison))
-        if len(comparison.doc["seeds"]) > 1:
-            compare_tables.append(seeds_table(comparison, names))
-        if comparison.has_pairs:
-            compare_tables += [loc_ranking_table(comparison, names), pairwise_loc_table(comparison)]
-        if comparison.doc["localisation"]:
-            compare_tables.append(control_table(comparison, names))
-        sections.append(("Which model is best?", compare_tables, [], []))
+        details.append(_comparison_section(comparison, names))
     if clinical:
-        chosen = next((c for c in clinical if best is not None and c.model == best.name), clinical[0])
-        sections.append(
-            (
-                "Clinical evaluation",
-                [
-                    operating_table(chosen),
-                    calibration_table(clinical),
-                    subgroup_table(chosen),
-                    adjudicated_table(clinical, phantom),
-                ],
-                [figure("reliability", f"Reliability diagram of {display_name(chosen.model)} (test split)")],
-                [],
-            )
-        )
-    loc_tables: list[Table] = []
-    loc_lead: list[str] = []
-    if comparison is not None and "heldout" in comparison.doc["localisation"]:
-        loc_tables += heldout_section(comparison, models, methods, sanity or {})
-        flagged = [f for f in failing_methods(sanity or {}) if not f.startswith(f"{CONTROL_METHOD} on")]
-        loc_lead.append(
-            "The tables below lead with numbers measured on the report half of the boxes at heatmap "
-            "thresholds chosen on the tune half (Choe et al. 2020); the paper's Tables 7-8 (fixed "
-            "thresholds, all boxes) follow for comparison with the paper.\n"
-        )
-        if flagged:
-            loc_lead.append(
-                f"**Randomisation check failed** (the maps barely change when the model's weights are "
-                f"re-initialised, so they do not show what the model learned): {', '.join(flagged)}. "
-                f"{CONTROL_METHOD} fails by construction (it ignores the model).\n"
-            )
-    loc_tables += localisation_tables(models, methods)
-    degenerate = degenerate_table(models, methods)
-    if degenerate is not None:
-        loc_tables.append(degenerate)
-    loc_text = [figure("iou", "Paper IoU (class mean) against heatmap threshold")]
-    if examples is not None:
-        shown = display_name(examples.model)
-        if examples.methods:
-            loc_text.append(figure("examples", f"Example heatmaps of {shown}: {', '.join(examples.methods)}"))
-        if examples.not_computed:
-            loc_text.append(
-                f"Example heatmaps: {', '.join(examples.not_computed)} (report.example_methods) not "
-                f"computed for {shown} (see cam.methods), so not drawn.\n"
-            )
-    sections.append(("Localisation", loc_tables, loc_text, loc_lead))
+        details.append(_clinical_section(clinical, best, phantom, figure))
+    details.append(_localisation_section(models, methods, comparison, sanity or {}, examples, figure))
     if external:
-        seed = int(params["seeds"][0])
-        names = [m.name for m in models]
-        sections.append(
-            (
-                "External validation",
-                [t for run in external for t in external_tables(run, names, seed)],
-                [],
-                [
-                    "The NIH-trained models scored on data sets they never saw (the paper's section 5.1 "
-                    "future work), each finding mapped to the NIH finding(s) that score it.\n"
-                ],
-            )
-        )
+        details.append(_external_section(external, params, names))
 
     parts = [header(params, manifest)]
     if best is not None:
@@ -238,6 +276,8 @@ def build_report(
         parts.append(f"Best model (highest {seeds}macro test AUC): **{best.display}**.\n")
     if comparison is not None and comparison.has_pairs:
         parts.append(verdict(comparison))
+    parts.append("Details: " + " · ".join(f"[{title}]({anchor(title)})" for title, *_ in details) + "\n")
+    sections = summary + details
     for title, tables, extra, lead in sections:
         parts.append(f"## {title}\n")
         parts += lead

@@ -103,6 +103,32 @@ def auc_table(models: Sequence[ModelResults], vs_best: Callable[[str], Cell] | N
     return table
 
 
+def summary_table(
+    models: Sequence[ModelResults], method: str, vs_best: Callable[[str], Cell] | None
+) -> Table:
+    """The report's first table: each model's macro AUC, its standing against the best, and the
+    pointing game of the headline CAM method (``report.headline_method``) beside the random map."""
+    has_control = any(m.method(CONTROL_METHOD) is not None for m in models)
+    columns = ["Macro AUC [95% CI]", "vs best", f"Pointing ({method})"]
+    table = Table("summary", "Summary: every model at a glance", "model", columns)
+    for m in models:
+        auc = ci_cell(
+            number(m.test, m.test_path, ("macro_auc",)),
+            number(m.test, m.test_path, ("macro_auc_ci", "0"), role="ci_low"),
+            number(m.test, m.test_path, ("macro_auc_ci", "1"), role="ci_high"),
+        )
+        pointing = control_cell(
+            number(m.localise, m.localise_path, ("methods", method, "pointing", "mean")),
+            _control(m, method, has_control, ("pointing", "mean")),
+        )
+        table.add_row(m.display, [auc, vs_best(m.name) if vs_best else Cell("n/a"), pointing])
+    table.notes.append(
+        "First training seed's run; vs best as in Table 5 (paired patient bootstrap, Holm); pointing game "
+        "class mean over all boxes, with the random map's (rand) when computed. Details in the sections below."
+    )
+    return table
+
+
 def literature_table(best: ModelResults | None, phantom: bool) -> Table:
     """Table 6: the best model of this run beside the literature rows the paper quotes."""
     columns = [column for _, column in PAPER_AUC_COLUMNS] + ["Average"]
