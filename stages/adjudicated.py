@@ -13,11 +13,10 @@ import shutil
 from pathlib import Path
 
 from cxr_core.data.adjudicated import adjudicated_path, read_adjudicated, write_phantom_adjudicated
-from cxr_core.data.manifest import Manifest
+from cxr_core.data.manifest import PHANTOM_SOURCE, Manifest
 from cxr_core.data.metadata import DATA_ENTRY
 from cxr_core.data.tables import SplitTable
 from cxr_core.files import atomic_path
-from cxr_core.models.checkpoints import PHANTOM_SOURCE
 from cxr_core.params import load_params
 from stages._common import params_option, path_option, splits_option, stage_command
 

@@ -39,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cxr_core.data.manifest import PHANTOM_SOURCE
 from cxr_core.errors import CxrError
 from cxr_core.labels import LABELS
-from cxr_core.models.checkpoints import PHANTOM_SOURCE, CheckpointMeta
+from cxr_core.models.checkpoints import CheckpointMeta
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from cxr_core.files import contract, read_json
 
 MANIFEST = "manifest.json"
+#: ``source`` of the embedded phantom (``data.source: synthetic``): every report and checkpoint flags it.
+PHANTOM_SOURCE = "synthetic"
 
 
 @contract(

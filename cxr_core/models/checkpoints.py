@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cxr_core.data.manifest import PHANTOM_SOURCE
 from cxr_core.errors import CxrError
 from cxr_core.files import contract
 from cxr_core.labels import LABELS
@@ -48,8 +49,6 @@ META_FIELDS: tuple[str, ...] = (
 )
 #: Where the train stage writes a run's best checkpoint (dvc.yaml), relative to the project root.
 CHECKPOINT_PATTERN = "data/models/{model}/seed{seed}/best.pt"
-#: ``data_source`` of a checkpoint trained on the embedded phantom (the raw manifest's ``source``).
-PHANTOM_SOURCE = "synthetic"
 #: What ``best.pt`` records of the epoch it was saved at.
 BEST_FIELDS: tuple[str, ...] = ("epoch", "val_loss", "val_macro_auc")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_core.data import rawdata
-from cxr_core.data.manifest import MANIFEST, read_manifest
+from cxr_core.data.manifest import MANIFEST, PHANTOM_SOURCE, read_manifest
 from cxr_core.data.metadata import DATA_ENTRY_NAMES, DATA_ENTRY_V2020
 from cxr_core.data.sources import nih, phantom
 
@@ -48,7 +48,7 @@ def _nih(data: Mapping[str, Any], raw_dir: Path) -> str:
 
 #: ``data.source`` values that write ``data/raw/images`` themselves (anything else is a folder path);
 #: each returns the name of the label file it wrote ``Data_Entry.csv`` from, for the manifest.
-SOURCES: dict[str, Callable[[Mapping[str, Any], Path], str]] = {"synthetic": _phantom, "nih": _nih}
+SOURCES: dict[str, Callable[[Mapping[str, Any], Path], str]] = {PHANTOM_SOURCE: _phantom, "nih": _nih}
 
 
 def fill_raw(data: Mapping[str, Any], raw_dir: Path) -> rawdata.Manifest:
@@ -78,7 +78,7 @@ def restore_images(data: Mapping[str, Any], raw_dir: Path) -> None:
     present = bool(folders) and all(f.is_dir() for f in folders)
     if present and rawdata.image_fingerprint(root, manifest.layout) == manifest.fingerprint:
         return
-    if manifest.source != "synthetic" or data["source"] != "synthetic":
+    if manifest.source != PHANTOM_SOURCE or data["source"] != PHANTOM_SOURCE:
         if not present:
             raise rawdata.RawDataError(
                 f"{root}: no images there, but {raw_dir / MANIFEST} says the {manifest.source!r} images "
