@@ -26,7 +26,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from cxr_core.devtools import pr_report
+from cxr_core.devtools import pr_git, pr_metrics, pr_page, pr_plots, pr_report
 from cxr_core.devtools.pr_report import PrReportError, main
 
 pytest.importorskip("vl_convert")
@@ -193,7 +193,7 @@ def report_vs_c1(project, tmp_path_factory) -> tuple[str, Path, dict[str, dict]]
     manifest.write_text(json.dumps({"source": "synthetic", "layout": "official"}))
     out = tmp_path_factory.mktemp("report_c1")
     specs: dict[str, dict] = {}
-    render = pr_report.render_png
+    render = pr_plots.render_png
 
     def recording(spec, scale, plot_id):
         specs[plot_id] = spec
@@ -202,7 +202,7 @@ def report_vs_c1(project, tmp_path_factory) -> tuple[str, Path, dict[str, dict]]
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("DVC_NO_ANALYTICS", "1")
-            mp.setattr(pr_report, "render_png", recording)
+            mp.setattr(pr_plots, "render_png", recording)
             code, output = _run(
                 "--repo", str(repo), "--base", commits["c1"], "--out", str(out),
                 "--plot", "loss_curve", "--plot", "val_loss", "--plot", "plots/iou", "--plot", "no_such_plot",
@@ -272,7 +272,7 @@ def test_metrics_summary_counts_and_outside_interval(report_vs_c1) -> None:
     assert [r[0] for r in outside] == [f"`auc.pairs.{p}.per_class.{c}.diff`" for (p, c), _ in expected]
     assert [r[3] for r in outside] == [f"{v:+.4g}" for _, v in expected]
     assert all(r[-1].startswith("**outside** base [") for r in outside)
-    assert len(_rows(table)) == 2 + 3 + pr_report.LARGEST_ROWS  # header, outside, largest others
+    assert len(_rows(table)) == 2 + 3 + pr_metrics.LARGEST_ROWS  # header, outside, largest others
     assert "Shown: the 3 largest of the 3 changes outside their interval, then the 5 largest" in table
 
 
@@ -343,18 +343,18 @@ def test_fit_cuts_least_important_first_with_a_note(report_vs_c1) -> None:
     names = [part.split()[1].rstrip(":") for part in parts]
     assert names == ["Headline", "Params", "Plots", "Metrics"]
     ranks = {"Headline": 4, "Params": 3, "Plots": 2, "Metrics": 1}
-    sections = [pr_report.section("top", top.splitlines())] + [
-        pr_report.section(name, part.splitlines(), ranks[name], f"`{name}.md`")
+    sections = [pr_page.section("top", top.splitlines())] + [
+        pr_page.section(name, part.splitlines(), ranks[name], f"`{name}.md`")
         for name, part in zip(names, parts, strict=True)
     ]
-    assert pr_report.render(sections) == markdown  # split and joined again: nothing lost
+    assert pr_page.render(sections) == markdown  # split and joined again: nothing lost
     whole = set(markdown.splitlines())
     for limit, cut in (
         (len(markdown) - 500, ["Metrics"]),
         (len(markdown) - len(parts[3]) - 100, ["Metrics", "Plots"]),
     ):
-        fitted, cut_names = pr_report.fit(sections, limit)
-        page = pr_report.render(fitted)
+        fitted, cut_names = pr_page.fit(sections, limit)
+        page = pr_page.render(fitted)
         assert len(page) < limit and cut_names == cut
         for kept in ("Headline", "Params"):
             assert _section(page, kept) == _section(markdown, kept)
@@ -364,8 +364,8 @@ def test_fit_cuts_least_important_first_with_a_note(report_vs_c1) -> None:
             assert note.startswith(f"**Cut here to fit one GitHub comment ({limit:,} characters): ")
             assert note.endswith(f"left out.** All of it: `{name}.md`.")
         assert all(line in whole for line in page.splitlines() if line.startswith("|"))  # whole rows
-    fitted, _ = pr_report.fit(sections, len(markdown) - 500)
-    metrics = _section(pr_report.render(fitted), "Metrics")
+    fitted, _ = pr_page.fit(sections, len(markdown) - 500)
+    metrics = _section(pr_page.render(fitted), "Metrics")
     assert "| metric | base | head |" in metrics  # cut between rows, not the whole section
     assert re.search(
         r"\*\*Cut here.*: \d+ more table rows and \d+ more paragraphs or tables left out", metrics
@@ -380,13 +380,13 @@ def test_interval_spellings_and_outside() -> None:
         "pair": {"diff": 0.02, "ci": [-0.01, 0.05], "p": 0.3},  # compare.json
         "ci": 0.95, "n": [1, 2],
     }  # fmt: skip
-    flat = pr_report._flat(doc)
+    flat = pr_metrics._flat(doc)
     assert "n" not in flat and "ci" in flat  # lists left out, as DVC does
-    found = {k: pr_report._interval(place) for k, place in flat.items()}
+    found = {k: pr_metrics._interval(place) for k, place in flat.items()}
     assert found["models.m.auc"] == (0.75, 0.85) and found["macro_auc"] == (0.7, 0.9)
     assert found["auc.A"] == (0.5, 0.7) and found["pair.diff"] == (-0.01, 0.05)
     assert found["pair.p"] is None and found["ci"] is None and found["models.m.auc_lo"] is None
-    change = pr_report.Change
+    change = pr_metrics.Change
     assert change("pair.diff", 0.02, 0.06, (-0.01, 0.05), "base").outside
     assert not change("pair.diff", 0.02, 0.04, (-0.01, 0.05), "base").outside
     assert change("x", 0.05, 0.2, (0.1, 0.3), "head").outside  # the base value outside the head's
@@ -396,16 +396,16 @@ def test_interval_spellings_and_outside() -> None:
 
 def test_short_labels_name_the_model() -> None:
     paths = [f"{m}/seed0/plots/metrics/val_loss.tsv" for m in ("densenet121", "swin_base")]
-    assert list(pr_report.short_labels(paths).values()) == ["densenet121", "swin_base"]
+    assert list(pr_plots.short_labels(paths).values()) == ["densenet121", "swin_base"]
     seeds = ["densenet121/seed0/val_loss.tsv", "densenet121/seed1/val_loss.tsv", "swin/seed0/val_loss.tsv"]
-    assert list(pr_report.short_labels(seeds).values()) == [
+    assert list(pr_plots.short_labels(seeds).values()) == [
         "densenet121/seed0",
         "densenet121/seed1",
         "swin/seed0",
     ]
-    assert list(pr_report.short_labels(["a/x.csv", "a/x.tsv"]).values()) == ["a/x.csv", "a/x.tsv"]  # collide
+    assert list(pr_plots.short_labels(["a/x.csv", "a/x.tsv"]).values()) == ["a/x.csv", "a/x.tsv"]  # collide
     ids = [f"plots/roc/{m}/seed0.csv" for m in ("densenet121", "swin_base")] + ["val_loss"]
-    assert pr_report.file_names(ids, ["plots/roc", "val_loss"]) == {
+    assert pr_plots.file_names(ids, ["plots/roc", "val_loss"]) == {
         ids[0]: "densenet121",
         ids[1]: "swin_base",
     }
@@ -469,7 +469,7 @@ def test_setup_errors_are_one_line_exit_1(setup, message, project, tmp_path) -> 
 
 
 def test_malformed_headline_names_key() -> None:
-    base = pr_report.Base("main", "0" * 40)
+    base = pr_git.Base("main", "0" * 40)
     with pytest.raises(
         PrReportError, match=r"metrics/headline.json at main: models.m.auc is 'x', not a number"
     ):
@@ -480,11 +480,11 @@ def test_malformed_headline_names_key() -> None:
 
 def test_png_names_unique_and_selectors() -> None:
     taken: set[str] = set()
-    names = [pr_report._png_name(p, taken) for p in ("plots/roc/a.csv", "plots/roc/a.tsv", "val_loss")]
+    names = [pr_plots._png_name(p, taken) for p in ("plots/roc/a.csv", "plots/roc/a.tsv", "val_loss")]
     assert names == ["plots-roc-a.png", "plots-roc-a-1.png", "val_loss.png"]
-    assert pr_report._selected("plots/roc/a.csv", ["plots/roc"])
-    assert not pr_report._selected("plots/rocket.csv", ["plots/roc"])
-    assert re.fullmatch(r"[\w.-]+", pr_report._png_name("dvc.yaml::x y/z", set()))
+    assert pr_plots._selected("plots/roc/a.csv", ["plots/roc"])
+    assert not pr_plots._selected("plots/rocket.csv", ["plots/roc"])
+    assert re.fullmatch(r"[\w.-]+", pr_plots._png_name("dvc.yaml::x y/z", set()))
 
 
 def test_render_fetches_nothing_and_names_the_plot() -> None:
@@ -498,7 +498,7 @@ def test_render_fetches_nothing_and_names_the_plot() -> None:
     with pytest.raises(
         PrReportError, match=r"plot 'p': .*External data url not allowed: https://example.org"
     ):
-        pr_report.render_png(spec, 1.0, "p")
+        pr_plots.render_png(spec, 1.0, "p")
 
 
 def test_old_pngs_cleaned_only_from_our_own_folder(tmp_path) -> None:
