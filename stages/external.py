@@ -16,7 +16,8 @@ from cxr_core.data.external.store import ExternalSet
 from cxr_core.errors import ArtifactError
 from cxr_core.evaluate.predict import predict_probs
 from cxr_core.evaluate.predictions import Predictions
-from cxr_core.explain.compute import CAM_LOOKUPS, CamSettings
+from cxr_core.explain.cams.registry import CAM_LOOKUPS
+from cxr_core.explain.cams.settings import CamSettings
 from cxr_core.files import read_json
 from cxr_core.models.checkpoints import load_model
 from cxr_core.models.registry import get_spec
@@ -30,7 +31,6 @@ LOOKUPS = CAM_LOOKUPS
 
 
 @stage_command()
-@path_option("name", help="a name from params.yaml external.datasets")
 @params_option
 @path_option("data", help="data/external/<name> (external_data stage)")
 @path_option("models", "data/models", help="the trained models (train stage)")
@@ -39,9 +39,7 @@ LOOKUPS = CAM_LOOKUPS
     "localise", "metrics/localise", help="the thresholds chosen on the NIH tune boxes (localise stage)"
 )
 @path_option("out", help="metrics/external/<name>.json")
-def main(
-    name: Path, params: Path, data: Path, models: Path, predictions: Path, localise: Path, out: Path
-) -> None:
+def main(params: Path, data: Path, models: Path, predictions: Path, localise: Path, out: Path) -> None:
     cfg = load_params(params, LOOKUPS)
     ext = ExternalSet.read(data)
     test_cfg = cfg["test"]

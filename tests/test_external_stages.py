@@ -123,7 +123,7 @@ def test_a_real_layout_copy_runs_through_both_stages(
     data, out = tmp_path / "data" / name, tmp_path / f"{name}.json"
     _run("external_data", ["--name", name, "--params", str(params), "--cache", str(phantom_data.cache),
                            "--splits", str(phantom_data.splits), "--out", str(data)])  # fmt: skip
-    _run("external", ["--name", name, "--params", str(params), "--data", str(data), "--models",
+    _run("external", ["--params", str(params), "--data", str(data), "--models",
                       str(nih_side / "models"), "--predictions", str(nih_side / "predictions"),
                       "--localise", str(nih_side / "localise"), "--out", str(out)])  # fmt: skip
     doc = json.loads(out.read_text())

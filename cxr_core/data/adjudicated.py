@@ -67,8 +67,6 @@ COLUMNS: tuple[str, ...] = (*DATA_ENTRY_COLUMNS, *FINDING_COLUMNS, SET_COLUMN)
 #: ``Set Id`` values: the official test split's images, and images of the train/val list.
 SETS: tuple[str, ...] = ("test", "val")
 YES, NO = "YES", "NO"
-#: What :func:`read_adjudicated` returns.
-TIDY_COLUMNS: tuple[str, ...] = ("image", "set", *FINDING_COLUMNS.values())
 
 
 @dataclass(frozen=True)
