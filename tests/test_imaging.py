@@ -143,6 +143,40 @@ def test_unsupported_dicoms_give_a_clear_error(
     assert str(path) in str(info.value) and isinstance(info.value, ImageDecodeError)
 
 
+@pytest.mark.parametrize(
+    ("photometric", "pixels"),
+    [
+        ("MONOCHROME2", np.zeros((3, 8, 8), np.uint16)),
+        ("RGB", np.zeros((8, 8, 3), np.uint8)),
+        ("MONOCHROME2", None),
+    ],
+)
+def test_predict_and_the_external_sets_refuse_the_same_dicoms(
+    tmp_path: Path, photometric: str, pixels: np.ndarray | None
+) -> None:
+    """One DICOM reader: a file `cxr predict` refuses (e.g. multi-frame) is refused by the external
+    sets' decoder for the same reason, not silently cut to its first frame."""
+    from cxr_core.data.external.dicom import decode_dicom
+
+    bits = 8 if pixels is not None and pixels.dtype == np.uint8 else 12
+    path = write_dicom(tmp_path / "bad.dcm", pixels, photometric, bits)
+    with pytest.raises(ImageDecodeError) as external:
+        decode_dicom(path, 32)
+    with pytest.raises(UnsupportedImageError) as predict:
+        read_image(path, 32)
+    assert external.value.reason == predict.value.reason and str(path) in str(external.value)
+
+
+def test_predict_and_the_external_sets_decode_a_dicom_to_the_same_pixels(tmp_path: Path) -> None:
+    from cxr_core.data.external.dicom import decode_dicom
+
+    for photometric in ("MONOCHROME1", "MONOCHROME2"):
+        path = write_dicom(tmp_path / f"{photometric}.dcm", anatomy(), photometric)
+        pixels, (width, height) = decode_dicom(path, 32)
+        np.testing.assert_array_equal(pixels, read_image(path, 32))
+        assert (height, width) == anatomy().shape
+
+
 def test_dicom_without_extension_is_found_in_a_folder(tmp_path: Path) -> None:
     write_dicom(tmp_path / "IM0001", anatomy(), "MONOCHROME2")
     (tmp_path / "notes").write_text("not an image")

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cxr_core.data import dicom
 from cxr_core.data.decode import (
     ALLOWED_FORMATS,
     DECODE_ERRORS,
@@ -43,7 +44,7 @@ from cxr_core.data.decode import (
     decode_image,
     to_grey,
 )
-from cxr_core.data.dicom import DICOM_GREY, dicom_to_unit, has_dicom_magic
+from cxr_core.data.dicom import has_dicom_magic
 
 logger = logging.getLogger(__name__)
 
@@ -166,64 +167,18 @@ def resize_grey(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_dicom(path: str | os.PathLike, *, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """A greyscale DICOM -> float64 ``H x W`` in [0, 1], bright = dense (MONOCHROME1 inverted)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
+    """A greyscale DICOM -> float64 ``H x W`` in [0, 1], bright = dense: the pipeline's one DICOM
+    reader (:func:`cxr_core.data.dicom.read_dicom`) behind the upload limits."""
     path = Path(path)
     check_file(path, limits)
     try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
-        raise UnsupportedImageError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
-    if "PixelData" not in ds:
-        kind = (
-            "float pixel data"
-            if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds)
-            else "no pixel data"
+        return dicom.read_dicom(
+            path, check_size=lambda width, height: _check_side(path, width, height, limits)
         )
-        raise UnsupportedImageError(
-            path, f"DICOM has {kind} (e.g. a structured report or a presentation state): nothing to show"
-        )
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric not in DICOM_GREY:
-        raise UnsupportedImageError(
-            path,
-            f"DICOM photometric interpretation {photometric or '(missing)'!r} is not supported: only greyscale "
-            f"{' / '.join(DICOM_GREY)} radiographs are; export the image as greyscale",
-        )
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise UnsupportedImageError(
-            path, f"DICOM has {ds.SamplesPerPixel} samples per pixel; expected 1 (grey)"
-        )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames != 1:
-        raise UnsupportedImageError(
-            path, f"DICOM has {frames} frames; only single-frame radiographs are supported"
-        )
-    _check_side(path, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), limits)
-    try:
-        stored = ds.pixel_array
-    except Exception as exc:  # pydicom raises RuntimeError / NotImplementedError / ValueError ...
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", str(syntax))
-        hint = (
-            " (compressed pixel data: install a decoder, e.g. `pip install pylibjpeg pylibjpeg-libjpeg "
-            "pylibjpeg-openjpeg`, or export it uncompressed)"
-            if syntax is not None and getattr(syntax, "is_compressed", False)
-            else ""
-        )
-        raise UnsupportedImageError(
-            path, f"cannot decode the DICOM pixel data, transfer syntax {name}{hint}: {exc}"
-        ) from exc
-    if stored.ndim != 2:
-        raise UnsupportedImageError(
-            path, f"DICOM pixel array has shape {stored.shape}; expected rows x columns"
-        )
-    values = dicom_to_unit(stored, ds)
-    if photometric == "MONOCHROME1":
-        values = 1.0 - values
-    return values
+    except ImageTooLargeError:
+        raise
+    except ImageDecodeError as exc:
+        raise UnsupportedImageError(path, exc.reason) from None
 
 
 def collect_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
