@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from benchmarks.timing import timed_call
+from cxr_core.explain.cams.batch_loop import compute_heatmaps
+from cxr_core.explain.cams.library_cam import LibraryCAM
+from cxr_core.explain.degenerate import degeneracy_summary
 from cxr_core.explain.layers import cam_target_layer, reshape_transform
-from cxr_core.explain.library import LibraryCAM
-from cxr_core.explain.methods import compute_heatmaps, degeneracy_summary
 from cxr_core.files import write_json
 from cxr_core.models.registry import create_model, get_spec
 

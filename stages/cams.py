@@ -12,7 +12,9 @@ from pathlib import Path
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import LocTable
 from cxr_core.evaluate.predictions import Predictions
-from cxr_core.explain.compute import CAM_LOOKUPS, CamSettings, loc_heatmaps
+from cxr_core.explain.cams.registry import CAM_LOOKUPS
+from cxr_core.explain.cams.settings import CamSettings
+from cxr_core.explain.loc_heatmaps import loc_heatmaps
 from cxr_core.models.checkpoints import load_model
 from cxr_core.models.registry import get_spec
 from cxr_core.params import load_params

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxr_core.data.tables import LocTable
-from cxr_core.explain.heatmaps import SavedHeatmaps
+from cxr_core.explain.heatmap_file import SavedHeatmaps
 from cxr_core.explain.heldout import HeldoutSettings
 from cxr_core.explain.scoring import BoxRecords, LocaliseMetrics, score_heatmaps
 from cxr_core.params import load_params

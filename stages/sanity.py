@@ -13,14 +13,11 @@ from pathlib import Path
 from cxr_core.data.batches import normalise, to_device
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import LocTable
-from cxr_core.explain.methods import check_eigen_sign, compute_heatmaps, get_cam_method
-from cxr_core.explain.sanity import (
-    cascade_steps,
-    check_faithfulness,
-    faithfulness_scores,
-    randomisation_check,
-    sanity_verdict,
-)
+from cxr_core.explain.cams.batch_loop import compute_heatmaps
+from cxr_core.explain.cams.eigen_cam import check_eigen_sign
+from cxr_core.explain.cams.registry import get_cam_method
+from cxr_core.explain.faithfulness import check_faithfulness, faithfulness_scores
+from cxr_core.explain.sanity import cascade_steps, randomisation_check, sanity_verdict
 from cxr_core.explain.sanity_metrics import SanityMetrics, sample_boxes, sanity_metrics
 from cxr_core.models.checkpoints import load_model
 from cxr_core.models.registry import get_spec

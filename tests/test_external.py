@@ -314,9 +314,9 @@ def test_box_targets_are_the_union_of_every_readers_box() -> None:
 def test_box_scores_known_answer(monkeypatch) -> None:
     """Maps that are exactly the union mask hit and have IoU 1; maps peaked outside miss, IoU 0."""
     import cxr_core.compare.external as ext
-    import cxr_core.explain.compute as compute
-    from cxr_core.explain.compute import CamSettings
-    from cxr_core.explain.methods import CamMaps
+    import cxr_core.explain.cams.batch_loop as compute
+    from cxr_core.explain.cams.base_cam import CamMaps
+    from cxr_core.explain.cams.settings import CamSettings
     from cxr_core.runtime import Runtime
 
     size = 16

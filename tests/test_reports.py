@@ -33,7 +33,7 @@ from cxr_core.compare.study import CompareSettings, ComparisonMetrics, compare_s
 from cxr_core.data.metadata import BOX_SPACE
 from cxr_core.data.tables import LocTable
 from cxr_core.evaluate.predictions import Predictions
-from cxr_core.explain.heatmaps import SavedHeatmaps
+from cxr_core.explain.heatmap_file import SavedHeatmaps
 from cxr_core.explain.sanity_metrics import SanityMetrics
 from cxr_core.labels import BOX_LABELS, LABELS
 from cxr_core.report import ReportPaths, figures, inputs, literature, make_report, provenance

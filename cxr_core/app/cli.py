@@ -40,8 +40,9 @@ def all_lookups() -> dict[str, Any]:
     """Every registry the app's params can name (the app runs models, heatmaps and all)."""
     from cxr_core.data.external.registry import check_dataset
     from cxr_core.evaluate.operating import get_threshold_rule
-    from cxr_core.explain.methods import check_eigen_sign, get_cam_method
-    from cxr_core.explain.sanity import check_faithfulness
+    from cxr_core.explain.cams.eigen_cam import check_eigen_sign
+    from cxr_core.explain.cams.registry import get_cam_method
+    from cxr_core.explain.faithfulness import check_faithfulness
     from cxr_core.models.registry import get_spec
     from cxr_core.train.losses import get_loss
 
@@ -312,7 +313,7 @@ def predict(
         predict_files,
         probabilities,
     )
-    from cxr_core.explain.methods import get_cam_method
+    from cxr_core.explain.cams.registry import get_cam_method
     from cxr_core.labels import LABELS
 
     if heatmap_dir is not None:

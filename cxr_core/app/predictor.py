@@ -33,7 +33,7 @@ from cxr_core.data.batches import normalise, to_device
 from cxr_core.data.decode import ImageDecodeError
 from cxr_core.errors import CxrError
 from cxr_core.evaluate.predict import infer_logits
-from cxr_core.explain.methods import compute_heatmaps
+from cxr_core.explain.cams.batch_loop import compute_heatmaps
 from cxr_core.labels import LABEL_INDEX, LABELS
 from cxr_core.models.checkpoints import CheckpointMeta
 from cxr_core.runtime import Runtime

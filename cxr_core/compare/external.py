@@ -30,8 +30,10 @@ from cxr_core.evaluate.metrics import (
     _percentile_interval,
     weighted_auc,
 )
+from cxr_core.explain.cams.batch_loop import cams_in_batches
+from cxr_core.explain.cams.settings import CamSettings
 from cxr_core.explain.class_means import class_means
-from cxr_core.explain.compute import CamSettings, cams_in_batches, clean_maps
+from cxr_core.explain.degenerate import clean_maps
 from cxr_core.explain.geometry import box_mask, paper_iou, pointing_hit
 from cxr_core.models.registry import ModelSpec
 from cxr_core.runtime import Runtime

@@ -18,7 +18,7 @@ import pandas as pd
 
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import LocTable
-from cxr_core.explain.heatmaps import SavedHeatmaps
+from cxr_core.explain.heatmap_file import SavedHeatmaps
 from cxr_core.labels import BOX_LABELS, LABELS, NO_FINDING
 from cxr_core.report.inputs import (
     CONTROL_METHOD,

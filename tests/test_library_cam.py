@@ -1,4 +1,4 @@
-"""pytorch-grad-cam methods by name (cxr_core.explain.library): agreement with the native CAMs, one target
+"""pytorch-grad-cam methods by name (cxr_core.explain.cams.library_cam): agreement with the native CAMs, one target
 per image, the raw maps, names and refusals, model state. CPU, resnet18 / a 64 px Swin, random weights."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytorch_grad_cam as pgc
 import torch
 from pytorch_grad_cam.base_cam import BaseCAM as LibraryBaseCAM
 
-from cxr_core.explain.layers import cam_target_layer, swin_reshape_transform
-from cxr_core.explain.library import (
+from cxr_core.explain.cams.features import FeatureExtractor
+from cxr_core.explain.cams.library_cam import (
     CLASS_AGNOSTIC,
     LIBRARY_PREFIX,
     NCHW_ONLY,
@@ -23,7 +23,9 @@ from cxr_core.explain.library import (
     library_method_names,
     resolve_library_method,
 )
-from cxr_core.explain.methods import FeatureExtractor, degenerate_maps, get_cam_method
+from cxr_core.explain.cams.registry import get_cam_method
+from cxr_core.explain.degenerate import degenerate_maps
+from cxr_core.explain.layers import cam_target_layer, swin_reshape_transform
 from cxr_core.models.registry import create_model, get_spec
 
 ATOL = 2e-5
@@ -106,7 +108,7 @@ def test_without_the_library_the_error_names_the_pip_package(monkeypatch, tiny):
 
 def test_importing_the_module_does_not_import_the_library():
     code = (
-        "import sys, cxr_core.explain.library as lib; "
+        "import sys, cxr_core.explain.cams.library_cam as lib; "
         "assert 'pytorch_grad_cam' not in sys.modules, 'imported'; print(lib.LIBRARY_PREFIX)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -275,7 +277,7 @@ def test_swin_reshape_transform_is_passed_through():
 
 
 def test_pipeline_runs_library_methods_by_name_beside_native_ones(tiny, images):
-    from cxr_core.explain.methods import compute_cams
+    from cxr_core.explain.cams.batch_loop import compute_cams
 
     model, _ = tiny
     spec = get_spec("resnet18")

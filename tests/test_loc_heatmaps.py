@@ -1,4 +1,4 @@
-"""The CAM stage's maps: independent of ``cam.batch_size``, and saved byte-reproducibly."""
+"""The localisation set's heatmaps (cxr_core.explain.loc_heatmaps), what the CAM stage saves: independent of ``cam.batch_size``, and saved byte-reproducibly."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import torch
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import LocTable
 from cxr_core.errors import ArtifactError
-from cxr_core.explain.compute import CamSettings, loc_heatmaps
-from cxr_core.explain.heatmaps import SavedHeatmaps
+from cxr_core.explain.cams.settings import CamSettings
+from cxr_core.explain.heatmap_file import SavedHeatmaps
+from cxr_core.explain.loc_heatmaps import loc_heatmaps
 from cxr_core.models.registry import create_model, get_spec
 from cxr_core.runtime import Runtime
 

@@ -10,7 +10,7 @@ library by hand gets wrong or leaves behind:
   the model's outputs before anything runs (a single target silently explains only the first image;
   an out-of-range class would raise an ``IndexError`` that the library's ``with`` block swallows).
 - **No parameter gradients.** The library needs gradients w.r.t. the target layer's activations,
-  not w.r.t. the weights: the parameters are frozen (:func:`cxr_core.explain.methods.frozen_eval`)
+  not w.r.t. the weights: the parameters are frozen (:func:`cxr_core.explain.cams.features.frozen_eval`)
   and the input is made a leaf that requires grad, so the backward skips every weight gradient. The
   maps are unchanged (the activation gradients do not depend on ``requires_grad``). ``requires_grad``
   flags, train / eval mode and any ``.grad`` the caller had are restored; none is added.
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cxr_core.explain.methods import (
+from cxr_core.explain.cams.features import (
     ReshapeTransform,
     _class_index_tensor,
     _looks_nhwc,
