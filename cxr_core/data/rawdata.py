@@ -16,9 +16,10 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
+from cxr_core.data.manifest import MANIFEST, Manifest, read_manifest
 from cxr_core.data.metadata import (
     BBOX_LIST,
     DATA_ENTRY,
@@ -32,7 +33,6 @@ from cxr_core.data.metadata import (
     read_data_entry,
 )
 from cxr_core.errors import CxrError
-from cxr_core.data.manifest import MANIFEST, Manifest, read_manifest
 from cxr_core.files import atomic_path
 
 log = logging.getLogger(__name__)

@@ -74,7 +74,9 @@ class ExternalTable:
     boxes: pd.DataFrame | None = None
     counts: dict[str, int] = field(default_factory=dict)
     label_file: str = ""
-    bootstrap_group: str = "patient"  # what ``patients`` holds: patient ids, or image ids where none are published
+    bootstrap_group: str = (
+        "patient"  # what ``patients`` holds: patient ids, or image ids where none are published
+    )
 
     def __post_init__(self) -> None:
         n, k = len(self.images), len(self.classes)
@@ -85,7 +87,9 @@ class ExternalTable:
         if len(set(self.images)) != n:
             raise ValueError("ExternalTable: image ids are not unique")
         if self.bootstrap_group not in ("patient", "image"):
-            raise ValueError(f"ExternalTable: bootstrap_group must be patient or image, got {self.bootstrap_group!r}")
+            raise ValueError(
+                f"ExternalTable: bootstrap_group must be patient or image, got {self.bootstrap_group!r}"
+            )
         values = self.labels[np.isfinite(self.labels)]
         if not np.isin(values, (0.0, 1.0)).all():
             raise ValueError("ExternalTable: labels must be 0, 1 or NaN")

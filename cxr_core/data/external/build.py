@@ -20,8 +20,8 @@ import pandas as pd
 from cxr_core.data.decode import ImageDecodeError, decode_image
 from cxr_core.data.external import leakage
 from cxr_core.data.external.base import ExternalDataError, ExternalTable
-from cxr_core.data.external.registry import ReadSet
 from cxr_core.data.external.dicom import decode_dicom, image_size, is_dicom
+from cxr_core.data.external.registry import ReadSet
 from cxr_core.data.external.store import BOXES_FILE, IMAGES_FILE, MANIFEST_FILE, TABLE_FILE, class_json
 from cxr_core.data.pool import pool_context
 from cxr_core.files import atomic_path, write_csv, write_json
@@ -48,9 +48,7 @@ def _decode_job(job: tuple[int, str, int]) -> tuple[int, np.ndarray | None, tupl
         return i, None, (0, 0), exc.reason
 
 
-def _decode_into(
-    files: Sequence[Path], out: np.ndarray, workers: int
-) -> tuple[np.ndarray, dict[int, str]]:
+def _decode_into(files: Sequence[Path], out: np.ndarray, workers: int) -> tuple[np.ndarray, dict[int, str]]:
     """Decode every file into the N x S x S ``out`` (a memmap: the set never sits in memory twice);
     returns each image's original (width, height) and the unreadable ones with their reason."""
     size = out.shape[1]
@@ -100,7 +98,10 @@ def _check_leakage(
         )
     if hits:
         log.warning(
-            "external set %s: dropping %d NIH near-copies: %s", name, len(hits), leakage.describe(hits, ids, nih.ids)
+            "external set %s: dropping %d NIH near-copies: %s",
+            name,
+            len(hits),
+            leakage.describe(hits, ids, nih.ids),
         )
     return sorted(i for i, _, _ in hits)
 
@@ -143,7 +144,9 @@ def build_external(
     table, out_dir = read.table, Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / (IMAGES_FILE + ".partial")
-    decoded = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(table.files), size, size))
+    decoded = np.lib.format.open_memmap(
+        partial, mode="w+", dtype=np.uint8, shape=(len(table.files), size, size)
+    )
     sizes, bad = _decode_into(table.files, decoded, workers)
     unreadable = _unreadable(table, bad, on_error)
     dropped = _check_leakage(decoded, table.images, nih, leakage_settings, table.dataset)
@@ -195,7 +198,9 @@ def build_external(
             "min_correlation": leakage_settings.min_correlation,
             "action": leakage_settings.action,
             "matches": len(dropped),
-            "nih_derived_markers": leakage.nih_derived(Path(read.source)) if read.source != "synthetic" else [],
+            "nih_derived_markers": leakage.nih_derived(Path(read.source))
+            if read.source != "synthetic"
+            else [],
         },
     }
     write_csv(out_dir / TABLE_FILE, frame)

@@ -14,7 +14,7 @@ NaN and -1 follows the paper's policies: U-Ignore (``missing`` -> NaN), U-Ones, 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 

@@ -67,7 +67,9 @@ def near_copies(
     rows = np.asarray(rows, dtype=np.int64)
     if len(query) == 0 or len(rows) == 0:
         return []
-    ref = np.concatenate([fingerprints(reference[rows[lo : lo + _CHUNK]]) for lo in range(0, len(rows), _CHUNK)])
+    ref = np.concatenate(
+        [fingerprints(reference[rows[lo : lo + _CHUNK]]) for lo in range(0, len(rows), _CHUNK)]
+    )
     hits = []
     for lo in range(0, len(query), _CHUNK):
         sim = fingerprints(query[lo : lo + _CHUNK]) @ ref.T

@@ -48,7 +48,11 @@ def read_dataset(external: Mapping[str, Any], name: str, workdir: Path) -> ReadS
     if name == PHANTOM:
         root = Path(workdir) / "source"
         external_phantom.generate(external_phantom.ExternalPhantomConfig.from_params(external[PHANTOM]), root)
-        settings = {"csv": external_phantom.CSV, "uncertain": external[PHANTOM]["uncertain"], "frontal_only": True}
+        settings = {
+            "csv": external_phantom.CSV,
+            "uncertain": external[PHANTOM]["uncertain"],
+            "frontal_only": True,
+        }
         table = chexpert.read(root, settings)
         table.dataset = PHANTOM
         return ReadSet(table, "synthetic", settings)
