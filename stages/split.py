@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxr_core.data.cache import load_cache
-from cxr_core.data.splits import SplitStats, splits_from_raw, write_splits
+from cxr_core.data.splits import split_stats, splits_from_raw, write_splits
+from cxr_core.data.tables import SplitStats
 from cxr_core.params import load_params
 from stages._common import cache_option, params_option, path_option, stage_command
 
@@ -29,7 +30,7 @@ def main(params: Path, raw: Path, cache: Path, out: Path, metrics: Path) -> None
         image_size=int(images.shape[1]),
     )
     write_splits(splits, out)
-    SplitStats.write(metrics, splits)
+    SplitStats.write(metrics, split_stats(splits))
 
 
 if __name__ == "__main__":

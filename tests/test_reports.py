@@ -105,6 +105,7 @@ def _split_json(rng: np.random.Generator) -> dict:
             "prevalence": {lab: round(p / n, 5) for lab, p in positives.items()},
         }
     out["loc"] = {"images": 11, "boxes": 12, "patients": 9, "boxes_per_label": dict.fromkeys(BOX_LABELS, 1)}
+    out["shared_patients"] = {"train_val": 0, "train_test": 0, "val_test": 0}
     return out
 
 
@@ -153,14 +154,24 @@ def _method(
     }
 
 
-def _localise_json(rng: np.random.Generator, methods: list[str], degenerate: float = 0.0) -> dict:
+def _localise_json(
+    rng: np.random.Generator, methods: list[str], degenerate: float = 0.0, model: str = "m"
+) -> dict:
     out = {
         name: _method(
             rng, 0.1 if name == "RandomCAM" else 0.6, degenerate if name == "GradCAM" else 0.0, "Nodule"
         )
         for name in methods
     }
-    return {"n_boxes": 12, "n_images": 11, "image_size": SIZE, "methods": out}
+    subsets = {"tune": 6, "report": 6}
+    return {
+        "model": model,
+        "n_boxes": 12,
+        "n_images": 11,
+        "image_size": SIZE,
+        "subsets": subsets,
+        "methods": out,
+    }
 
 
 def _dvclive(folder: Path, rng: np.random.Generator, epochs: int) -> None:
@@ -263,7 +274,15 @@ def build_inputs(root: Path, source: str = "synthetic") -> Inputs:
     params_path = root / "params.yaml"
     params_path.write_text(yaml.safe_dump(params))
 
-    manifest = {"source": source, "images": 500, "layout": "official", "fingerprint": FINGERPRINT}
+    manifest = {
+        "source": source,
+        "label_file": "Data_Entry_2017_v2020.csv",
+        "layout": "official",
+        "image_root": "images",
+        "images": 500,
+        "missing": [],
+        "fingerprint": FINGERPRINT,
+    }
     _write_json(root / "data" / "raw" / "manifest.json", manifest)
     _write_json(root / "metrics" / "split.json", _split_json(rng))
     tests = {"densenet121": _test_json(rng, 0.0), "swin_small": _test_json(rng, 0.1, undefined=("Hernia",))}

@@ -16,7 +16,6 @@ Only images that made it into the cache are used; everything is deterministic fr
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +25,10 @@ import pandas as pd
 from cxr_core.data import metadata as md
 from cxr_core.data.metadata import BOX_SPACE, labels_matrix
 from cxr_core.data.tables import LOC_COLUMNS, LOC_SUBSETS, SPLIT_COLUMNS, SPLIT_NAMES, LocTable, SplitTable
-from cxr_core.files import contract, read_json, write_json
 from cxr_core.labels import BOX_LABELS, LABEL_INDEX, LABELS
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -111,7 +110,7 @@ def localisation_set(
         }
     )
     loc = loc.sort_values(["row", "label_index"]).reset_index(drop=True)
-    onehot = (loc["label_index"].to_numpy()[:, None] == np.array([LABEL_INDEX[b] for b in BOX_LABELS])[None])
+    onehot = loc["label_index"].to_numpy()[:, None] == np.array([LABEL_INDEX[b] for b in BOX_LABELS])[None]
     tune = stratified_group_split(loc["patient"].to_numpy(), onehot, tune_fraction, seed)
     loc["subset"] = np.where(tune, "tune", "report")
     return loc[LOC_COLUMNS]
@@ -181,19 +180,6 @@ def write_splits(splits: Splits, out_dir: Path) -> None:
     for name in SPLIT_NAMES:
         SplitTable(getattr(splits, name)).write(out_dir, name)
     LocTable(splits.loc).write(out_dir)
-
-
-@contract("metrics/split.json", writer="split", fields=("train", "val", "test", "loc", "shared_patients"))
-class SplitStats:
-    """Images, patients and per-label positives / prevalence per split, and shared patients (0 by design)."""
-
-    @staticmethod
-    def write(path: str | os.PathLike, splits: Splits) -> None:
-        write_json(path, split_stats(splits))
-
-    @staticmethod
-    def read(path: str | os.PathLike) -> dict:
-        return read_json(path, "the split stage", SplitStats.CONTRACT.fields)  # type: ignore[attr-defined]
 
 
 def split_stats(splits: Splits) -> dict:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxr_core.files import contract, malformed, read_csv, write_csv
+from cxr_core.files import contract, malformed, read_csv, read_json, write_csv, write_json
 from cxr_core.labels import BOX_LABELS, LABEL_INDEX, LABELS
 
 SPLIT_COLUMNS = ["row", "image", "patient", *LABELS]
@@ -41,22 +42,34 @@ LOC_SUBSETS: tuple[str, ...] = ("tune", "report")
 _PRODUCER = "the split stage"
 
 
-def _check_columns(table: pd.DataFrame, path: Path, integers: tuple[str, ...], numbers: tuple[str, ...] = ()) -> None:
+def _check_columns(
+    table: pd.DataFrame, path: Path, integers: tuple[str, ...], numbers: tuple[str, ...] = ()
+) -> None:
     """Integer id columns (non-negative, no blanks) and finite number columns, or the file is malformed."""
     for column in integers:
         values = pd.to_numeric(table[column], errors="coerce")
         bad = values.isna() | (values < 0) | (values != values.round())
         if bad.any():
-            raise malformed(path, f"column {column!r} must hold non-negative integers ({int(bad.sum())} bad row(s))", _PRODUCER)
+            raise malformed(
+                path,
+                f"column {column!r} must hold non-negative integers ({int(bad.sum())} bad row(s))",
+                _PRODUCER,
+            )
     for column in numbers:
         values = pd.to_numeric(table[column], errors="coerce")
         bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
         if bad.any():
-            raise malformed(path, f"column {column!r} must hold finite numbers ({int(bad.sum())} bad row(s))", _PRODUCER)
+            raise malformed(
+                path, f"column {column!r} must hold finite numbers ({int(bad.sum())} bad row(s))", _PRODUCER
+            )
+
+
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 
 
-@contract("data/splits/{train,val,test}.csv", writer="split", fields=("row", "image", "patient", "<14 labels, 0/1>"))
+@contract(
+    "data/splits/{train,val,test}.csv", writer="split", fields=("row", "image", "patient", "<14 labels, 0/1>")
+)
 @dataclass(frozen=True)
 class SplitTable:
     """One split: cache rows, images, patients and 0/1 targets (N x 14) in ``LABELS`` order."""
@@ -133,14 +146,34 @@ class LocTable:
         table = read_csv(path, _PRODUCER, LOC_COLUMNS, dtype={"image": str, "label": str, "subset": str})
         unknown = sorted(set(table["label"]) - set(BOX_LABELS))
         if unknown:
-            raise malformed(path, f"has label(s) {unknown} that are not box findings {list(BOX_LABELS)}", _PRODUCER)
+            raise malformed(
+                path, f"has label(s) {unknown} that are not box findings {list(BOX_LABELS)}", _PRODUCER
+            )
         subsets = sorted(set(table["subset"].fillna("<blank>")) - set(LOC_SUBSETS))
         if subsets:
             raise malformed(path, f"has subset value(s) {subsets}; expected {list(LOC_SUBSETS)}", _PRODUCER)
-        _check_columns(table, path, ("row", "patient", "label_index"), ("x", "y", "w", "h", "x1024", "y1024", "w1024", "h1024"))
+        _check_columns(
+            table,
+            path,
+            ("row", "patient", "label_index"),
+            ("x", "y", "w", "h", "x1024", "y1024", "w1024", "h1024"),
+        )
         if not table["label_index"].equals(table["label"].map(LABEL_INDEX)):
             raise malformed(path, "has label_index values that do not match the label column", _PRODUCER)
         return cls(table)
 
     def write(self, splits_dir: str | os.PathLike) -> None:
         write_csv(Path(splits_dir) / "loc.csv", self.table[LOC_COLUMNS], float_format=None)
+
+
+@contract("metrics/split.json", writer="split", fields=("train", "val", "test", "loc", "shared_patients"))
+class SplitStats:
+    """Images, patients and per-label positives / prevalence per split, and shared patients (0 by design)."""
+
+    @staticmethod
+    def write(path: str | os.PathLike, stats: Mapping) -> None:
+        write_json(path, dict(stats))
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> dict:
+        return read_json(path, "the split stage", SplitStats.CONTRACT.fields)  # type: ignore[attr-defined]

@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 
 from cxr_core.errors import CxrError
-from cxr_core.evaluate.metrics import RocTable
+from cxr_core.evaluate.metrics import RocTable, TestMetrics
 from cxr_core.explain.baselines import BASELINES
+from cxr_core.explain.scoring import LocaliseMetrics
 from cxr_core.models.registry import get_spec
 from cxr_core.report.provenance import finite
 from cxr_core.train.live import EpochLog
@@ -222,16 +223,12 @@ class ModelResults:
 def load_model_results(paths: ReportPaths, model: str, seed: int) -> ModelResults:
     """Read and shape-check one run's metrics (files must exist: see :func:`check_inputs`)."""
     test_path, loc_path = paths.test_json(model, seed), paths.localise_json(model, seed)
-    test = read_json(
-        test_path, run_stage("test", model, seed), ("auc", "auc_ci", "macro_auc", "macro_auc_ci")
-    )
-    loc = read_json(loc_path, run_stage("localise", model, seed), ("methods",))
     return ModelResults(
         name=model,
         seed=seed,
-        test=test,
+        test=TestMetrics.read(test_path),
         test_path=test_path,
-        localise=loc,
+        localise=LocaliseMetrics.read(loc_path),
         localise_path=loc_path,
         train=read_json(paths.train_summary(model, seed), run_stage("train", model, seed)),
         train_path=paths.train_summary(model, seed),

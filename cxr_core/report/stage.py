@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from cxr_core.compare.clinical import ReliabilityTable
 from cxr_core.compare.study import ComparisonMetrics
+from cxr_core.data.manifest import read_manifest
+from cxr_core.data.tables import SplitStats
 from cxr_core.models.checkpoints import CHECKPOINT_PATTERN
 from cxr_core.report.clinical import load_clinical
 from cxr_core.report.comparison import Comparison, HeadlineMetrics, headline
@@ -36,7 +39,6 @@ from cxr_core.report.inputs import (
     example_inputs,
     load_model_results,
     method_names,
-    read_json,
     required_inputs,
 )
 from cxr_core.report.known_answer import KnownAnswerMetrics, judge_all, known_answer_json
@@ -51,8 +53,8 @@ def make_report(params: Mapping[str, Any], paths: ReportPaths) -> Report:
     seeds: list[int] = list(params["seeds"])
     external_sets: list[str] = list(params["external"]["datasets"])
     check_inputs(required_inputs(paths, models_cfg, seeds, external_sets))
-    manifest = read_json(paths.manifest, "download", ("source", "fingerprint"))
-    split = read_json(paths.split_json, "split")
+    manifest = asdict(read_manifest(paths.raw))
+    split = SplitStats.read(paths.split_json)
     # every table shows each model's first-seed run; the comparison averages over all seeds
     models = [load_model_results(paths, m, seeds[0]) for m in models_cfg]
     comparison = Comparison(ComparisonMetrics.read(paths.compare_json), paths.compare_json)
