@@ -42,6 +42,25 @@ class Contract:
     fields: tuple[str, ...]  # columns, keys or arrays (``*`` marks a family, e.g. ``maps_<method>``)
     type_name: str = ""  # module.Class of the type that reads and writes it
 
+    def run_file(self, folder: str | os.PathLike, model: str, seed: int) -> Path:
+        """One run's file under ``folder``, laid out as the registered path's ``<model>/seed<k>...`` tail.
+
+        ``folder`` is what a stage gets on its command line (``--predictions data/predictions``), so
+        the ``<model>/seed<k>`` layout is spelled once, in the contract, for every reader.
+        """
+        if "<model>" not in self.path:
+            raise ValueError(f"{self.path}: not a per-run file (no <model> in its path)")
+        tail = (
+            self.path[self.path.index("<model>") :].replace("<model>", model).replace("<k>", str(int(seed)))
+        )
+        return Path(folder) / tail.rstrip("/")
+
+    def run_file_under(self, root: str | os.PathLike, model: str, seed: int) -> Path:
+        """As :meth:`run_file`, with ``root`` in place of the path's top folder (``metrics/``, ``plots/``)."""
+        top, _, rest = self.path.partition("/")
+        below = rest[: rest.index("<model>")] if "<model>" in rest else rest
+        return self.run_file(Path(root) / below, model, seed)
+
 
 #: Every registered contract, by path.
 CONTRACTS: dict[str, Contract] = {}

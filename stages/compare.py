@@ -29,8 +29,8 @@ logger = logging.getLogger("stages.compare")
 def main(params: Path, predictions: Path, localisation: Path, splits: Path, out: Path) -> None:
     cfg = load_params(params)
     models, seeds = cfg["models"], cfg["seeds"]
-    runs = {m: [predictions / m / f"seed{k}.npz" for k in seeds] for m in models}
-    boxes = {m: [localisation / m / f"seed{k}.csv" for k in seeds] for m in models}
+    runs = {m: [Predictions.CONTRACT.run_file(predictions, m, k) for k in seeds] for m in models}
+    boxes = {m: [BoxRecords.CONTRACT.run_file(localisation, m, k) for k in seeds] for m in models}
     missing = [p for paths in (*runs.values(), *boxes.values()) for p in paths if not p.is_file()]
     if missing:
         listed = "\n".join(f"  {p}" for p in missing)

@@ -19,7 +19,7 @@ from cxr_core.evaluate.predictions import Predictions
 from cxr_core.explain.cams.registry import CAM_LOOKUPS
 from cxr_core.explain.cams.settings import CamSettings
 from cxr_core.files import read_json
-from cxr_core.models.checkpoints import load_model
+from cxr_core.models.checkpoints import CheckpointMeta, load_model
 from cxr_core.models.registry import get_spec
 from cxr_core.params import load_params
 from cxr_core.runtime import Runtime
@@ -47,7 +47,8 @@ def main(params: Path, data: Path, models: Path, predictions: Path, localise: Pa
     for model_name in cfg["models"]:
         spec = get_spec(model_name)
         for seed in cfg["seeds"]:
-            model, meta = load_model(models / model_name / f"seed{seed}" / "best.pt", model_name=model_name)
+            checkpoint = CheckpointMeta.CONTRACT.run_file(models, model_name, seed)
+            model, meta = load_model(checkpoint, model_name=model_name)
             if int(meta["image_size"]) != ext.images.shape[1]:
                 raise ArtifactError(
                     f"{data}: images are {ext.images.shape[1]} px but {model_name} was trained at "
@@ -57,7 +58,7 @@ def main(params: Path, data: Path, models: Path, predictions: Path, localise: Pa
             probs = predict_probs(
                 model, ext.images, runtime=runtime, batch_size=cfg["train"]["eval_batch_size"]
             )
-            nih = Predictions.load(predictions / model_name / f"seed{seed}.npz")
+            nih = Predictions.load(Predictions.CONTRACT.run_file(predictions, model_name, seed))
             result = external_summary(
                 ext.classes,
                 (ext.labels, probs, ext.table["patient"].to_numpy()),

@@ -7,6 +7,7 @@ import pkgutil
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 import cxr_core
@@ -92,3 +93,19 @@ def test_every_stage_output_file_has_a_contract() -> None:
     covered = {path.rstrip("/") for path in CONTRACTS}
     for out in consumed_elsewhere:
         assert any(c == out or c.startswith(out + "/") for c in covered), f"{out}: no contract type"
+
+
+def test_run_files_follow_the_registered_layout() -> None:
+    """A per-run file's place comes from its contract's path, under any folder a stage is given."""
+    _import_all()
+    runs = {p: c for p, c in CONTRACTS.items() if "<model>" in p}
+    assert len(runs) >= 10
+    for path, c in runs.items():
+        want = path.replace("<model>", "densenet121").replace("<k>", "3").rstrip("/")
+        folder, _, tail = want.partition("/densenet121/")
+        assert c.run_file(folder, "densenet121", 3).as_posix() == f"{folder}/densenet121/{tail}", path
+        top, _, _ = path.partition("/")
+        assert c.run_file_under(top, "densenet121", 3).as_posix() == want, path
+        assert c.run_file_under("/elsewhere", "densenet121", 3).as_posix() == "/elsewhere" + want[len(top) :]
+    with pytest.raises(ValueError, match="not a per-run file"):
+        CONTRACTS["metrics/compare.json"].run_file("metrics", "densenet121", 0)

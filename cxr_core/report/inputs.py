@@ -14,9 +14,12 @@ from typing import Any
 
 import pandas as pd
 
+from cxr_core.compare.clinical import ClinicalMetrics, ReliabilityTable
 from cxr_core.errors import CxrError
 from cxr_core.evaluate.metrics import RocTable, TestMetrics
 from cxr_core.explain.baselines import BASELINES
+from cxr_core.explain.heatmap_file import SavedHeatmaps
+from cxr_core.explain.sanity_metrics import SanityMetrics
 from cxr_core.explain.scoring import LocaliseMetrics
 from cxr_core.models.registry import get_spec
 from cxr_core.report.provenance import finite
@@ -49,13 +52,13 @@ class ReportPaths:
     out: Path
 
     def test_json(self, model: str, seed: int) -> Path:
-        return self.metrics / "test" / model / f"seed{seed}.json"
+        return TestMetrics.CONTRACT.run_file_under(self.metrics, model, seed)  # type: ignore[attr-defined]
 
     def localise_json(self, model: str, seed: int) -> Path:
-        return self.metrics / "localise" / model / f"seed{seed}.json"
+        return LocaliseMetrics.CONTRACT.run_file_under(self.metrics, model, seed)  # type: ignore[attr-defined]
 
     def train_dir(self, model: str, seed: int) -> Path:
-        return self.metrics / "train" / model / f"seed{seed}"
+        return EpochLog.CONTRACT.run_file_under(self.metrics, model, seed)  # type: ignore[attr-defined]
 
     def train_tsv(self, model: str, seed: int, metric: str) -> Path:
         return self.train_dir(model, seed) / "plots" / "metrics" / f"{metric}.tsv"
@@ -64,19 +67,19 @@ class ReportPaths:
         return self.train_dir(model, seed) / "metrics.json"
 
     def roc_csv(self, model: str, seed: int) -> Path:
-        return self.plots / "roc" / model / f"seed{seed}.csv"
+        return RocTable.CONTRACT.run_file_under(self.plots, model, seed)  # type: ignore[attr-defined]
 
     def heatmaps_npz(self, model: str, seed: int) -> Path:
-        return self.heatmaps / model / f"seed{seed}.npz"
+        return SavedHeatmaps.CONTRACT.run_file(self.heatmaps, model, seed)  # type: ignore[attr-defined]
 
     def clinical_json(self, model: str, seed: int) -> Path:
-        return self.metrics / "clinical" / model / f"seed{seed}.json"
+        return ClinicalMetrics.CONTRACT.run_file_under(self.metrics, model, seed)  # type: ignore[attr-defined]
 
     def reliability_csv(self, model: str, seed: int) -> Path:
-        return self.plots / "reliability" / model / f"seed{seed}.csv"
+        return ReliabilityTable.CONTRACT.run_file_under(self.plots, model, seed)  # type: ignore[attr-defined]
 
     def sanity_json(self, model: str, seed: int) -> Path:
-        return self.metrics / "sanity" / model / f"seed{seed}.json"
+        return SanityMetrics.CONTRACT.run_file_under(self.metrics, model, seed)  # type: ignore[attr-defined]
 
     def external_json(self, name: str) -> Path:
         return self.metrics / "external" / f"{name}.json"
