@@ -22,10 +22,11 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: the file type stays light
+    import torch
+    from torch import nn
 
 from cxr_core.data.manifest import PHANTOM_SOURCE
 from cxr_core.errors import CxrError
@@ -116,6 +117,8 @@ class CheckpointMeta:
 
 def check_plain(obj: Any, where: str = "checkpoint") -> None:
     """Raise ``TypeError`` naming the first value that is not a tensor, number, string, list or dict."""
+    import torch
+
     if isinstance(obj, torch.Tensor) or type(obj) in PLAIN_SCALARS:  # exact: np.float64 is a float subclass
         return
     if isinstance(obj, Mapping):
@@ -136,6 +139,8 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    import torch
+
     check_plain(state)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +166,8 @@ def _canonical(obj: Any) -> Any:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a tensor checkpoint with ``torch.load(weights_only=True)``; code-carrying pickles are refused."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found (train the model first: `dvc repro train`)")
