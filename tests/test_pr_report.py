@@ -26,7 +26,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from cxr_core.devtools import pr_git, pr_metrics, pr_page, pr_plots, pr_report
+from cxr_core.devtools import pr_git, pr_headline, pr_metrics, pr_page, pr_plots, pr_report
 from cxr_core.devtools.pr_report import PrReportError, main
 
 pytest.importorskip("vl_convert")
@@ -240,7 +240,7 @@ def test_large_metrics_diff_fits_one_comment(report_vs_c1, project) -> None:
     assert len(markdown) < pr_report.COMMENT_LIMIT
     assert "Cut here" not in markdown  # the summary alone fits: nothing had to be cut
     titles = [line for line in markdown.splitlines() if line.startswith("## ")]
-    assert [t.split()[1] for t in titles] == ["Headline:", "Params", "Plots", "Metrics"]
+    assert [t.split()[1] for t in titles] == ["Headline:", "Paired", "Params", "Plots", "Metrics"]
     assert ["params.yaml", "lr", "0.01", "0.001"] in _rows(_section(markdown, "Params"))
     assert "| `densenet121` | 0.7000 | 0.7500 |" in _section(markdown, "Headline")
     # the full table: every changed number, as DVC prints it
@@ -341,8 +341,8 @@ def test_fit_cuts_least_important_first_with_a_note(report_vs_c1) -> None:
     markdown, _, _ = report_vs_c1
     top, *parts = re.split(r"\n(?=## )", markdown)
     names = [part.split()[1].rstrip(":") for part in parts]
-    assert names == ["Headline", "Params", "Plots", "Metrics"]
-    ranks = {"Headline": 4, "Params": 3, "Plots": 2, "Metrics": 1}
+    assert names == ["Headline", "Paired", "Params", "Plots", "Metrics"]
+    ranks = {"Headline": 4, "Paired": 5, "Params": 3, "Plots": 2, "Metrics": 1}
     sections = [pr_page.section("top", top.splitlines())] + [
         pr_page.section(name, part.splitlines(), ranks[name], f"`{name}.md`")
         for name, part in zip(names, parts, strict=True)
@@ -351,12 +351,12 @@ def test_fit_cuts_least_important_first_with_a_note(report_vs_c1) -> None:
     whole = set(markdown.splitlines())
     for limit, cut in (
         (len(markdown) - 500, ["Metrics"]),
-        (len(markdown) - len(parts[3]) - 100, ["Metrics", "Plots"]),
+        (len(markdown) - len(parts[4]) - 100, ["Metrics", "Plots"]),
     ):
         fitted, cut_names = pr_page.fit(sections, limit)
         page = pr_page.render(fitted)
         assert len(page) < limit and cut_names == cut
-        for kept in ("Headline", "Params"):
+        for kept in ("Headline", "Paired", "Params"):
             assert _section(page, kept) == _section(markdown, kept)
         assert page.count("**Cut here to fit one GitHub comment") == len(cut)
         for name in cut:
@@ -409,6 +409,35 @@ def test_short_labels_name_the_model() -> None:
         ids[0]: "densenet121",
         ids[1]: "swin_base",
     }
+
+
+def test_head_revision_instead_of_the_workspace(project, tmp_path) -> None:
+    """``--head c2`` against ``c1`` reads c2 from git and DVC, not the working tree (here a changed
+    params.yaml and headline file that must not show), and DVC compares the two revisions."""
+    repo, commits = project
+    params, headline = repo / "params.yaml", repo / "metrics/headline.json"
+    saved = params.read_text(), headline.read_text()
+    params.write_text(yaml.safe_dump({"lr": 0.5, "train": {"epochs": 9, "batch": 8}}))
+    headline.write_text(json.dumps({"models": {"densenet121": {"auc": 0.99}}}))
+    try:
+        code, output = _run(
+            "--repo", str(repo), "--base", commits["c1"], "--head", commits["c2"], "--out", str(tmp_path),
+            "--plot", "loss_curve",
+        )  # fmt: skip
+    finally:
+        params.write_text(saved[0])
+        headline.write_text(saved[1])
+    assert code == 0, output
+    markdown = (tmp_path / "report.md").read_text()
+    title = next(line for line in markdown.splitlines() if line.startswith("# "))
+    assert title.endswith(f"({commits['c1'][:7]}) -> `{commits['c2']}` ({commits['c2'][:7]})")
+    rows = {r[0]: r for r in _rows(_section(markdown, "Headline"))}
+    assert rows["`densenet121`"][1:] == ["0.7000", "0.7500", "0.7000 to 0.8000", "+0.0500"]
+    assert ["params.yaml", "lr", "0.01", "0.001"] in _rows(_section(markdown, "Params"))
+    assert "0.5" not in _section(markdown, "Params")  # the working tree's edit is not the head
+    full = _rows((tmp_path / pr_report.METRICS_DIFF).read_text())
+    assert full[0] == ["Path", "Metric", commits["c1"], commits["c2"], "Change"]
+    assert "solid: head, dashed: base" in markdown
 
 
 def test_base_without_headline_file(project, tmp_path) -> None:
@@ -469,13 +498,13 @@ def test_setup_errors_are_one_line_exit_1(setup, message, project, tmp_path) -> 
 
 
 def test_malformed_headline_names_key() -> None:
-    base = pr_git.Base("main", "0" * 40)
+    base = pr_git.Revision("main", "0" * 40)
     with pytest.raises(
         PrReportError, match=r"metrics/headline.json at main: models.m.auc is 'x', not a number"
     ):
-        pr_report.headline_section(base, {"models": {"m": {"auc": "x"}}}, {"models": {"m": {"auc": 0.5}}})
+        pr_headline.headline_section(base, {"models": {"m": {"auc": "x"}}}, {"models": {"m": {"auc": 0.5}}})
     with pytest.raises(PrReportError, match=r"\(workspace\): no 'models' mapping"):
-        pr_report.headline_section(base, None, {"best": {}})
+        pr_headline.headline_section(base, None, {"best": {}})
 
 
 def test_png_names_unique_and_selectors() -> None:

@@ -8,6 +8,8 @@ treating them as independent makes differences look more certain than they are.
   percentile intervals, bootstrap p-values and Holm adjustments. Each replicate draws patients
   once (with :mod:`cxr_core.evaluate.metrics`' own draw, so one seed gives the same replicates as
   the test stage's CIs) and scores every model on that one draw.
+* :func:`auc_change_bootstrap`: the same for one model's change between two versions (a pull
+  request's base and head), for the mean over its seeds and for each seed alone.
 * :func:`delong`: DeLong's asymptotic test for two correlated AUCs (image-level), as a cross-check.
 * :func:`paired_rate_bootstrap`: the same bootstrap for paired 0/1 hit rates (pointing game, box
   accuracy), overall and as the mean of per-class rates that the localise stage reports.
@@ -310,6 +312,84 @@ def paired_auc_bootstrap(
         "macro_auc": macro_auc,
         "replicates": reps,
         "pairs": pairs,
+    }
+
+
+def _macro_change(
+    base: np.ndarray,
+    head: np.ndarray,
+    base_reps: np.ndarray,
+    head_reps: np.ndarray,
+    defined: np.ndarray,
+    ci: float,
+) -> dict[str, Any]:
+    """Macro AUC of both sides (per-class values and replicates in), the change, its interval and p."""
+    b, h = float(_macro(base, defined)), float(_macro(head, defined))
+    d = _macro(head_reps, defined) - _macro(base_reps, defined)
+    return {"base": b, "head": h, "diff": h - b, **_interval_and_p(d, ci), "replicates": d}
+
+
+def auc_change_bootstrap(
+    targets: Any,
+    base: Any,
+    head: Any,
+    groups: Any,
+    *,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The change in AUC of one model between two versions of it (head - base) on the same images.
+
+    ``base`` and ``head`` are N x C scores, or seeds x N x C with the same seeds in the same order.
+    Every training run of both sides is scored on each replicate of one patient bootstrap, drawn as
+    :func:`paired_auc_bootstrap` draws it (same ``seed`` and patients, same replicates), so the
+    numbers for the mean over the seeds equal that function's pair ``(head, base)``. A pull-request
+    review also wants each seed alone, which that function cannot give without pairing every run
+    with every other.
+
+    Returns ``seeds``, ``defined`` (C,), ``classes`` (arrays (C,) of ``base``, ``head``, ``diff``,
+    ``ci_low``, ``ci_high``, ``p``, ``n_valid``, and ``replicates`` n_boot x C), ``macro`` (the same,
+    scalars, over the classes defined on the full data) and ``per_seed``: one ``macro`` entry per seed.
+    """
+    ci = _check_ci(ci)
+    t, scores = _check_models(targets, {"base": base, "head": head})
+    n_seeds = scores["base"].shape[0]
+    if scores["head"].shape[0] != n_seeds:
+        raise ValueError(f"base has {n_seeds} seeds and head {scores['head'].shape[0]}: pair the same seeds")
+    runs = {f"{side}{s}": scores[side][s] for s in range(n_seeds) for side in ("base", "head")}
+    reps = paired_auc_replicates(t, runs, groups, n_boot=n_boot, seed=seed)
+    defined = np.array([_defined(t[:, c]) for c in range(t.shape[1])])
+    auc = {name: per_class_auc(t, run) for name, run in runs.items()}
+
+    def side(name: str, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.mean([values[f"{name}{s}"] for s in range(n_seeds)], axis=0)
+
+    base_auc, head_auc = side("base", auc), side("head", auc)
+    d = side("head", reps) - side("base", reps)
+    per_class = [_interval_and_p(d[:, c], ci) for c in range(t.shape[1])]
+    classes = {
+        "base": base_auc,
+        "head": head_auc,
+        "diff": head_auc - base_auc,
+        **{key: np.array([pc[key] for pc in per_class]) for key in ("ci_low", "ci_high", "p", "n_valid")},
+        "replicates": d,
+    }
+    per_seed = [
+        _macro_change(auc[f"base{s}"], auc[f"head{s}"], reps[f"base{s}"], reps[f"head{s}"], defined, ci)
+        for s in range(n_seeds)
+    ]
+    macro = _macro_change(base_auc, head_auc, side("base", reps), side("head", reps), defined, ci)
+    return {
+        "kind": "auc_change",
+        "n_boot": int(n_boot),
+        "ci": ci,
+        "seed": seed,
+        "seeds": n_seeds,
+        "defined": defined,
+        "classes": classes,
+        "macro": macro,
+        "per_seed": per_seed,
     }
 
 

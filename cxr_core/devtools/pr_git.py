@@ -71,32 +71,89 @@ def open_repo(path: Path, dvc: str | None = None) -> Repo:
     return Repo(path, git, find_tool("dvc", "install the project (make install) or activate .venv", dvc))
 
 
+#: what DVC calls the working tree in its tables
+WORKSPACE = "workspace"
+#: an experiment's ref: ``refs/exps/<2 hex>/<38 hex of its baseline>/<name>``
+_EXP_REF = re.compile(r"refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/(?P<name>[^/]+)")
+
+
 @dataclass(frozen=True)
-class Base:
-    """The revision compared against: the name given to DVC and its commit."""
+class Revision:
+    """One side of the comparison: a commit (a branch, tag, hash or ``dvc exp`` name) or the workspace.
+
+    ``name`` is what was asked for (``origin/<name>`` where only that exists), ``sha`` its commit
+    (empty for the workspace). git is always given the commit, and so is DVC for an experiment
+    (DVC looks experiment names up among the current HEAD's first).
+    """
 
     name: str
-    sha: str
+    sha: str = ""
+    exp: bool = False
+
+    @property
+    def is_workspace(self) -> bool:
+        return not self.sha
+
+    @property
+    def dvc(self) -> str:
+        """The revision as ``dvc ... diff`` is given it (and names it in its tables)."""
+        if self.is_workspace:
+            return WORKSPACE
+        return self.sha if self.exp else self.name
+
+    @property
+    def label(self) -> str:
+        """Markdown for titles: ``workspace``, `` `main` (1a2b3c4)`` or ``experiment `name` (1a2b3c4)``."""
+        if self.is_workspace:
+            return WORKSPACE
+        if self.sha.startswith(self.name) and len(self.name) < len(self.sha):  # an abbreviated hash
+            return f"`{self.name}`"
+        return f"{'experiment ' if self.exp else ''}`{self.name}` ({self.sha[:7]})"
 
 
-def resolve_base(repo: Repo, base: str) -> Base:
-    """The commit of ``base``; ``origin/<base>`` when only that exists (a CI checkout of a PR).
+#: the working tree as the head of a comparison
+WORKSPACE_REV = Revision(WORKSPACE)
 
-    ``actions/checkout`` fetches the base branch as ``origin/main`` but creates no local ``main``.
+
+def _experiments(repo: Repo, name: str) -> list[str]:
+    """Commits of the ``dvc exp`` experiments called ``name`` (any baseline): their git refs."""
+    refs = repo.git_out("for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/") or ""
+    found = []
+    for line in refs.splitlines():
+        sha, _, ref = line.partition(" ")
+        match = _EXP_REF.fullmatch(ref)
+        if match and match["name"] == name and sha not in found:
+            found.append(sha)
+    return found
+
+
+def resolve_rev(repo: Repo, name: str, role: str = "base") -> Revision:
+    """The commit of ``name``: a git revision, ``origin/<name>`` when only that exists (a CI checkout
+    of a PR: ``actions/checkout`` fetches the base branch as ``origin/main`` but creates no local
+    ``main``), else a ``dvc exp`` experiment of that name. ``role`` (base, head) names it in errors.
     """
-    if base.startswith("-"):  # would reach git and dvc as an option
+    if name.startswith("-"):  # would reach git and dvc as an option
         candidates = []
-    elif base.startswith("origin/"):
-        candidates = [base]
+    elif name.startswith("origin/"):
+        candidates = [name]
     else:
-        candidates = [base, f"origin/{base}"]
-    for name in candidates:
-        sha = repo.git_out("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}")
+        candidates = [name, f"origin/{name}"]
+    for candidate in candidates:
+        sha = repo.git_out("rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}")
         if sha:
-            return Base(name, sha.strip())
+            return Revision(candidate, sha.strip())
+    experiments = _experiments(repo, name) if candidates else []
+    if len(experiments) == 1:
+        return Revision(name, experiments[0], exp=True)
+    if experiments:
+        raise PrReportError(
+            f"ambiguous {role} {name!r}: {len(experiments)} experiments of that name in {repo.root} "
+            f"(commits {', '.join(s[:7] for s in experiments)}); give the commit instead"
+        )
     raise PrReportError(
-        f"unknown base revision {base!r}: no such commit, branch or tag in {repo.root} "
-        f"(fetch it first, e.g. `git fetch origin {base}`, or clone with full history)"
+        f"unknown {role} revision {name!r}: no such commit, branch, tag or `dvc exp` experiment in "
+        f"{repo.root} (fetch it first, e.g. `git fetch origin {name}` or `dvc exp pull origin {name}`, "
+        "or clone with full history)"
     )
 
 
@@ -107,15 +164,19 @@ def _parse_json(text: str, where: str) -> Any:
         raise PrReportError(f"{where}: not valid JSON ({exc})") from exc
 
 
-def read_at(repo: Repo, rev: str, path: str) -> Any | None:
-    """A JSON file as committed at ``rev`` (``git show``), None when that revision lacks it."""
-    text = repo.git_out("show", f"{rev}:./{path}")
-    return None if text is None else _parse_json(text, f"{path} at {rev}")
+def text_at(repo: Repo, rev: Revision, path: str) -> str | None:
+    """A git-tracked file's text at ``rev`` (``git show``), or in the working tree; None if absent."""
+    if rev.is_workspace:
+        file = repo.root / path
+        return file.read_text(errors="replace") if file.is_file() else None
+    return repo.git_out("show", f"{rev.sha}:./{path}")
 
 
-def read_workspace(repo: Repo, path: str) -> Any | None:
-    file = repo.root / path
-    return _parse_json(file.read_text(), str(file)) if file.is_file() else None
+def read_at(repo: Repo, rev: Revision, path: str) -> Any | None:
+    """A JSON file at ``rev`` (committed, or in the working tree), None when that side lacks it."""
+    text = text_at(repo, rev, path)
+    where = str(repo.root / path) if rev.is_workspace else f"{path} at {rev.name}"
+    return None if text is None else _parse_json(text, where)
 
 
 def _json_or_none(text: str | None) -> Any | None:
@@ -125,16 +186,17 @@ def _json_or_none(text: str | None) -> Any | None:
         return None
 
 
-def metrics_docs(repo: Repo, rev: str, path: str) -> tuple[Any | None, Any | None]:
-    """A metrics file at ``rev`` and in the workspace, None where absent or not JSON.
+def metrics_docs(repo: Repo, base: Revision, head: Revision, path: str) -> tuple[Any | None, Any | None]:
+    """A metrics file at the base and at the head, None where absent or not JSON.
 
     Only read to find the intervals of changed values: a YAML metrics file or one kept in DVC's
     cache (not in git) has none here, and its rows are summarised without them.
     """
-    file = repo.root / path
-    head = _json_or_none(file.read_text(errors="replace")) if file.is_file() else None
-    return _json_or_none(repo.git_out("show", f"{rev}:./{path}")), head
+    return _json_or_none(text_at(repo, base, path)), _json_or_none(text_at(repo, head, path))
 
 
-def exists_at(repo: Repo, rev: str, path: str) -> bool:
-    return repo.git_out("cat-file", "-e", f"{rev}:./{path}") is not None
+def exists_at(repo: Repo, rev: Revision, path: str) -> bool:
+    """Whether ``path`` is at ``rev``: committed there, or in the working tree."""
+    if rev.is_workspace:
+        return (repo.root / path).is_file()
+    return repo.git_out("cat-file", "-e", f"{rev.sha}:./{path}") is not None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxr_core.devtools.pr_git import Base, PrReportError, _parse_json
+from cxr_core.devtools.pr_git import WORKSPACE_REV, PrReportError, Revision, _parse_json
 
 
 @dataclass
@@ -196,7 +196,12 @@ def file_names(plot_ids: Sequence[str], selectors: Sequence[str]) -> dict[str, s
 
 
 def plots_section_data(
-    plots_json: str, selectors: Sequence[str], out: Path, scale: float, base: Base
+    plots_json: str,
+    selectors: Sequence[str],
+    out: Path,
+    scale: float,
+    base: Revision,
+    head: Revision = WORKSPACE_REV,
 ) -> Plots:
     """Render the selected vega plots of ``dvc plots diff --json`` into ``out``.
 
@@ -223,8 +228,9 @@ def plots_section_data(
             spec = name_in_title(spec, names[plot_id])
         png = _png_name(plot_id, taken)
         (out / png).write_bytes(render_png(spec, scale, plot_id))
-        if base.name not in (entry.get("revisions") or []):
-            result.notes.append(f"`{plot_id}`: no data at the base `{base.name}`, workspace only.")
+        if base.dvc not in (entry.get("revisions") or []):
+            only = "workspace" if head.is_workspace else "head"
+            result.notes.append(f"`{plot_id}`: no data at the base `{base.name}`, {only} only.")
         result.rendered.append((plot_id, _title(entry["content"], plot_id), png))
     for selector in selectors:
         if selector not in seen:
@@ -238,12 +244,13 @@ def plots_section_data(
     return result
 
 
-def plots_section(plots: Plots, images_url: str | None) -> list[str]:
+def plots_section(plots: Plots, images_url: str | None, head: Revision = WORKSPACE_REV) -> list[str]:
     out = ["## Plots", ""]
     if images_url and plots.rendered:
         out += [f"The PNGs are in the [`pr-report` artifact]({images_url}) of this workflow run.", ""]
     if plots.rendered:
-        out += ["Colour: model (or column); solid: workspace, dashed: base.", ""]
+        solid = "workspace" if head.is_workspace else "head"
+        out += [f"Colour: model (or column); solid: {solid}, dashed: base.", ""]
     last_title = None
     for plot_id, title, png in plots.rendered:
         if title != last_title:  # a folder id gives one plot per file, all with the same title

@@ -1,13 +1,18 @@
 """``cxr pr-report``: one Markdown page of what a pull request changes in the pipeline's results.
 
 Reviewers of a pipeline change want the numbers, not a link to a notebook: this command compares the
-workspace (after ``dvc repro``) with a git revision and writes ``<out>/report.md``, a page that fits
-one GitHub comment, with, in this order,
+head (the workspace after ``dvc repro``, or ``--head``: a git revision or ``dvc exp`` name) with a
+base (a git revision or ``dvc exp`` name) and writes ``<out>/report.md``, a page that fits one
+GitHub comment, with, in this order,
 
 * a loud warning at the top when the results come from the synthetic phantom (they then check the
   wiring, not medicine: the README's "What the phantom numbers mean"),
 * a headline table: test macro AUC per model, base -> head with the delta, read from
-  ``metrics/headline.json`` at the base revision (``git show``) and in the workspace,
+  ``metrics/headline.json`` at both sides (``git show``, or the working tree),
+* the paired review (:mod:`.paired_review`): both sides' test predictions, read through DVC, scored
+  on the same patient-bootstrap replicates; per model the change in macro AUC and the headline
+  localisation metric with its interval, Holm p and a verdict (better / worse / within noise), or
+  one line saying why the base's predictions cannot be had,
 * ``dvc params diff --md``: the line that says what the change was,
 * the key plots of ``dvc plots diff --json`` (Vega-Lite specs with their data inlined, both
   revisions overlaid; colour = model or column, dash = revision), rendered to PNG next to the
@@ -17,22 +22,25 @@ one GitHub comment, with, in this order,
   the values that moved outside the interval the file gives for them, changed text, and the largest
   relative changes of values without an interval. After any retrain every bootstrap interval
   changes (thousands of rows), so the full table goes to ``<out>/metrics-diff.md`` (and the params
-  table to ``params-diff.md``), linked from the page.
+  table to ``params-diff.md``, the whole review to ``paired-review.md``), linked from the page.
 
 A page still over :data:`COMMENT_LIMIT` is cut, least important section first, between table rows,
 with a note saying what was left out and where all of it is. DVC and git run as subprocesses, so the
 tables are exactly what those commands print. Every failure a user can fix (not a git repository, an
-unknown base, a malformed headline file) is a :class:`PrReportError`, and git or DVC missing a
-:class:`cxr_core.devtools.tools.ToolNotFoundError`: one line, exit code 1.
+unknown base, a malformed headline or predictions file) is a :class:`PrReportError`, and git or DVC
+missing a :class:`cxr_core.devtools.tools.ToolNotFoundError`: one line, exit code 1. With
+``--fail-on worse`` a headline metric significantly worse than the base exits :data:`EXIT_WORSE`
+once the report is written, so CI blocks a real regression and not noise.
 
 This module assembles the page; its parts live beside it: git and DVC access (:mod:`.pr_git`), the
-metrics summary (:mod:`.pr_metrics`), the plots (:mod:`.pr_plots`) and the size fitting
-(:mod:`.pr_page`).
+title and headline (:mod:`.pr_headline`), the paired review (:mod:`.paired_review`, its inputs
+:mod:`.review_inputs` and Markdown :mod:`.review_section`), the metrics summary (:mod:`.pr_metrics`),
+the plots (:mod:`.pr_plots`) and the size fitting (:mod:`.pr_page`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,110 +50,40 @@ from typing import Any
 import click
 
 from cxr_core.devtools.pr_git import (
-    Base,
+    WORKSPACE_REV,
     PrReportError,
     Repo,
+    Revision,
+    _parse_json,
     exists_at,
     metrics_docs,
     open_repo,
     read_at,
-    read_workspace,
-    resolve_base,
+    resolve_rev,
 )
-from cxr_core.devtools.pr_metrics import _is_number, metric_changes, metrics_summary
+from cxr_core.devtools.pr_headline import HEADLINE, MANIFEST, MARKER, headline_section, top_lines
+from cxr_core.devtools.pr_metrics import metric_changes, metrics_summary
 from cxr_core.devtools.pr_page import fit, render, section
 from cxr_core.devtools.pr_plots import plots_section, plots_section_data
 from cxr_core.devtools.tools import ToolNotFoundError
 
-HEADLINE = "metrics/headline.json"
 COMPARE = "metrics/compare.json"
-MANIFEST = "data/raw/manifest.json"
 #: the compact leaderboard files ``dvc metrics diff`` is limited to unless ``--all`` is given
 LEADERBOARD = (HEADLINE, COMPARE)
 #: plot ids (from dvc.yaml) rendered by default; a directory id covers every file under it
 KEY_PLOTS = ("val_loss", "plots/iou_vs_threshold")
-#: ``data.source`` of the embedded phantom, as written in the raw manifest (and checkpoints)
-PHANTOM_SOURCE = "synthetic"
-#: first line of every report: marks a folder this command may clean of its own old PNGs
-MARKER = "<!-- cxr pr-report -->"
 #: GitHub refuses comment bodies longer than this: report.md is kept below it
 COMMENT_LIMIT = 65536
 #: the full tables, next to report.md (which links them)
 METRICS_DIFF = "metrics-diff.md"
 PARAMS_DIFF = "params-diff.md"
-WORKSPACE = "workspace"  # what DVC calls the working tree in its tables
+#: the whole paired review, uncut
+REVIEW_FILE = "paired-review.md"
+#: exit code of ``--fail-on worse`` when a headline metric is significantly worse than the base
+EXIT_WORSE = 3
 
 
 # --- the report's parts --------------------------------------------------------------------------
-
-
-def data_sources(repo: Repo, headline: Mapping[str, Any] | None) -> dict[str, str]:
-    """What the workspace files say the results were computed on: ``{"<file> <key>": source}``.
-
-    The raw manifest (a DVC output, present after ``dvc repro`` or ``dvc pull``) names the data the
-    pipeline read; ``metrics/headline.json`` may carry it too.
-    """
-    found = {}
-    for key in ("source", "data_source"):
-        if isinstance(headline, Mapping) and isinstance(headline.get(key), str):
-            found[f"`{HEADLINE}` {key}"] = headline[key]
-    manifest = read_workspace(repo, MANIFEST)
-    if isinstance(manifest, Mapping) and isinstance(manifest.get("source"), str):
-        found[f"`{MANIFEST}` source"] = manifest["source"]
-    return found
-
-
-def _models(doc: Any, where: str) -> dict[str, Mapping[str, Any]]:
-    """``models`` of a headline file, checked: every entry has a numeric ``auc``."""
-    models = doc.get("models") if isinstance(doc, Mapping) else None
-    if not isinstance(models, Mapping):
-        raise PrReportError(f"{where}: no 'models' mapping (the report stage writes it)")
-    for name, entry in models.items():
-        auc = entry.get("auc") if isinstance(entry, Mapping) else None
-        if not _is_number(auc):
-            raise PrReportError(f"{where}: models.{name}.auc is {auc!r}, not a number")
-    return dict(models)
-
-
-def _best(doc: Any) -> str | None:
-    best = doc.get("best") if isinstance(doc, Mapping) else None
-    if not isinstance(best, Mapping) or "model" not in best:
-        return None
-    seed = f" seed {best['seed']}" if "seed" in best else ""
-    auc = best.get("macro_auc")
-    score = f" (macro AUC {auc:.4f})" if _is_number(auc) else ""
-    return f"`{best['model']}`{seed}{score}"
-
-
-def headline_section(base: Base, base_doc: Any | None, head_doc: Any | None) -> list[str]:
-    """Markdown: per model, test macro AUC at the base and in the workspace, and the change."""
-    out = ["## Headline: test macro AUC", ""]
-    if head_doc is None:
-        return [*out, f"`{HEADLINE}` is not in the workspace: run `dvc repro` (or `make repro`) first.", ""]
-    head = _models(head_doc, f"{HEADLINE} (workspace)")
-    before = {} if base_doc is None else _models(base_doc, f"{HEADLINE} at {base.name}")
-    out += [
-        f"| model | base `{base.name}` | head (workspace) | 95% CI (head) | change |",
-        "|---|---|---|---|---|",
-    ]
-    for name in [*head, *(m for m in before if m not in head)]:
-        now, then = head.get(name), before.get(name)
-        ci = "-"
-        if now is not None and _is_number(now.get("auc_lo")) and _is_number(now.get("auc_hi")):
-            ci = f"{now['auc_lo']:.4f} to {now['auc_hi']:.4f}"
-        if now is not None and then is not None:
-            change = f"{now['auc'] - then['auc']:+.4f}"
-        else:
-            change = "new" if then is None else "removed"
-        cells = [f"{d['auc']:.4f}" if d is not None else "-" for d in (then, now)]
-        out.append(f"| `{name}` | {cells[0]} | {cells[1]} | {ci} | {change} |")
-    out.append("")
-    if base_doc is None:
-        out += [f"The base `{base.name}` has no `{HEADLINE}`: every model counts as new.", ""]
-    best_now, best_then = _best(head_doc), _best(base_doc)
-    if best_now:
-        out += [f"Best checkpoint: {best_now}" + (f"; at the base: {best_then}." if best_then else "."), ""]
-    return out
 
 
 def _has_rows(table: str) -> bool:
@@ -158,11 +96,11 @@ def _row_count(table: str) -> int:
     return max(0, sum(1 for line in table.splitlines() if line.startswith("|")) - 2)
 
 
-def metric_targets(repo: Repo, base: Base, all_metrics: bool) -> list[str]:
-    """The leaderboard files present in the workspace or at the base; [] means every metrics file."""
+def metric_targets(repo: Repo, base: Revision, head: Revision, all_metrics: bool) -> list[str]:
+    """The leaderboard files present at the head or at the base; [] means every metrics file."""
     if all_metrics:
         return []
-    return [p for p in LEADERBOARD if (repo.root / p).is_file() or exists_at(repo, base.name, p)]
+    return [p for p in LEADERBOARD if exists_at(repo, head, p) or exists_at(repo, base, p)]
 
 
 def diff_section(title: str, table: str, scope: str, empty: str) -> list[str]:
@@ -197,29 +135,7 @@ class Report:
     phantom: bool
     files: dict[str, str] = field(default_factory=dict)  # the full tables, by file name in --out
     cut: list[str] = field(default_factory=list)  # sections shortened to fit one comment
-
-
-def _top(repo: Repo, base: Base, head_doc: Any | None) -> tuple[list[str], bool]:
-    """The marker, the phantom warning (if any), the title and the data source; and whether phantom."""
-    sources = data_sources(repo, head_doc)
-    reasons = [f"{where}: {src}" for where, src in sources.items() if src == PHANTOM_SOURCE]
-    head_sha = (repo.git_out("rev-parse", "--short", "HEAD") or "").strip() or "no commit"
-    lines = [MARKER]
-    if reasons:
-        lines += [
-            "> [!CAUTION]",
-            "> **PHANTOM RUN: these results come from the synthetic phantom data set, not NIH ChestX-ray14** "
-            f"({'; '.join(reasons)}).",
-            "> They show that the pipeline is wired correctly; they say nothing about how the models do "
-            "on real radiographs.",
-            "",
-        ]
-    lines += [f"# Pipeline report: `{base.name}` ({base.sha[:7]}) -> workspace (HEAD {head_sha})", ""]
-    if not sources:
-        lines += [f"Data source: unknown (neither `{MANIFEST}` nor `{HEADLINE}` names it).", ""]
-    elif not reasons:
-        lines += ["Data source: " + "; ".join(f"{where}: `{src}`" for where, src in sources.items()), ""]
-    return lines, bool(reasons)
+    review: Any = None  # the paired review (paired_review.Review), None when not asked for
 
 
 def _metrics_scope(all_metrics: bool, targets: Sequence[str]) -> str:
@@ -242,37 +158,48 @@ class Diffs:
     plots_json: str
 
 
-def run_diffs(repo: Repo, base: Base, targets: Sequence[str] | None, scratch: str) -> Diffs:
+def _revs(base: Revision, head: Revision) -> list[str]:
+    """``dvc ... diff`` revisions: the base, then the head unless it is the workspace (DVC's default)."""
+    return [base.dvc] if head.is_workspace else [base.dvc, head.dvc]
+
+
+def run_diffs(
+    repo: Repo, base: Revision, targets: Sequence[str] | None, scratch: str, head: Revision = WORKSPACE_REV
+) -> Diffs:
     """The four ``dvc ... diff`` commands, in parallel (a DVC start-up is about a second).
 
     ``targets`` None: no metrics file to compare (both metrics outputs are then empty); [] every one.
-    Image plots are copied into ``scratch``.
+    Image plots are copied into ``scratch``; the plots get the head first, so it is drawn solid.
     """
-    metrics = ["metrics", "diff", base.name, *(["--targets", *targets] if targets else [])]
+    revs = _revs(base, head)
+    metrics = ["metrics", "diff", *revs, *(["--targets", *targets] if targets else [])]
     with ThreadPoolExecutor(max_workers=4) as pool:
         jobs = [
             None if targets is None else pool.submit(repo.dvc_out, *metrics, "--md"),
             None if targets is None else pool.submit(repo.dvc_out, *metrics, "--json"),
-            pool.submit(repo.dvc_out, "params", "diff", "--md", base.name),
-            pool.submit(repo.dvc_out, "plots", "diff", base.name, "--json", "-o", scratch),
+            pool.submit(repo.dvc_out, "params", "diff", "--md", *revs),
+            pool.submit(repo.dvc_out, "plots", "diff", *revs[::-1], "--json", "-o", scratch),
         ]
         return Diffs(*("" if job is None else job.result() for job in jobs))
 
 
-def full_files(base: Base, diffs: Diffs, scope: str, no_metrics: str) -> dict[str, str]:
+def full_files(
+    base: Revision, diffs: Diffs, scope: str, no_metrics: str, head: Revision = WORKSPACE_REV
+) -> dict[str, str]:
     """``metrics-diff.md`` and ``params-diff.md``: the tables as DVC prints them, all rows."""
-    title = f"`{base.name}` ({base.sha[:7]}) -> workspace"
+    title = f"{base.label} -> {head.label}"
+    revs = " ".join(_revs(base, head))
     return {
         METRICS_DIFF: full_diff_file(
             f"`dvc metrics diff`: {title}",
-            f"dvc metrics diff --md {base.name}",
+            f"dvc metrics diff --md {revs}",
             scope,
             diffs.metrics_md,
             no_metrics,
         ),
         PARAMS_DIFF: full_diff_file(
             f"`dvc params diff`: {title}",
-            f"dvc params diff --md {base.name}",
+            f"dvc params diff --md {revs}",
             "All params files.",
             diffs.params_md,
             "No param changed.",
@@ -280,31 +207,57 @@ def full_files(base: Base, diffs: Diffs, scope: str, no_metrics: str) -> dict[st
     }
 
 
+def run_review(repo: Repo, base: Revision, head: Revision, scratch: Path) -> tuple[Any, Any | None]:
+    """The paired review, and the head's raw manifest: a DVC output, read the way the review reads
+    the head's predictions (from the working tree, or through DVC at ``--head``; None if absent).
+
+    Imported here, not at the top: ``cxr`` loads this module for every command, and the review
+    needs numpy, pandas and scikit-learn.
+    """
+    from cxr_core.devtools.paired_review import review
+    from cxr_core.devtools.review_inputs import Side, Unavailable
+
+    base_side, head_side = Side(repo, base, "base", scratch), Side(repo, head, "head", scratch)
+    try:
+        manifest_file = head_side.local(MANIFEST)
+    except Unavailable:
+        manifest = None
+    else:
+        where = str(manifest_file) if head.is_workspace else f"{MANIFEST} at {head.name}"
+        manifest = _parse_json(manifest_file.read_text(), where)
+    return review(base_side, head_side), manifest
+
+
 def build_report(
     repo: Repo,
-    base: Base,
+    base: Revision,
     out: Path,
     *,
+    head: Revision = WORKSPACE_REV,
     all_metrics: bool = False,
     plots: Sequence[str] = KEY_PLOTS,
     scale: float = 2.0,
     images_url: str | None = None,
     limit: int = COMMENT_LIMIT,
 ) -> Report:
-    """Compare the workspace of ``repo`` with ``base``; write the PNGs into ``out``, return the page
-    (fewer than ``limit`` characters) and the full tables it links to.
+    """Compare ``head`` (the workspace of ``repo`` by default) with ``base``; write the PNGs into
+    ``out``, return the page (fewer than ``limit`` characters) and the full tables it links to.
 
-    Page order: phantom warning, headline, params, plots, metrics summary; when it is too long the
-    metrics summary is cut first, then the plots, the params, the headline (:func:`fit`).
+    Page order: phantom warning, headline, paired review, params, plots, metrics summary; when it is
+    too long the metrics summary is cut first, then the plots, the params, the headline, the paired
+    review (:func:`fit`).
     """
-    targets = metric_targets(repo, base, all_metrics)
+    from cxr_core.devtools.review_section import review_lines, review_page
+
+    targets = metric_targets(repo, base, head, all_metrics)
     skip_metrics = not all_metrics and not targets  # an old base and head: no leaderboard file yet
     with TemporaryDirectory(prefix="pr-report-") as scratch:
-        diffs = run_diffs(repo, base, None if skip_metrics else targets, scratch)
-        rendered = plots_section_data(diffs.plots_json, plots, out, scale, base)
-    head_doc, base_doc = read_workspace(repo, HEADLINE), read_at(repo, base.name, HEADLINE)
-    changes = metric_changes(diffs.metrics_json, lambda path: metrics_docs(repo, base.name, path))
-    top, phantom = _top(repo, base, head_doc)
+        diffs = run_diffs(repo, base, None if skip_metrics else targets, scratch, head)
+        rendered = plots_section_data(diffs.plots_json, plots, out, scale, base, head)
+        review, manifest = run_review(repo, base, head, Path(scratch))
+    head_doc, base_doc = read_at(repo, head, HEADLINE), read_at(repo, base, HEADLINE)
+    changes = metric_changes(diffs.metrics_json, lambda path: metrics_docs(repo, base, head, path))
+    top, phantom = top_lines(repo, base, head, head_doc, manifest)
     scope = _metrics_scope(all_metrics, targets)
     no_metrics = "Nothing to compare." if skip_metrics else "No metric changed."
     metrics_link = _link(METRICS_DIFF, images_url)
@@ -312,11 +265,15 @@ def build_report(
     params_lines = diff_section(
         "Params (`dvc params diff`)", diffs.params_md, "All params files.", "No param changed."
     )
+    headline_at = "in the workspace" if head.is_workspace else f"at {head.name}"
     sections = [
         section("top", top),
-        section("headline", headline_section(base, base_doc, head_doc), 4, f"`{HEADLINE}` in the workspace"),
+        section(
+            "headline", headline_section(base, base_doc, head_doc, head), 4, f"`{HEADLINE}` {headline_at}"
+        ),
+        section("paired review", review_lines(review, head), 5, _link(REVIEW_FILE, images_url)),
         section("params", params_lines, 3, _link(PARAMS_DIFF, images_url)),
-        section("plots", plots_section(rendered, images_url), 2, pngs_at),
+        section("plots", plots_section(rendered, images_url, head), 2, pngs_at),
         section(
             "metrics",
             metrics_summary(changes, scope, metrics_link, _row_count(diffs.metrics_md), no_metrics),
@@ -326,7 +283,11 @@ def build_report(
     ]
     fitted, cut = fit(sections, limit)
     pngs = [png for _, _, png in rendered.rendered]
-    return Report(render(fitted), pngs, phantom, full_files(base, diffs, scope, no_metrics), cut)
+    files = {
+        **full_files(base, diffs, scope, no_metrics, head),
+        REVIEW_FILE: review_page(review, base, head, MARKER),
+    }
+    return Report(render(fitted), pngs, phantom, files, cut, review)
 
 
 def _clean(out: Path) -> None:
@@ -338,7 +299,20 @@ def _clean(out: Path) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--base", default="main", show_default=True, help="git revision to compare the workspace with")
+@click.option(
+    "--base", default="main", show_default=True, help="git revision or `dvc exp` name to compare with"
+)
+@click.option(
+    "--head",
+    help="git revision or `dvc exp` name compared with --base  [default: the workspace]",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["never", "worse"]),
+    default="never",
+    show_default=True,
+    help=f"worse: exit {EXIT_WORSE} when the paired review finds a headline metric significantly worse",
+)
 @click.option(
     "--out",
     default="pr-report",
@@ -375,6 +349,8 @@ def _clean(out: Path) -> None:
 @click.option("--dvc", "dvc_exe", help="dvc executable [default: PATH, else next to this Python]")
 def main(
     base: str,
+    head: str | None,
+    fail_on: str,
     out: Path,
     repo_path: Path,
     all_metrics: bool,
@@ -383,16 +359,25 @@ def main(
     images_url: str | None,
     dvc_exe: str | None,
 ) -> None:
-    """Write <out>/report.md (one GitHub comment): headline AUCs, params diff, key plots and a
-    summary of the metrics diff against --base; the full diffs go to metrics-diff.md, params-diff.md."""
+    """Write <out>/report.md (one GitHub comment): headline AUCs, the paired review of --head (the
+    workspace) against --base, params diff, key plots and a summary of the metrics diff; the full
+    review and diffs go to paired-review.md, metrics-diff.md, params-diff.md."""
     try:
         repo = open_repo(repo_path, dvc_exe)
-        rev = resolve_base(repo, base)
+        rev = resolve_rev(repo, base, "base")
+        head_rev = WORKSPACE_REV if head in (None, WORKSPACE_REV.name) else resolve_rev(repo, head, "head")
         out = out if out.is_absolute() else Path.cwd() / out
         out.mkdir(parents=True, exist_ok=True)
         _clean(out)
         report = build_report(
-            repo, rev, out, all_metrics=all_metrics, plots=plots, scale=scale, images_url=images_url
+            repo,
+            rev,
+            out,
+            head=head_rev,
+            all_metrics=all_metrics,
+            plots=plots,
+            scale=scale,
+            images_url=images_url,
         )
         for name, text in report.files.items():  # the full tables first: report.md links them
             (out / name).write_text(text)
@@ -401,9 +386,10 @@ def main(
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"wrote {out / 'report.md'} ({len(report.markdown):,} characters), {len(report.pngs)} plot(s) "
-        f"and the full tables {', '.join(report.files)} against {rev.name}",
+        f"and the full tables {', '.join(report.files)}: {head_rev.name} against {rev.name}",
         err=True,
     )
+    _review_verdicts(report.review, fail_on)
     if report.phantom:
         click.echo("WARNING: phantom run (synthetic data): see the top of the report", err=True)
     if report.cut:
@@ -412,6 +398,21 @@ def main(
             f"{', '.join(report.cut)} (a note in report.md says where all of it is)",
             err=True,
         )
+
+
+def _review_verdicts(review: Any, fail_on: str) -> None:
+    """Say on stderr what the paired review found; exit :data:`EXIT_WORSE` on a regression if asked."""
+    if review is None or review.unavailable:
+        reason = review.unavailable if review is not None else "not run"
+        click.echo(f"WARNING: no paired review ({reason}): --fail-on cannot judge this change", err=True)
+        return
+    for model, change in review.headline_changes():
+        click.echo(f"{model}: {change.metric} {change.verdict} ({change.diff:+.4f})", err=True)
+    worse = review.regressions()
+    if worse and fail_on == "worse":
+        listed = "; ".join(f"{model} {c.metric} {c.diff:+.4f} (Holm p {c.p_holm:.3g})" for model, c in worse)
+        click.echo(f"FAIL (--fail-on worse): significantly worse than the base: {listed}", err=True)
+        raise SystemExit(EXIT_WORSE)
 
 
 if __name__ == "__main__":
