@@ -14,15 +14,14 @@ from cxr_core.data.batches import normalise, to_device
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import LocTable
 from cxr_core.explain.cams.batch_loop import compute_heatmaps
-from cxr_core.explain.cams.eigen_cam import check_eigen_sign
-from cxr_core.explain.cams.registry import get_cam_method
+from cxr_core.explain.cams.registry import CAM_LOOKUPS
 from cxr_core.explain.faithfulness import check_faithfulness, faithfulness_scores
 from cxr_core.explain.sanity import cascade_steps, randomisation_check, sanity_verdict
 from cxr_core.explain.sanity_metrics import SanityMetrics, sample_boxes, sanity_metrics
 from cxr_core.models.checkpoints import load_model
 from cxr_core.models.registry import get_spec
 from cxr_core.params import ParamsError, load_params
-from cxr_core.runtime import Runtime, check_amp, check_device
+from cxr_core.runtime import Runtime
 from stages._common import (
     cache_option,
     model_option,
@@ -32,13 +31,7 @@ from stages._common import (
     stage_command,
 )
 
-LOOKUPS = {
-    "cam method": get_cam_method,
-    "eigen sign": check_eigen_sign,
-    "device": check_device,
-    "amp": check_amp,
-    "faithfulness metric": check_faithfulness,
-}
+LOOKUPS = {**CAM_LOOKUPS, "faithfulness metric": check_faithfulness}
 
 
 @stage_command()

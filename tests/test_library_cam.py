@@ -13,6 +13,7 @@ import pytorch_grad_cam as pgc
 import torch
 from pytorch_grad_cam.base_cam import BaseCAM as LibraryBaseCAM
 
+from cxr_core.explain.cams.batch_loop import compute_cams
 from cxr_core.explain.cams.features import FeatureExtractor
 from cxr_core.explain.cams.library_cam import (
     CLASS_AGNOSTIC,
@@ -24,9 +25,11 @@ from cxr_core.explain.cams.library_cam import (
     resolve_library_method,
 )
 from cxr_core.explain.cams.registry import get_cam_method
+from cxr_core.explain.cams.settings import CamSettings
 from cxr_core.explain.degenerate import degenerate_maps
 from cxr_core.explain.layers import cam_target_layer, swin_reshape_transform
 from cxr_core.models.registry import create_model, get_spec
+from cxr_core.runtime import Runtime
 
 ATOL = 2e-5
 SHARED = ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM"]
@@ -66,7 +69,9 @@ def test_supported_names_are_the_library_cams_that_fit_the_interface(tiny):
         assert issubclass(cls, LibraryBaseCAM), name
         with cls(model, [layer], reshape_transform=None) as cam:  # constructs with the adapter's arguments
             adapter = LibraryCAM(name, model, layer)
-            assert adapter.uses_gradients is bool(cam.uses_gradients), name
+            assert adapter.runs_backward is bool(cam.uses_gradients), name
+            # the batch loop's shared forward gives it nothing: the library runs its own
+            assert not adapter.uses_activations and not adapter.uses_gradients
         assert adapter.name == LIBRARY_PREFIX + name and adapter.library_name == name
         assert adapter.class_agnostic is (name in CLASS_AGNOSTIC)
     assert {"EigenCAM", "KPCA_CAM", "RandomCAM"} <= CLASS_AGNOSTIC
@@ -277,11 +282,10 @@ def test_swin_reshape_transform_is_passed_through():
 
 
 def test_pipeline_runs_library_methods_by_name_beside_native_ones(tiny, images):
-    from cxr_core.explain.cams.batch_loop import compute_cams
-
     model, _ = tiny
     spec = get_spec("resnet18")
-    out = compute_cams(model, spec, images, CLASSES, ["GradCAM", "pgc:GradCAM", "EigenGradCAM"], batch_size=2)
+    settings = CamSettings(("GradCAM", "pgc:GradCAM", "EigenGradCAM"), 2, 0, "pytorch-grad-cam", 32)
+    out = compute_cams(model, spec, images, CLASSES, settings, Runtime.cpu())
     assert list(out) == ["GradCAM", "pgc:GradCAM", "EigenGradCAM"]
     np.testing.assert_allclose(out["pgc:GradCAM"].maps, out["GradCAM"].maps, atol=2e-5)
     scale = out["GradCAM"].raw.max()

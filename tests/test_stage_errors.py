@@ -111,6 +111,8 @@ def _args(stage: str, params: Path, d: dict[str, Path]) -> list[str]:
             *common,
             "--heatmaps",
             str(d["heatmaps"]),
+            "--predictions",
+            str(d["predictions"]),
             "--splits",
             str(d["splits"]),
             "--records",

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cxr_core.explain.cams.features import frozen_eval, model_device
+
 
 class ClassifierOutputSigmoidTarget:
     """pytorch-grad-cam target: the sigmoid probability of one class of a multi-label model."""
@@ -87,8 +89,6 @@ def faithfulness_scores(
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
     from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from cxr_core.explain.cams.features import frozen_eval, model_device
 
     check_faithfulness(metric)
     if target not in ROAD_TARGETS:

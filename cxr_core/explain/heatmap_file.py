@@ -7,7 +7,6 @@ numpy only, so scoring saved maps never imports torch or the CAM code (a CAM cha
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +28,8 @@ class SavedHeatmaps:
     """Per method uint8 ``K x S x S`` maps and degeneracy flags, one per row of ``loc.csv``, plus the
     model's probabilities for those images (``K x 14``) and the raw maps: float32 ``K x h x w``,
     after the ReLU and before any normalisation, at the target layer's resolution (0 where the map
-    is degenerate)."""
+    is degenerate). ``probs`` are a copy of the test stage's for the report's example grid only:
+    ``localise@`` reads the predictions file itself."""
 
     maps: dict[str, np.ndarray]
     degenerate: dict[str, np.ndarray]
@@ -96,8 +96,3 @@ class SavedHeatmaps:
             raise malformed(
                 path, f"holds {len(self)} maps per method for {len(loc)} boxes in loc.csv", _PRODUCER
             )
-
-
-def methods_in(saved: SavedHeatmaps, wanted: Sequence[str]) -> list[str]:
-    """The methods of ``wanted`` that ``saved`` holds, in ``wanted``'s order."""
-    return [m for m in wanted if m in saved.maps]

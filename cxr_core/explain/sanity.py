@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cxr_core.explain.cams import batch_loop  # a module: tests replace its compute_heatmaps
+from cxr_core.explain.layers import get_module
+
 if TYPE_CHECKING:
     from cxr_core.models.registry import ModelSpec
 
@@ -138,8 +141,6 @@ def cascade_steps(model: nn.Module, stages: int = 2) -> list[tuple[str, list[str
 def _resolve(model: nn.Module, path: str, named: Mapping[str, nn.Module]) -> nn.Module:
     if path in named:
         return named[path]
-    from cxr_core.explain.layers import get_module
-
     return get_module(model, path)  # negative indices and the like
 
 
@@ -169,15 +170,7 @@ def randomised_copy(model: nn.Module, module_paths: Sequence[str], seed: int) ->
     if isinstance(module_paths, str):
         module_paths = [module_paths]
     clone = copy.deepcopy(model).eval()
-    named = dict(clone.named_modules())
-    targets: list[nn.Module] = []
-    seen: set[int] = set()
-    for path in module_paths:
-        for module in _resolve(clone, path, named).modules():
-            if id(module) not in seen:
-                seen.add(id(module))
-                targets.append(module)
-
+    targets = _target_modules(clone, module_paths)
     cuda = sorted({p.device.index or 0 for p in clone.parameters() if p.is_cuda})
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
         torch.default_generator.manual_seed(int(seed))
@@ -187,21 +180,42 @@ def randomised_copy(model: nn.Module, module_paths: Sequence[str], seed: int) ->
         params = {id(p): p for module in targets for p in module.parameters(recurse=False)}
         changed: set[int] = set()
         for module in targets:
-            own = list(module.parameters(recurse=False))
-            reset = getattr(module, "reset_parameters", None)
-            if callable(reset):
-                before = [None if p.is_meta else p.detach().clone() for p in own]
-                reset()
-                for p, old in zip(own, before, strict=True):
-                    if old is None or not torch.equal(old, p):
-                        changed.add(id(p))
-            reset_stats = getattr(module, "reset_running_stats", None)
-            if callable(reset_stats):
-                reset_stats()
+            changed |= _reset(module)
         for key, p in params.items():
             if key not in changed and not p.is_meta:
                 _redraw(p)
     return clone
+
+
+def _target_modules(model: nn.Module, module_paths: Sequence[str]) -> list[nn.Module]:
+    """The listed modules and all their submodules, each once, in the order of ``module_paths``."""
+    named = dict(model.named_modules())
+    targets: list[nn.Module] = []
+    seen: set[int] = set()
+    for path in module_paths:
+        for module in _resolve(model, path, named).modules():
+            if id(module) not in seen:
+                seen.add(id(module))
+                targets.append(module)
+    return targets
+
+
+def _reset(module: nn.Module) -> set[int]:
+    """``reset_parameters`` and ``reset_running_stats`` of one module, where it has them; the ids of
+    its own parameters that the reset changed."""
+    changed: set[int] = set()
+    own = list(module.parameters(recurse=False))
+    reset = getattr(module, "reset_parameters", None)
+    if callable(reset):
+        before = [None if p.is_meta else p.detach().clone() for p in own]
+        reset()
+        for p, old in zip(own, before, strict=True):
+            if old is None or not torch.equal(old, p):
+                changed.add(id(p))
+    reset_stats = getattr(module, "reset_running_stats", None)
+    if callable(reset_stats):
+        reset_stats()
+    return changed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,8 +308,6 @@ def randomisation_check(
          "spearman_per_image": {"head": [0.97, None, ...], ...},    # None: a constant or NaN map
          "n_images": 8, "n_finite": {"head": 7, ...}}
     """
-    from cxr_core.explain.cams.batch_loop import compute_heatmaps
-
     methods = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
     kwargs = dict(cam_kwargs or {})
     cam_seed = kwargs.pop("seed", seed)
@@ -311,7 +323,9 @@ def randomisation_check(
         extra = dict(kwargs)
         if layer_path is not None:
             extra["target_layer"] = dict(net.named_modules())[layer_path]
-        return compute_heatmaps(net, spec, images, class_indices, methods, batch_size, cam_seed, **extra)
+        return batch_loop.compute_heatmaps(
+            net, spec, images, class_indices, methods, batch_size, cam_seed, **extra
+        )
 
     if trained_maps is None:
         trained = maps_of(model)

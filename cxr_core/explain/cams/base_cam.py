@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cxr_core.explain.cams.features import FeatureExtractor, LayerFeatures, ReshapeTransform
+
+if TYPE_CHECKING:
+    from cxr_core.explain.cams.settings import CamSettings
+    from cxr_core.runtime import Runtime
 
 # pytorch-grad-cam's constant, kept so maps agree with it numerically.
 _MINMAX_EPS = 1e-7
@@ -53,6 +57,16 @@ class CamMaps:
     raw: np.ndarray
 
 
+class CamMethod(Protocol):
+    """What the batch loop asks of a method, native or adapted: what it needs from the batch's shared
+    forward, and its maps for a batch (from those features, or from its own pass over ``images``)."""
+
+    uses_activations: bool
+    uses_gradients: bool
+
+    def explain(self, images: Tensor, class_indices: Tensor, features: LayerFeatures) -> CamMaps: ...
+
+
 class BaseCAM:
     """One CAM method. Subclasses implement :meth:`cam` (raw maps before ReLU and normalisation).
 
@@ -87,6 +101,21 @@ class BaseCAM:
             model, target_layer, reshape_transform, autocast_dtype=autocast_dtype, check_layout=check_layout
         )
 
+    @classmethod
+    def from_settings(
+        cls,
+        model: nn.Module,
+        target_layer: nn.Module,
+        reshape_transform: ReshapeTransform | None,
+        settings: CamSettings,
+        runtime: Runtime,
+    ) -> BaseCAM:
+        """The method as the batch loop runs it: the seed and the autocast from the settings objects.
+        A method with a knob of its own in the ``cam`` section overrides this to read it."""
+        return cls(
+            model, target_layer, reshape_transform, seed=settings.seed, autocast_dtype=runtime.autocast_dtype
+        )
+
     @property
     def name(self) -> str:
         return type(self).__name__
@@ -103,6 +132,10 @@ class BaseCAM:
         """The normalised maps and the un-normalised ones after the ReLU (feature resolution)."""
         raw = self.cam(features)
         return CamMaps(normalise_maps(raw, features.image_size).cpu().numpy(), relu_maps(raw).cpu().numpy())
+
+    def explain(self, images: Tensor, class_indices: Tensor, features: LayerFeatures) -> CamMaps:
+        """The batch loop's call: the maps from the batch's shared features (``images`` unused)."""
+        return self.maps_and_raw(features)
 
     def __call__(
         self,
@@ -129,5 +162,6 @@ class BaseCAM:
         return None
 
 
-def _weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
+def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
+    """Channel weights (B, C) times the activations (B, C, h, w), summed over channels: (B, h, w)."""
     return torch.einsum("bc,bchw->bhw", weights, activations)

@@ -19,13 +19,18 @@ features such as DenseNet's ``features[-1]``), ``"none"`` keeps the batched ``ei
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cxr_core.explain.cams.base_cam import BaseCAM
-from cxr_core.explain.cams.features import LayerFeatures
+from cxr_core.explain.cams.features import LayerFeatures, ReshapeTransform
+
+if TYPE_CHECKING:
+    from cxr_core.explain.cams.settings import CamSettings
+    from cxr_core.runtime import Runtime
 
 
 def _single_threaded_blas() -> AbstractContextManager[object]:
@@ -101,6 +106,25 @@ class EigenCAM(BaseCAM):
     def __init__(self, *args: object, sign: str = "pytorch-grad-cam", **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.sign = check_eigen_sign(sign)
+
+    @classmethod
+    def from_settings(
+        cls,
+        model: nn.Module,
+        target_layer: nn.Module,
+        reshape_transform: ReshapeTransform | None,
+        settings: CamSettings,
+        runtime: Runtime,
+    ) -> EigenCAM:
+        """As the base's, with ``cam.eigen_sign``."""
+        return cls(
+            model,
+            target_layer,
+            reshape_transform,
+            seed=settings.seed,
+            autocast_dtype=runtime.autocast_dtype,
+            sign=settings.eigen_sign,
+        )
 
     def cam(self, features: LayerFeatures) -> Tensor:
         return first_principal_projection(features.activations, sign=self.sign)

@@ -31,7 +31,6 @@ class LayerFeatures:
     gradients: Tensor | None
     positions: Tensor
     image_size: tuple[int, int]
-    logits: Tensor | None = None
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -63,7 +62,7 @@ def frozen_eval(model: nn.Module) -> AbstractContextManager[nn.Module]:
     return eval_mode(model, requires_grad=False)
 
 
-def _looks_nhwc(shape: Sequence[int]) -> bool:
+def looks_nhwc(shape: Sequence[int]) -> bool:
     """(B, h, w, C) from a transformer block: h == w and a channel axis much longer than both."""
     return len(shape) == 4 and shape[1] == shape[2] and shape[3] > 4 * shape[1]
 
@@ -71,7 +70,7 @@ def _looks_nhwc(shape: Sequence[int]) -> bool:
 def _to_nchw(t: Tensor, reshape_transform: ReshapeTransform | None, check_layout: bool = True) -> Tensor:
     if reshape_transform is not None:
         t = reshape_transform(t)
-    elif check_layout and _looks_nhwc(t.shape):
+    elif check_layout and looks_nhwc(t.shape):
         raise ValueError(
             f"CAM target layer output {tuple(t.shape)} looks channels-last (B, h, w, C), as timm's Swin "
             "blocks give: pass reshape_transform=cxr_core.explain.layers.swin_reshape_transform (without it the "
@@ -134,10 +133,24 @@ class FeatureExtractor:
         if need_gradients:
             if class_indices is None:
                 raise ValueError("gradient-based CAMs need one class index per image")
-            _class_index_tensor(class_indices, n, None, torch.device("cpu"))  # fail before the forward
+            class_index_tensor(class_indices, n, None, torch.device("cpu"))  # fail before the forward
 
         device = self.device
         x = images.to(device=device, dtype=torch.float32, non_blocking=True)
+        amp = (
+            torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else nullcontext()
+        )
+        with frozen_eval(self.model), amp:
+            logits, raw = self._forward(x, need_gradients)
+            grads = self._gradients(logits, raw, class_indices, n) if need_gradients else None
+            acts = _to_nchw(raw.detach(), self.reshape_transform, self.check_layout)
+        return LayerFeatures(acts, grads, positions, size)
+
+    def _forward(self, x: Tensor, need_gradients: bool) -> tuple[Tensor, Tensor]:
+        """The logits and the target layer's output, captured as a leaf (that requires grad when
+        gradients are needed)."""
         captured: list[Tensor] = []
 
         def hook(module: nn.Module, inputs: object, output: Tensor) -> Tensor:
@@ -150,40 +163,36 @@ class FeatureExtractor:
             # A copy goes on, so in-place layers downstream cannot touch the captured activations.
             return leaf.clone()
 
-        amp = (
-            torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else nullcontext()
-        )
-        with frozen_eval(self.model), amp:
-            handle = self.target_layer.register_forward_hook(hook)
-            try:
-                with torch.set_grad_enabled(need_gradients):
-                    logits = self.model(x)
-            finally:
-                handle.remove()
-            if len(captured) != 1:
-                raise RuntimeError(
-                    f"CAM target layer ran {len(captured)} times in one forward; expected exactly once"
-                )
-            raw = captured[0]
-            grads = None
-            if need_gradients:
-                idx = _class_index_tensor(class_indices, n, logits.shape[-1], logits.device)
-                target = logits.float().gather(1, idx[:, None]).sum()
-                grad_raw = None
-                if target.requires_grad:
-                    (grad_raw,) = torch.autograd.grad(target, raw, allow_unused=True)
-                if grad_raw is None:  # the logits do not depend on the target layer
-                    grad_raw = torch.zeros_like(raw)
-                grads = _to_nchw(grad_raw.detach(), self.reshape_transform, self.check_layout)
-            acts = _to_nchw(raw.detach(), self.reshape_transform, self.check_layout)
-        return LayerFeatures(acts, grads, positions, size, logits.detach())
+        handle = self.target_layer.register_forward_hook(hook)
+        try:
+            with torch.set_grad_enabled(need_gradients):
+                logits = self.model(x)
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise RuntimeError(
+                f"CAM target layer ran {len(captured)} times in one forward; expected exactly once"
+            )
+        return logits, captured[0]
+
+    def _gradients(
+        self, logits: Tensor, raw: Tensor, class_indices: Tensor | Sequence[int], n: int
+    ) -> Tensor:
+        """``d logit[b, class_indices[b]] / d raw[b]``, NCHW: only the layers after the target layer."""
+        idx = class_index_tensor(class_indices, n, logits.shape[-1], logits.device)
+        target = logits.float().gather(1, idx[:, None]).sum()
+        grad_raw = None
+        if target.requires_grad:
+            (grad_raw,) = torch.autograd.grad(target, raw, allow_unused=True)
+        if grad_raw is None:  # the logits do not depend on the target layer
+            grad_raw = torch.zeros_like(raw)
+        return _to_nchw(grad_raw.detach(), self.reshape_transform, self.check_layout)
 
 
-def _class_index_tensor(
+def class_index_tensor(
     class_indices: Tensor | Sequence[int] | None, n: int, num_classes: int | None, device: torch.device
 ) -> Tensor:
+    """``class_indices`` as int64 on ``device``: one per image, each in [0, ``num_classes``) when that is known."""
     idx = torch.as_tensor(
         np.asarray(class_indices) if not isinstance(class_indices, Tensor) else class_indices
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from cxr_core.explain.cams.base_cam import BaseCAM, _weighted_sum
+from cxr_core.explain.cams.base_cam import BaseCAM, weighted_sum
 from cxr_core.explain.cams.features import LayerFeatures
 
 
@@ -13,4 +13,4 @@ class GradCAM(BaseCAM):
 
     def cam(self, features: LayerFeatures) -> Tensor:
         a, g = features.activations, features.gradients
-        return _weighted_sum(g.mean(dim=(2, 3)), a)
+        return weighted_sum(g.mean(dim=(2, 3)), a)

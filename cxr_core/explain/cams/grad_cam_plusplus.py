@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cxr_core.explain.cams.base_cam import BaseCAM, _weighted_sum
+from cxr_core.explain.cams.base_cam import BaseCAM, weighted_sum
 from cxr_core.explain.cams.features import LayerFeatures
 
 # pytorch-grad-cam's constant, kept so maps agree with it numerically.
@@ -23,4 +23,4 @@ class GradCAMPlusPlus(BaseCAM):
         aij = g2 / (2 * g2 + sum_a * g3 + _GRADCAM_PP_EPS)
         aij = torch.where(g != 0, aij, torch.zeros_like(aij))
         weights = (g.clamp_min(0) * aij).sum(dim=(2, 3))
-        return _weighted_sum(weights, a)
+        return weighted_sum(weights, a)

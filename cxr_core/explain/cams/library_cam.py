@@ -43,13 +43,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cxr_core.explain.cams.base_cam import CamMaps
 from cxr_core.explain.cams.features import (
+    LayerFeatures,
     ReshapeTransform,
-    _class_index_tensor,
-    _looks_nhwc,
+    class_index_tensor,
     eval_mode,
+    looks_nhwc,
     model_device,
 )
+from cxr_core.explain.cams.settings import CamSettings
+from cxr_core.runtime import Runtime
 
 LIBRARY_PREFIX = "pgc:"
 LIBRARY_PACKAGE = "grad-cam"  # the pip name of pytorch_grad_cam
@@ -99,7 +103,7 @@ NCHW_ONLY: dict[str, str] = {
 
 #: Methods whose pytorch-grad-cam class ignores the targets.
 CLASS_AGNOSTIC = frozenset({"EigenCAM", "FEM", "KPCA_CAM", "RandomCAM"})
-#: Methods whose pytorch-grad-cam class runs no backward (``uses_gradients=False``).
+#: Methods whose pytorch-grad-cam class runs no backward (its ``uses_gradients=False``; ``runs_backward``).
 GRADIENT_FREE = frozenset({"AblationCAM", "EigenCAM", "FEM", "KPCA_CAM", "ScoreCAM"})
 #: ShapleyCAM differentiates the gradient itself (a Hessian-vector product): with frozen parameters
 #: a linear head's gradient is a constant without a graph, and its torch.autograd.grad call fails.
@@ -237,6 +241,9 @@ class LibraryCAM:
     methods ignore it (the whole batch is one library call). ``seed``: numpy's global RNG for the
     call (restored afterwards). ``check_layout``: refuse a channels-last target layer without a
     reshape transform. ``ScoreCAM`` and ``AblationCAM`` print tqdm progress bars (the library's).
+    In the batch loop it takes nothing from the shared forward (``uses_activations`` and
+    ``uses_gradients`` are False): the library runs its own forward, and a backward where
+    ``runs_backward``.
     """
 
     def __init__(
@@ -277,8 +284,27 @@ class LibraryCAM:
         self.batch_size = batch_size
         self.check_layout = check_layout
         self.class_agnostic = library_name in CLASS_AGNOSTIC
-        self.uses_gradients = library_name not in GRADIENT_FREE  # the library's own flag is checked per call
-        self.uses_activations = True
+        self.runs_backward = library_name not in GRADIENT_FREE  # the library's own flag is checked per call
+        # Nothing from the batch loop's shared forward: the library runs its own on the batch.
+        self.uses_activations = False
+        self.uses_gradients = False
+
+    @classmethod
+    def from_settings(
+        cls,
+        name: str,
+        model: nn.Module,
+        target_layer: nn.Module,
+        reshape_transform: ReshapeTransform | None,
+        settings: CamSettings,
+        runtime: Runtime,
+    ) -> LibraryCAM:
+        """The adapter as the batch loop runs it: the seed of the settings (the library has no autocast)."""
+        return cls(name, model, target_layer, reshape_transform, seed=settings.seed)
+
+    def explain(self, images: Tensor, class_indices: Tensor, features: LayerFeatures) -> CamMaps:
+        """The batch loop's call: the library's own pass over ``images`` (``features`` unused)."""
+        return CamMaps(*self(images, class_indices))
 
     def __repr__(self) -> str:
         return f"LibraryCAM({self.name!r}, seed={self.seed}, batch_size={self.batch_size})"
@@ -325,37 +351,14 @@ class LibraryCAM:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         images_t = torch.as_tensor(images)
-        if images_t.ndim != 4:
-            raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images_t.shape)}")
-        if not images_t.dtype.is_floating_point:
-            raise ValueError(f"images must be float (already normalised), got {images_t.dtype}")
-        n = int(images_t.shape[0])
-        if n == 0:
-            raise ValueError("images is an empty batch")
-        idx = _class_index_tensor(class_indices, n, None, torch.device("cpu")).tolist()
+        n = _batch_length(images_t)
+        idx = class_index_tensor(class_indices, n, None, torch.device("cpu")).tolist()
         targets = [ClassifierOutputTarget(int(c)) for c in idx]
-
-        def check_outputs(module: nn.Module, inputs: object, output: object) -> None:
-            # Before the targets index the logits: the library's with block swallows IndexError.
-            if isinstance(output, Tensor) and output.ndim == 2:
-                _class_index_tensor(idx, n, int(output.shape[-1]), torch.device("cpu"))
-
-        def check_layer(module: nn.Module, inputs: object, output: object) -> None:
-            if isinstance(output, Tensor) and _looks_nhwc(output.shape):
-                raise ValueError(
-                    f"CAM target layer output {tuple(output.shape)} looks channels-last (B, h, w, C), as "
-                    "timm's Swin blocks give: pass reshape_transform=cxr_core.explain.layers."
-                    "swin_reshape_transform (without it pytorch-grad-cam takes (h, C) for the map's plane), "
-                    "or check_layout=False if it is NCHW"
-                )
-
         cls = _catalogue(library)[0][self.library_name]
         captured: list[np.ndarray] = []
         x = images_t.detach().to(device=self.device, dtype=torch.float32).clone()
         trainable = self.library_name in _NEEDS_PARAMETER_GRAPH
-        handles = [self.model.register_forward_hook(check_outputs)]
-        if self.check_layout and self.reshape_transform is None:
-            handles.append(self.target_layer.register_forward_hook(check_layer))
+        handles = self._checking_hooks(idx, n)
         ablation: nn.Module | None = None
         try:
             with (
@@ -365,32 +368,65 @@ class LibraryCAM:
             ):
                 cam, ablation = self._make(library, cls)
                 with cam:
-                    get_cam_image = cam.get_cam_image
-
-                    def capture(*args: object, **kwargs: object) -> np.ndarray:
-                        out = get_cam_image(*args, **kwargs)
-                        raw = out.detach().cpu().numpy() if isinstance(out, Tensor) else np.asarray(out)
-                        captured.append(np.maximum(raw, 0).astype(np.float32, copy=False))
-                        return out
-
-                    cam.get_cam_image = capture
-                    # Frozen parameters: the input carries the graph, so the backward reaches the
-                    # target layer's activations without computing a single weight gradient.
-                    x.requires_grad_(bool(cam.uses_gradients))
-                    try:
-                        maps = cam(x, targets)
-                    except IndexError as exc:  # the library's __exit__ would print and swallow it
-                        raise RuntimeError(f"pytorch-grad-cam {self.library_name} failed: {exc!r}") from exc
-                    finally:
-                        # capture -> bound method -> cam is a cycle: without breaking it the object,
-                        # its outputs and the retained autograd graph live until the cyclic GC runs.
-                        del cam.get_cam_image
-                        cam.outputs = None
+                    maps = self._run(cam, x, targets, captured)
         finally:
             for handle in handles:
                 handle.remove()
             if ablation is not None:  # AblationCAM swaps the layer out; put it back if it failed midway
                 replace_layer_recursive(self.model, ablation, self.target_layer)
+        return self._checked(maps, captured, n, tuple(images_t.shape[-2:]))
+
+    def _checking_hooks(self, idx: list[int], n: int) -> list[torch.utils.hooks.RemovableHandle]:
+        """Hooks that check the class indices against the model's outputs and the target layer's
+        layout during the library's forward, before the library can swallow the error."""
+
+        def check_outputs(module: nn.Module, inputs: object, output: object) -> None:
+            # Before the targets index the logits: the library's with block swallows IndexError.
+            if isinstance(output, Tensor) and output.ndim == 2:
+                class_index_tensor(idx, n, int(output.shape[-1]), torch.device("cpu"))
+
+        def check_layer(module: nn.Module, inputs: object, output: object) -> None:
+            if isinstance(output, Tensor) and looks_nhwc(output.shape):
+                raise ValueError(
+                    f"CAM target layer output {tuple(output.shape)} looks channels-last (B, h, w, C), as "
+                    "timm's Swin blocks give: pass reshape_transform=cxr_core.explain.layers."
+                    "swin_reshape_transform (without it pytorch-grad-cam takes (h, C) for the map's plane), "
+                    "or check_layout=False if it is NCHW"
+                )
+
+        handles = [self.model.register_forward_hook(check_outputs)]
+        if self.check_layout and self.reshape_transform is None:
+            handles.append(self.target_layer.register_forward_hook(check_layer))
+        return handles
+
+    def _run(self, cam: Any, x: Tensor, targets: list[Any], captured: list[np.ndarray]) -> np.ndarray:
+        """The library object's call, its ``get_cam_image`` output captured (after its ReLU)."""
+        get_cam_image = cam.get_cam_image
+
+        def capture(*args: object, **kwargs: object) -> np.ndarray:
+            out = get_cam_image(*args, **kwargs)
+            raw = out.detach().cpu().numpy() if isinstance(out, Tensor) else np.asarray(out)
+            captured.append(np.maximum(raw, 0).astype(np.float32, copy=False))
+            return out
+
+        cam.get_cam_image = capture
+        # Frozen parameters: the input carries the graph, so the backward reaches the target layer's
+        # activations without computing a single weight gradient.
+        x.requires_grad_(bool(cam.uses_gradients))
+        try:
+            return cam(x, targets)
+        except IndexError as exc:  # the library's __exit__ would print and swallow it
+            raise RuntimeError(f"pytorch-grad-cam {self.library_name} failed: {exc!r}") from exc
+        finally:
+            # capture -> bound method -> cam is a cycle: without breaking it the object, its outputs
+            # and the retained autograd graph live until the cyclic GC runs.
+            del cam.get_cam_image
+            cam.outputs = None
+
+    def _checked(
+        self, maps: np.ndarray, captured: list[np.ndarray], n: int, size: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The library's maps and its one captured raw map stack, checked against the batch."""
         if len(captured) != 1:
             raise RuntimeError(
                 f"pytorch-grad-cam {self.library_name} called get_cam_image {len(captured)} times, "
@@ -398,12 +434,24 @@ class LibraryCAM:
             )
         maps = np.asarray(maps, dtype=np.float32)
         raw = captured[0]
-        if maps.shape != (n, *images_t.shape[-2:]) or raw.ndim != 3 or raw.shape[0] != n:
+        if maps.shape != (n, *size) or raw.ndim != 3 or raw.shape[0] != n:
             raise RuntimeError(
                 f"pytorch-grad-cam {self.library_name} gave maps {maps.shape} and raw maps {raw.shape} "
-                f"for {n} images of {tuple(images_t.shape[-2:])}"
+                f"for {n} images of {size}"
             )
         return maps, raw
+
+
+def _batch_length(images: Tensor) -> int:
+    """The number of images of a float (B, C, H, W) batch; an empty batch is refused."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if not images.dtype.is_floating_point:
+        raise ValueError(f"images must be float (already normalised), got {images.dtype}")
+    n = int(images.shape[0])
+    if n == 0:
+        raise ValueError("images is an empty batch")
+    return n
 
 
 __all__ = [

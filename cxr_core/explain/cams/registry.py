@@ -10,16 +10,20 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from torch import nn
+
 from cxr_core.explain.cams import library_cam as library
-from cxr_core.explain.cams.base_cam import BaseCAM
+from cxr_core.explain.cams.base_cam import BaseCAM, CamMethod
 from cxr_core.explain.cams.eigen_cam import EigenCAM, check_eigen_sign
+from cxr_core.explain.cams.features import ReshapeTransform
 from cxr_core.explain.cams.grad_cam import GradCAM
 from cxr_core.explain.cams.grad_cam_plusplus import GradCAMPlusPlus
 from cxr_core.explain.cams.hirescam import HiResCAM
 from cxr_core.explain.cams.layer_cam import LayerCAM
 from cxr_core.explain.cams.random_cam import RandomCAM
+from cxr_core.explain.cams.settings import CamSettings
 from cxr_core.explain.cams.xgrad_cam import XGradCAM
-from cxr_core.runtime import check_amp, check_device
+from cxr_core.runtime import Runtime, check_amp, check_device
 
 CAM_METHODS: dict[str, type[BaseCAM]] = {
     cls.__name__: cls for cls in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, EigenCAM, RandomCAM)
@@ -50,7 +54,8 @@ def get_cam_method(name: str) -> Callable[..., Any]:
     )
 
 
-def _check_methods(methods: Sequence[str]) -> list[str]:
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """The method names once each, in order; an unknown one raises, naming the available ones."""
     if isinstance(methods, str):
         methods = [methods]
     names = list(dict.fromkeys(methods))
@@ -59,6 +64,20 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
     for name in names:
         get_cam_method(name)
     return names
+
+
+def build_cam(
+    name: str,
+    model: nn.Module,
+    target_layer: nn.Module,
+    reshape_transform: ReshapeTransform | None,
+    settings: CamSettings,
+    runtime: Runtime,
+) -> CamMethod:
+    """Method ``name`` as the batch loop runs it, configured from the settings objects by its class."""
+    if name in CAM_METHODS:
+        return CAM_METHODS[name].from_settings(model, target_layer, reshape_transform, settings, runtime)
+    return library.LibraryCAM.from_settings(name, model, target_layer, reshape_transform, settings, runtime)
 
 
 #: The registries a stage that computes CAMs checks its params against.

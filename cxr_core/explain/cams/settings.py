@@ -1,4 +1,8 @@
-"""The ``cam`` section's knobs that change a heatmap, as one object the batch loop takes."""
+"""The ``cam`` section's knobs that change a heatmap, as one object the batch loop takes.
+
+Its own module, importing nothing of the package, so every method can read its knob from it
+(``from_settings``) without the settings knowing the methods.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,10 @@ class CamSettings:
     seed: int
     eigen_sign: str
     random_stride: int
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> CamSettings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from cxr_core.explain.cams.base_cam import BaseCAM, _weighted_sum
+from cxr_core.explain.cams.base_cam import BaseCAM, weighted_sum
 from cxr_core.explain.cams.features import LayerFeatures
 
 # pytorch-grad-cam's constant, kept so maps agree with it numerically.
@@ -18,4 +18,4 @@ class XGradCAM(BaseCAM):
         a, g = features.activations, features.gradients
         sum_a = a.sum(dim=(2, 3), keepdim=True)
         weights = (g * a / (sum_a + _XGRADCAM_EPS)).sum(dim=(2, 3))
-        return _weighted_sum(weights, a)
+        return weighted_sum(weights, a)
