@@ -153,12 +153,8 @@ def _options(cfg: Mapping[str, Any]) -> set[str]:
     return {v.strip().upper() for v in value}
 
 
-def read(root: Path, cfg: Mapping[str, Any]) -> ExternalTable:
-    """Read PadChest under ``root`` (see the module docstring)."""
-    projections = _options(cfg)
-    root = Path(root)
-    path = label_file_path(root)
-    label_file = path.name
+def _read_table(path: Path) -> pd.DataFrame:
+    """The label CSV's columns this reader uses, as stripped strings; unreadable or incomplete files stop."""
     try:
         header = pd.read_csv(path, nrows=0)
     except (OSError, ValueError, pd.errors.ParserError, EOFError) as exc:
@@ -172,24 +168,13 @@ def read(root: Path, cfg: Mapping[str, Any]) -> ExternalTable:
         raise ExternalDataError(f"{NAME}: {path}: cannot read the CSV ({exc})") from exc
     if table.empty:
         raise ExternalDataError(f"{NAME}: {path}: no rows")
-    table = table.apply(lambda col: col.str.strip())
+    return table.apply(lambda col: col.str.strip())
 
-    counts = dict.fromkeys(
-        (
-            "projection_skipped",
-            "labels_missing",
-            "labels_unparseable",
-            "labels_empty",
-            "labels_exclude",
-            "labels_unchanged_only",
-            "known_missing_skipped",
-            "known_broken_skipped",
-        ),
-        0,
-    )
-    keep = table["Projection"].str.upper().isin(projections).to_numpy()
-    counts["projection_skipped"] = int((~keep).sum())
 
+def _labelled_rows(
+    table: pd.DataFrame, keep: np.ndarray, counts: dict[str, int]
+) -> tuple[list[int], list[list[str]]]:
+    """Rows of a kept projection whose label text parses to findings, with them; the rest are counted."""
     cache: dict[str, Any] = {}
     parsed: list[list[str]] = []
     rows: list[int] = []
@@ -212,12 +197,18 @@ def read(root: Path, cfg: Mapping[str, Any]) -> ExternalTable:
         else:
             rows.append(int(i))
             parsed.append(labels)
-    if not rows:
-        raise ExternalDataError(
-            f"{NAME}: {path}: no usable rows for projections {sorted(projections)} "
-            f"({len(table)} rows; skipped: {counts})"
-        )
+    return rows, parsed
 
+
+def _image_rows(
+    root: Path,
+    path: Path,
+    table: pd.DataFrame,
+    rows: list[int],
+    parsed: list[list[str]],
+    counts: dict[str, int],
+) -> tuple[list[str], list[str], list[Path], list[list[str]]]:
+    """Image names, patients, files and labels of the rows, without PadChest's known missing / broken files."""
     images, patients, files, kept = [], [], [], []
     for i, labels in zip(rows, parsed, strict=True):
         image_id, folder, patient = (table[c].iat[i] for c in ("ImageID", "ImageDir", "PatientID"))
@@ -237,6 +228,38 @@ def read(root: Path, cfg: Mapping[str, Any]) -> ExternalTable:
         patients.append(patient)
         files.append(file)
         kept.append(labels)
+    return images, patients, files, kept
+
+
+def read(root: Path, cfg: Mapping[str, Any]) -> ExternalTable:
+    """Read PadChest under ``root`` (see the module docstring)."""
+    projections = _options(cfg)
+    root = Path(root)
+    path = label_file_path(root)
+    label_file = path.name
+    table = _read_table(path)
+    counts = dict.fromkeys(
+        (
+            "projection_skipped",
+            "labels_missing",
+            "labels_unparseable",
+            "labels_empty",
+            "labels_exclude",
+            "labels_unchanged_only",
+            "known_missing_skipped",
+            "known_broken_skipped",
+        ),
+        0,
+    )
+    keep = table["Projection"].str.upper().isin(projections).to_numpy()
+    counts["projection_skipped"] = int((~keep).sum())
+    rows, parsed = _labelled_rows(table, keep, counts)
+    if not rows:
+        raise ExternalDataError(
+            f"{NAME}: {path}: no usable rows for projections {sorted(projections)} "
+            f"({len(table)} rows; skipped: {counts})"
+        )
+    images, patients, files, kept = _image_rows(root, path, table, rows, parsed, counts)
     if not images:
         raise ExternalDataError(f"{NAME}: {path}: no usable rows (skipped: {counts})")
     duplicated = pd.Series(images).duplicated()
