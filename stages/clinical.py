@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from cxr_core.compare.clinical import (
+from cxr_core.audit.clinical import (
     ClinicalMetrics,
     ClinicalSettings,
     ReliabilityTable,

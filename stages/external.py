@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cxr_core.compare.external import external_box_scores, external_summary
-from cxr_core.compare.external_metrics import ExternalMetrics
+from cxr_core.audit.external import external_box_scores, external_summary
+from cxr_core.audit.external_metrics import ExternalMetrics
 from cxr_core.data.external.store import ExternalSet
 from cxr_core.errors import ArtifactError
 from cxr_core.evaluate.predict import predict_probs

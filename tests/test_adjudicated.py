@@ -13,7 +13,7 @@ import pytest
 from oracles import explicit_resamples
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from cxr_core.compare.subgroups import adjudicated_scores
+from cxr_core.audit.subgroups import adjudicated_scores
 from cxr_core.data import adjudicated as adj
 from cxr_core.data.adjudicated import (
     ADJUDICATED_MAP,

@@ -1,11 +1,11 @@
-"""One run's clinical audit (cxr_core.compare.clinical): what is chosen on validation, and its flags."""
+"""One run's clinical audit (cxr_core.audit.clinical): what is chosen on validation, and its flags."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from cxr_core.compare.clinical import ClinicalSettings, Split, clinical_audit
+from cxr_core.audit.clinical import ClinicalSettings, Split, clinical_audit
 from cxr_core.evaluate.operating import choose_thresholds
 from cxr_core.labels import LABELS
 

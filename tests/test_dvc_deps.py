@@ -130,7 +130,7 @@ def test_a_cam_change_does_not_retrain_and_a_box_parser_change_re_splits() -> No
 
 
 #: Sub-packages from the bottom up; a package may import only those before it (and top-level modules).
-LAYERS = ("data", "models", "train", "evaluate", "explain", "compare", "report", "devtools", "app")
+LAYERS = ("data", "models", "train", "evaluate", "explain", "compare", "audit", "report", "devtools", "app")
 #: Allowed imports beyond "anything lower": train validates with the evaluate layer's forward.
 EXTRA = {"train": {"evaluate"}}
 #: Top-level modules: shared by every layer, import no sub-package.

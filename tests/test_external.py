@@ -13,7 +13,7 @@ from oracles import explicit_resamples
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from cxr_core.compare.external import box_targets, class_aucs, external_summary, mapped
+from cxr_core.audit.external import box_targets, class_aucs, external_summary, mapped
 from cxr_core.data.external import chexpert, leakage
 from cxr_core.data.external import phantom as ext_phantom
 from cxr_core.data.external.base import ExternalDataError, ExternalTable, MappedClass
@@ -313,7 +313,7 @@ def test_box_targets_are_the_union_of_every_readers_box() -> None:
 
 def test_box_scores_known_answer(monkeypatch) -> None:
     """Maps that are exactly the union mask hit and have IoU 1; maps peaked outside miss, IoU 0."""
-    import cxr_core.compare.external as ext
+    import cxr_core.audit.external as ext
     import cxr_core.explain.cams.batch_loop as compute
     from cxr_core.explain.cams.base_cam import CamMaps
     from cxr_core.explain.cams.settings import CamSettings

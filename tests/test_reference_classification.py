@@ -44,7 +44,7 @@ from torchmetrics.functional.classification import (
     multilabel_average_precision,
 )
 
-from cxr_core.compare.subgroups import _kappa, adjudicated_scores, subgroup_audit
+from cxr_core.audit.subgroups import _kappa, adjudicated_scores, subgroup_audit
 from cxr_core.data.adjudicated import ADJUDICATED_MAP, nih_columns
 from cxr_core.evaluate.calibration import (
     apply_temperature,
@@ -848,7 +848,7 @@ def test_subgroup_intervals_match_explicit_resamples() -> None:
 @QUICK
 @given(pairs=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 1)), min_size=1, max_size=60))
 def test_kappa_matches_sklearn_and_statsmodels(pairs: list[tuple[int, int]]) -> None:
-    """compare.subgroups._kappa (the adjudicated ``kappa``).
+    """audit.subgroups._kappa (the adjudicated ``kappa``).
 
     reference: sklearn.metrics.cohen_kappa_score and statsmodels.stats.inter_rater.cohens_kappa.
     """

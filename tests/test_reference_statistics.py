@@ -46,7 +46,7 @@ from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
 from torch import nn
 
-from cxr_core.compare.external import class_aucs, external_summary
+from cxr_core.audit.external import class_aucs, external_summary
 from cxr_core.compare.paired import (
     bootstrap_p_value,
     comparison_summary,

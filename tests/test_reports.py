@@ -21,14 +21,14 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from cxr_core.compare.clinical import (
+from cxr_core.audit.clinical import (
     ClinicalMetrics,
     ClinicalSettings,
     ReliabilityTable,
     Split,
     clinical_audit,
 )
-from cxr_core.compare.external_metrics import ExternalMetrics
+from cxr_core.audit.external_metrics import ExternalMetrics
 from cxr_core.compare.study import CompareSettings, ComparisonMetrics, compare_study
 from cxr_core.data.metadata import BOX_SPACE
 from cxr_core.data.tables import LocTable

@@ -10,7 +10,7 @@ import pytest
 from oracles import explicit_resamples
 from sklearn.metrics import roc_auc_score
 
-from cxr_core.compare.subgroups import (
+from cxr_core.audit.subgroups import (
     age_band_names,
     age_bands,
     subgroup_attributes,

@@ -15,7 +15,7 @@ NIH's 11 ``Data_Entry`` columns (bracketed headers split in two), then ``Fractur
 * :func:`read_adjudicated` reads it into a tidy 0/1 table.
 * :data:`ADJUDICATED_MAP` is the documented map of the findings to ChestX-ray14's 14 classes
   (Fracture has none and is not scored); the scoring itself is in
-  :mod:`cxr_core.compare.subgroups` (it needs the evaluate layer's bootstrap).
+  :mod:`cxr_core.audit.subgroups` (it needs the evaluate layer's bootstrap).
 * :func:`write_phantom_adjudicated` writes the phantom's stand-in in exactly the real file's format.
 """
 

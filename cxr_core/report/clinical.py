@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr_core.compare.clinical import ClinicalMetrics
+from cxr_core.audit.clinical import ClinicalMetrics
 from cxr_core.labels import LABELS
 from cxr_core.report.inputs import display_name
 from cxr_core.report.provenance import Cell, Number, Table, ci_cell, number, plain_cell

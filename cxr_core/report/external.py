@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxr_core.compare.external_metrics import ExternalMetrics
+from cxr_core.audit.external_metrics import ExternalMetrics
 from cxr_core.report.inputs import display_name
 from cxr_core.report.provenance import Cell, JsonNumbers, Table, ci_cell
 

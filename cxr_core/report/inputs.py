@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxr_core.compare.clinical import ClinicalMetrics, ReliabilityTable
+from cxr_core.audit.clinical import ClinicalMetrics, ReliabilityTable
 from cxr_core.errors import CxrError
 from cxr_core.evaluate.metrics import RocTable, TestMetrics
 from cxr_core.explain.baselines import BASELINES

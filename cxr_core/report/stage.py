@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from cxr_core.compare.clinical import ReliabilityTable
+from cxr_core.audit.clinical import ReliabilityTable
 from cxr_core.compare.study import ComparisonMetrics
 from cxr_core.data.manifest import read_manifest
 from cxr_core.data.tables import SplitStats

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_core.compare.subgroups import adjudicated_scores, subgroup_attributes, subgroup_audit
+from cxr_core.audit.subgroups import adjudicated_scores, subgroup_attributes, subgroup_audit
 from cxr_core.evaluate.calibration import (
     apply_temperature,
     calibration_summary,

@@ -1,6 +1,6 @@
 """``metrics/external/<name>.json``: one external set's scores for every (model, seed).
 
-Apart from the scoring (``cxr_core.compare.external``) so that the report depends on the file's
+Apart from the scoring (``cxr_core.audit.external``) so that the report depends on the file's
 format, not on the model and CAM code that fills it.
 """
 
