@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install repro test lint bench pr-report leaderboard gpu-check scale known-answer profile
+.PHONY: install repro test lint bench pr-report leaderboard gpu-check scale known-answer profile sweep
 
 BASE ?= main
 PR_REPORT_ARGS ?=
@@ -41,6 +41,12 @@ profile: install
 # dvc exp show as a leaderboard: experiment, lr and each model's test macro AUC (about 190 columns)
 leaderboard: install
 	cxr leaderboard
+
+# params.yaml's models x seeds (and SWEEP_ARGS, e.g. "-S lr=0.0005,0.001 --format slurm") as one
+# `dvc exp run` + `dvc exp push` job per line, for a job runner: docs/scale.md
+SWEEP_ARGS ?=
+sweep: install
+	cxr sweep $(SWEEP_ARGS)
 
 bench: install
 	python -m benchmarks all --quick

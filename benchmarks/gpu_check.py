@@ -12,7 +12,10 @@ Written before any GPU was lent, so that the first one can be used at once and w
   generator (``fill_raw``), ``build_cache_from_raw``, ``splits_from_raw``, ``fit`` for one epoch,
   then ``load_model`` + ``predict_probs`` + ``summarise`` on the test split;
 * timm's published RTX 3090 AMP training throughput for the same architectures beside ours
-  (``TIMM_RTX3090``), so a wrong setup (fp32 by mistake, cuDNN off, a sync per step) stands out.
+  (``TIMM_RTX3090``), so a wrong setup (fp32 by mistake, cuDNN off, a sync per step) stands out;
+* with two or more GPUs, DDP scaling: images/s of the same DDP train step (one process per GPU, as
+  torchrun runs the train stage) at 1 and at N GPUs, and the efficiency ``rate_N / (N x rate_1)``
+  that the multi-GPU estimates of docs/scale-check.md assume (0.9 / 0.75 / 0.55 at 2 / 4 / 8).
 
 Without CUDA it refuses (exit 1) unless ``--allow-cpu``: a smoke run of the same code paths at toy
 size (efficientnet_b0, 64 px, 2 steps, a 32-image phantom), which is what the test suite runs.
@@ -26,6 +29,7 @@ import dataclasses
 import gc
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -95,13 +99,15 @@ class CheckSettings:
     phantom_batch: int = 32
     workers: int = 8
     seed: int = 0
+    ddp_model: str = "densenet121"
+    ddp_gpus: int | None = None  # None: every visible GPU when there are two or more; 0: skip
 
     @classmethod
     def smoke(cls) -> CheckSettings:
         return cls(
             models=("efficientnet_b0",), size=64, batch_size=4, min_batch=2, warmup=1, steps=2,
             compile=False, compile_models=(), phantom_model="efficientnet_b0", phantom_images=32,
-            phantom_px=128, phantom_batch=4, workers=1,
+            phantom_px=128, phantom_batch=4, workers=1, ddp_model="efficientnet_b0", ddp_gpus=0,
         )  # fmt: skip
 
 
@@ -265,6 +271,98 @@ def measure_compile(
 
 
 # --------------------------------------------------------------------------------------------
+# DDP scaling
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(
+    rank: int, world: int, port: int, s: CheckSettings, device_type: str, batch: int, out: Any
+) -> None:
+    """One rank of the DDP step (nccl on CUDA, gloo on the CPU); rank 0 puts the job's images/s in ``out``."""
+    import torch.distributed as dist
+
+    cuda = device_type == "cuda"
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    else:
+        torch.set_num_threads(1)  # the CPU path is a functional check: ranks must not fight for cores
+    dist.init_process_group(
+        "nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        trainer = _Trainer(s.ddp_model, s, device, batch, bf16=cuda, compiled=False)
+        trainer.step_model = torch.nn.parallel.DistributedDataParallel(
+            trainer.model, device_ids=[rank] if cuda else None
+        )
+        trainer.run(s.warmup)
+        seconds = torch.tensor([trainer.run(s.steps)], dtype=torch.float64, device=device)
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)  # the job is as fast as its slowest rank
+        if rank == 0:
+            out.put(
+                {
+                    "world_size": dist.get_world_size(),
+                    "images_per_s": world * batch * s.steps / seconds.item(),
+                }
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_rate(s: CheckSettings, device_type: str, world: int, batch: int) -> dict[str, Any]:
+    """images/s of ``world`` DDP processes (one GPU each), ``batch`` images per process per step."""
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    out = context.SimpleQueue()
+    mp.start_processes(
+        _ddp_worker,
+        args=(world, _free_port(), s, device_type, batch, out),
+        nprocs=world,
+        start_method="spawn",
+    )
+    return out.get()
+
+
+def efficiency(rate_1: float, rate_n: float, n: int) -> float:
+    """DDP scaling efficiency: the N-GPU rate over N times the one-GPU rate (1.0 = linear)."""
+    return rate_n / (n * rate_1)
+
+
+def ddp_scaling(s: CheckSettings, device_type: str, gpus: int, batch: int) -> dict[str, Any]:
+    """The DDP step at 1 and ``gpus`` processes, same per-GPU batch (so N GPUs train N x the images)."""
+    one = ddp_rate(s, device_type, 1, batch)
+    many = ddp_rate(s, device_type, gpus, batch)
+    return {
+        "model": s.ddp_model,
+        "per_gpu_batch": batch,
+        "gpus": many["world_size"],
+        "images_per_s_1": one["images_per_s"],
+        "images_per_s_n": many["images_per_s"],
+        "efficiency": efficiency(one["images_per_s"], many["images_per_s"], many["world_size"]),
+    }
+
+
+def _ddp_section(s: CheckSettings, device: torch.device, models: dict[str, Any]) -> dict[str, Any]:
+    """DDP scaling over every visible GPU (or ``s.ddp_gpus``), or why it was skipped."""
+    visible = torch.cuda.device_count() if device.type == "cuda" else 0
+    gpus = visible if s.ddp_gpus is None else min(s.ddp_gpus, visible)
+    if gpus < 2:
+        return {"skipped": f"{visible} GPU(s) visible: DDP scaling needs two or more"}
+    batch = models.get(s.ddp_model, {}).get("batch", s.batch_size)  # the batch that fitted one GPU
+    try:
+        return ddp_scaling(s, device.type, gpus, batch)
+    except Exception as exc:  # a failed collective is a finding, not a crash of the check
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+# --------------------------------------------------------------------------------------------
 # phantom epoch end to end
 
 
@@ -390,6 +488,12 @@ def run(
     say(
         f"phantom epoch ({phantom['model']}): {phantom['total_s']:.1f} s, test macro AUC {phantom['test_macro_auc']}"
     )
+    ddp = _ddp_section(s, device, models)
+    if "efficiency" in ddp:
+        say(
+            f"DDP {ddp['model']}: {ddp['images_per_s_1']:.0f} img/s on 1 GPU, {ddp['images_per_s_n']:.0f} on "
+            f"{ddp['gpus']}: efficiency {ddp['efficiency']:.2f}"
+        )
 
     compiled: dict[str, Any] = {}
     estimate = s.compile_estimate_s
@@ -428,6 +532,7 @@ def run(
         "models": models,
         "compile": compiled,
         "phantom_epoch": phantom,
+        "ddp": ddp,
         "timm_source": TIMM_SOURCE,
         "paper_run_steps": paper_run_steps(),
         "seconds": time.perf_counter() - t_start,
@@ -491,6 +596,21 @@ def to_markdown(r: dict[str, Any]) -> str:
         f"| {p['phantom_s']:.1f} s | {p['preprocess_s']:.1f} s | {p['split_s']:.1f} s | {p['train_epoch_s']:.1f} s "
         f"| {p['test_s']:.1f} s | {p['total_s']:.1f} s |",
         "",
-        f"Test macro AUC after one epoch: {_n(p['test_macro_auc'], 3)}. Whole check: {r['seconds']:.0f} s.",
+        f"Test macro AUC after one epoch: {_n(p['test_macro_auc'], 3)}.",
+        "",
+        _ddp_markdown(r["ddp"]),
+        "",
+        f"Whole check: {r['seconds']:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _ddp_markdown(d: dict[str, Any]) -> str:
+    if "efficiency" not in d:
+        return f"DDP scaling: {d.get('skipped') or d.get('error')}."
+    return (
+        f"DDP scaling ({d['model']}, {d['per_gpu_batch']} images per GPU per step, bf16 on CUDA): "
+        f"{d['images_per_s_1']:.0f} images/s on 1 GPU, {d['images_per_s_n']:.0f} on {d['gpus']}; "
+        f"efficiency {d['efficiency']:.2f} (1.00 = linear; docs/scale-check.md assumes 0.9 / 0.75 / 0.55 "
+        "at 2 / 4 / 8 GPUs)."
+    )

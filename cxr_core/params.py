@@ -13,6 +13,7 @@ import graph (its DVC ``deps:``) holds only the code it runs.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,25 @@ class Text:
             return None
         if not isinstance(value, str) or not value:
             raise _fail(path, value, "a non-empty string" + (" or null" if self.nullable else ""))
+        return value
+
+
+#: ``host[:port]`` of a rendezvous (``[v6 address]:port`` for IPv6): torchrun's ``--rdzv_endpoint``.
+ENDPOINT_PATTERN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """``host:port`` (or ``host``; ``[v6 address]:port``) that torchrun's rendezvous listens on, or null."""
+
+    def check(self, value: Any, path: str) -> str | None:
+        allowed = "host:port every node reaches (e.g. node01:29500), or empty"
+        if value is None:
+            return None
+        text = value if isinstance(value, str) else ""
+        match = ENDPOINT_PATTERN.fullmatch(text)
+        if match is None or (match.group(2) is not None and not 0 < int(match.group(2)) < 65536):
+            raise _fail(path, value, allowed)
         return value
 
 
@@ -244,6 +264,8 @@ SCHEMA = Section(
                 "channels_last": Bool(),
                 "compile": Bool(),
                 "nproc_per_node": Int(1, 64),
+                "nnodes": Int(1, 1024),
+                "rdzv_endpoint": Endpoint(),
                 "eval_batch_size": Int(1, 4096),
             }
         ),

@@ -1,7 +1,9 @@
 """train@model: the paper's recipe on the uint8 cache -> ``best.pt`` + ``last.pt`` and a DVCLive log.
 
-Re-running after a kill resumes from ``last.pt``. With ``train.nproc_per_node`` > 1 the stage
-re-launches itself under torchrun (DDP) with its own arguments; everything else lives in
+Re-running after a kill resumes from ``last.pt``. With ``train.nproc_per_node`` > 1 or
+``train.nnodes`` > 1 the stage re-launches itself under torchrun (DDP) with its own arguments; on
+several nodes every node runs this same command (``srun`` does, under SLURM) and torchrun's
+rendezvous joins them (``cxr_core.train.distributed.Launch``). Everything else lives in
 ``cxr_core.train``.
 """
 
@@ -21,7 +23,7 @@ from cxr_core.models.registry import get_spec
 from cxr_core.params import load_params
 from cxr_core.runtime import check_amp, check_device
 from cxr_core.train.config import TrainConfig
-from cxr_core.train.distributed import dist_env_from_environ
+from cxr_core.train.distributed import Launch, dist_env_from_environ
 from cxr_core.train.loop import fit
 from cxr_core.train.losses import get_loss
 from stages._common import (
@@ -63,20 +65,8 @@ def main(
 ) -> None:
     cfg = load_params(params, LOOKUPS)  # every key checked before any work
     get_spec(model_name)  # an unknown --model fails here, with suggestions
-    nproc = cfg["train"]["nproc_per_node"]
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        logger.info("train.nproc_per_node = %d: relaunching under torchrun", nproc)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        torchrun = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(nproc),
-        ]
-        os.execv(sys.executable, [*torchrun, "-m", "stages.train", *sys.argv[1:]])
+    if "LOCAL_RANK" not in os.environ:  # not yet a torchrun worker
+        relaunch_if_distributed(Launch.from_params(cfg["train"], os.environ, run=f"{model_name}-seed{seed}"))
 
     manifest = Manifest.read(raw)
     images, _ = load_cache(cache)
@@ -100,6 +90,17 @@ def main(
             result.best_val_macro_auc,
             out / "best.pt",
         )
+
+
+def relaunch_if_distributed(launch: Launch) -> None:
+    """Replace this process by torchrun running this same command when the job has several processes."""
+    if launch.world_size == 1:
+        return
+    torchrun = ["-m", "torch.distributed.run", *launch.torchrun_args()]
+    logger.info("relaunching under torchrun %s", " ".join(torchrun[2:]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *torchrun, "-m", "stages.train", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

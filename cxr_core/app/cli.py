@@ -29,6 +29,7 @@ from cxr_core.app.overlay import DISPLAY_PX
 from cxr_core.devtools.known_answer_run import main as known_answer
 from cxr_core.devtools.leaderboard import main as leaderboard
 from cxr_core.devtools.pr_report import main as pr_report
+from cxr_core.devtools.sweep import main as sweep
 from cxr_core.errors import CxrError
 from cxr_core.logs import setup_logging
 from cxr_core.runtime import DEVICES, check_amp, check_device
@@ -709,6 +710,7 @@ def demo(
 main.add_command(pr_report, name="pr-report")
 main.add_command(leaderboard, name="leaderboard")
 main.add_command(known_answer, name="known-answer")
+main.add_command(sweep, name="sweep")
 
 if __name__ == "__main__":
     main()

@@ -89,7 +89,7 @@ class TrainConfig:
     def augment(self) -> dict[str, float]:
         return {"hflip_p": self.hflip_p, "rotate_p": self.rotate_p, "max_degrees": self.max_degrees}
 
-    def runtime(self, local_rank: int = 0) -> Runtime:
+    def runtime(self, local_rank: int | None = None) -> Runtime:
         train = {"device": self.device, "amp": self.amp, "channels_last": self.channels_last}
         return Runtime.from_params(train, get_spec(self.model), local_rank=local_rank)
 

@@ -112,7 +112,6 @@ class FitResult:
     best_epoch: int
     best_val_loss: float
     best_val_macro_auc: float
-    last_epoch: int
     stopped_early: bool
     resumed_from: int  # epoch of the last.pt this run started from; 0 = from scratch
     history: list[dict[str, float]] = field(default_factory=list)
@@ -403,7 +402,6 @@ class _Run:
             best_epoch=self.progress.best_epoch,
             best_val_loss=self.progress.best_loss,
             best_val_macro_auc=self.progress.best_auc,
-            last_epoch=self.history[-1]["epoch"] if self.history else 0,
             stopped_early=self.stopped,
             resumed_from=resumed_from,
             history=self.history,
@@ -417,8 +415,8 @@ def _check_inputs(cfg: TrainConfig, images: np.ndarray, val: SplitTable, env: Di
         )
     if cfg.batch_size % env.world_size:
         raise TrainingError(
-            f"train.batch_size = {cfg.batch_size} is the global batch and must divide evenly over "
-            f"train.nproc_per_node = {env.world_size} processes; pick a multiple of {env.world_size}"
+            f"train.batch_size = {cfg.batch_size} is the global batch and must divide evenly over the "
+            f"{env.world_size} processes (train.nnodes x train.nproc_per_node); pick a multiple of {env.world_size}"
         )
     if len(val.rows) == 0:
         raise TrainingError("the validation split is empty; raise split.val_fraction")
