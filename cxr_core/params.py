@@ -38,8 +38,11 @@ def _fail(path: str, value: Any, allowed: str) -> ParamsError:
 class Int:
     lo: int | None = None
     hi: int | None = None
+    nullable: bool = False
 
-    def check(self, value: Any, path: str) -> int:
+    def check(self, value: Any, path: str) -> int | None:
+        if value is None and self.nullable:
+            return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise _fail(path, value, self.describe())
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
@@ -49,7 +52,7 @@ class Int:
     def describe(self) -> str:
         lo = "-inf" if self.lo is None else self.lo
         hi = "inf" if self.hi is None else self.hi
-        return f"an integer in [{lo}, {hi}]"
+        return f"an integer in [{lo}, {hi}]" + (" or null" if self.nullable else "")
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,7 @@ SCHEMA = Section(
                 "pretrained": Bool(),
                 "weights": Text(nullable=True),
                 "epochs": Int(1, 1000),
+                "epochs_by_family": Section({family: Int(1, 1000, nullable=True) for family in MODEL_FAMILIES}),
                 "batch_size": Int(1, 4096),
                 "loss": Named("loss"),
                 "plateau_factor": Float(0.0, 1.0, lo_open=True, hi_open=True),  # ReduceLROnPlateau needs < 1
@@ -399,6 +403,13 @@ def get_dotted(checked: Mapping[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         value = value[part]
     return value
+
+
+def train_epochs(checked: Mapping[str, Any], family: str) -> int:
+    """The epochs a model of ``family`` trains for: ``train.epochs_by_family`` where set, else ``train.epochs``."""
+    train = checked["train"]
+    own = train["epochs_by_family"].get(family)
+    return int(train["epochs"] if own is None else own)
 
 
 def check_among(checked: Mapping[str, Any], key: str, among: str) -> None:

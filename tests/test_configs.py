@@ -17,6 +17,8 @@ DOCUMENTED_DIFFERENCES = {
     "preprocess.image_size": (128, 224),
     "train.pretrained": (False, True),
     "train.epochs": (3, 30),
+    "train.epochs_by_family.efficientnet": (1, None),
+    "train.epochs_by_family.swin": (1, None),
     "train.batch_size": (16, 32),
     "sanity.images": (16, 100),
     "sanity.stages": (1, 2),
@@ -31,6 +33,8 @@ DOCUMENTED_DIFFERENCES = {
 KNOWN_ANSWER_DIFFERENCES = {
     "data.phantom.images": (600, 1000),
     "train.epochs": (3, 20),
+    "train.epochs_by_family.efficientnet": (1, None),
+    "train.epochs_by_family.swin": (1, None),
     "train.lr_scale.efficientnet": (1.0, 2.0),
     "train.lr_scale.swin": (1.0, 0.4),
     "train.warmup_epochs": (0, 1),

@@ -637,14 +637,22 @@ def _expected_verdict(test: dict, loc: dict, target: float, ratio: float, judged
     return "pass" if not misses else f"**FAIL** ({', '.join(misses)})"
 
 
-@pytest.mark.parametrize("epochs", [3, 20])
-def test_known_answer_table_applies_each_models_target(tmp_path: Path, epochs: int) -> None:
-    """Each family is judged from its min_epochs on (the default's 3 epochs judge only the DenseNets),
-    and the verdicts in metrics/known_answer.json are the table's."""
+@pytest.mark.parametrize(("epochs", "swin_epochs"), [(3, None), (20, None), (20, 1)])
+def test_known_answer_table_applies_each_models_target(
+    tmp_path: Path, epochs: int, swin_epochs: int | None
+) -> None:
+    """Each family is judged from its min_epochs on, counting the epochs it trained (its own
+    ``train.epochs_by_family`` where set), and the verdicts in metrics/known_answer.json are the table's."""
     case = build_inputs(tmp_path)
     case_params = yaml.safe_load(case.params.read_text())
     case_params["report"]["examples"] = 0
     case_params["train"]["epochs"] = epochs
+    case_params["train"]["epochs_by_family"] = {
+        "densenet": None,
+        "efficientnet": None,
+        "swin": swin_epochs,
+        "other": None,
+    }
     case.params.write_text(yaml.safe_dump(case_params))
     assert run_stage(case).exit_code == 0
     r, params = case.root, case_params["report"]["known_answer"]
@@ -658,7 +666,9 @@ def test_known_answer_table_applies_each_models_target(tmp_path: Path, epochs: i
         test = json.loads((r / "metrics" / "test" / m / "seed0.json").read_text())
         loc = json.loads((r / "metrics" / "localise" / m / "seed0.json").read_text())
         row = table["rows"][f"{inputs.display_name(m)} (seed 0)"]
-        judged = epochs >= params["min_epochs"][family]
+        trained = swin_epochs if family == "swin" and swin_epochs is not None else epochs
+        judged = trained >= params["min_epochs"][family]
+        assert saved["runs"][f"{m}/seed0"]["epochs"] == trained
         assert row[1] == shown
         assert row[-1] == _expected_verdict(test, loc, params[kind], params["pointing_ratio"], judged)
         expected = "not judged" if not judged else ("pass" if row[-1] == "pass" else "fail")

@@ -22,6 +22,7 @@ from cxr_core.errors import ArtifactError
 from cxr_core.explain.class_means import first_best
 from cxr_core.files import contract, read_json, write_json
 from cxr_core.models.registry import get_spec
+from cxr_core.params import train_epochs
 from cxr_core.report.inputs import CONTROL_METHOD, ModelResults, method_names
 from cxr_core.report.provenance import Cell, Number, Table, ci_cell, finite, lookup, number, plain_cell
 
@@ -44,6 +45,11 @@ def _best_method(m: ModelResults) -> str | None:
     ]
     scored = [(name, v) for name, v in scored if finite(v) is not None]
     return scored[first_best([v for _, v in scored])][0] if scored else None
+
+
+def trained_epochs(params: Mapping[str, Any], model: str) -> int:
+    """The epochs ``model`` was set to train for (``train.epochs``, or its family's own)."""
+    return train_epochs(params, get_spec(model).family)
 
 
 def min_epochs(params: Mapping[str, Any], model: str) -> int:
@@ -97,7 +103,7 @@ def judge(m: ModelResults, params: Mapping[str, Any]) -> Judged:
         verdict = "no CI"
     elif control:
         verdict = "at chance" if low.value <= 0.5 <= high.value else "not at chance"
-    elif int(params["train"]["epochs"]) < min_epochs(params, m.name):
+    elif trained_epochs(params, m.name) < min_epochs(params, m.name):
         verdict = "not judged"
     else:
         if auc.value is None or auc.value < target:
@@ -119,7 +125,10 @@ def judge_all(models: Sequence[ModelResults], params: Mapping[str, Any]) -> list
 def known_answer_table(judged: Sequence[Judged], params: Mapping[str, Any]) -> Table:
     """One row per run: macro AUC [CI] against its target, best CAM pointing against the random map's."""
     targets, control = params["report"]["known_answer"], bool(params["train"]["shuffle_labels"])
-    epochs = int(params["train"]["epochs"])
+    trained = ", ".join(
+        f"{family} {train_epochs(params, family)}"
+        for family in dict.fromkeys(get_spec(j.m.name).family for j in judged)
+    )
     columns = ["macro AUC [95% CI]", "target", "best CAM pointing", "RandomCAM pointing", "verdict"]
     title = (
         "Known answer: control run (labels permuted), each macro AUC's 95% CI must hold 0.5"
@@ -143,11 +152,11 @@ def known_answer_table(judged: Sequence[Judged], params: Mapping[str, Any]) -> T
         f"Targets (`report.known_answer` in params.yaml): macro test AUC >= {targets['cnn_auc']} for a CNN and "
         f">= {targets['transformer_auc']} for a transformer, and the best CAM method's pointing game (class "
         f"mean, all boxes) >= {targets['pointing_ratio']} x the random map's. A family is judged from the "
-        f"epochs it needs to learn the signs (`min_epochs`: {needs}); this run trained {epochs}. The best "
+        f"epochs it needs to learn the signs (`min_epochs`: {needs}); this run trained {trained}. The best "
         "method is picked on the test boxes: this is a wiring check, not a result. A run that fails learned "
         "too little or is miswired; `make known-answer` runs `configs/known-answer.yaml`, long enough to "
         "judge all six models of the paper, and a run with `train.shuffle_labels: true` must stay at chance "
-        '(README: "The known answer").'
+        "(docs/known-answer.md)."
     )
     return table
 
@@ -160,6 +169,7 @@ def known_answer_json(judged: Sequence[Judged], params: Mapping[str, Any], phant
             "misses": list(j.misses),
             "macro_auc": j.auc.value,
             "target": j.target,
+            "epochs": trained_epochs(params, j.m.name),
             "min_epochs": min_epochs(params, j.m.name),
             "pointing": j.pointing.value,
             "pointing_method": j.best,

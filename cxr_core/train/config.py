@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cxr_core.models.registry import get_spec
+from cxr_core.params import train_epochs
 from cxr_core.runtime import Runtime
 
 
@@ -63,7 +64,7 @@ class TrainConfig:
             image_size=int(image_size),
             lr=float(params["lr"]) * t["lr_scale"][get_spec(model).family],
             seed=int(seed),
-            epochs=t["epochs"],
+            epochs=train_epochs(params, get_spec(model).family),
             batch_size=t["batch_size"],
             eval_batch_size=t["eval_batch_size"],
             loss=t["loss"],
