@@ -253,7 +253,9 @@ SCHEMA = Section(
                 "pretrained": Bool(),
                 "weights": Text(nullable=True),
                 "epochs": Int(1, 1000),
-                "epochs_by_family": Section({family: Int(1, 1000, nullable=True) for family in MODEL_FAMILIES}),
+                "epochs_by_family": Section(
+                    {family: Int(1, 1000, nullable=True) for family in MODEL_FAMILIES}
+                ),
                 "batch_size": Int(1, 4096),
                 "loss": Named("loss"),
                 "plateau_factor": Float(0.0, 1.0, lo_open=True, hi_open=True),  # ReduceLROnPlateau needs < 1
