@@ -2,7 +2,7 @@
 
 Sub-commands ``loader``, ``models``, ``preprocess``, ``cams``, ``compare`` run one section each.
 ``stages`` profiles ``dvc repro`` stage by stage (``benchmarks.stages``). Two more stand apart and
-are not part of ``all``: ``scale`` (a dry run of every post-image step at
+are not part of ``all``: ``scale`` (every stage of ``dvc.yaml`` run as it is at
 the real data set's size, ``benchmarks.scale``) and ``gpu-check`` (one GPU's training speed per
 model and a phantom epoch on it, ``benchmarks.gpu_check``; it refuses to run without CUDA unless
 ``--allow-cpu``).
@@ -225,12 +225,15 @@ _single("compare", "paired_auc_bootstrap vs a per-replicate sklearn loop (benchm
 
 
 def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, ...]:
+    """``--fractions`` as numbers; a bad value is a one-line message and exit 1, before any work."""
     try:
         fractions = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated numbers such as 0.1,0.5,1.0") from None
+        raise click.ClickException(
+            f"--fractions {value!r}: expected comma-separated numbers such as 0.1,0.5,1.0"
+        ) from None
     if not fractions or any(not 0 < f <= 1 for f in fractions):
-        raise click.BadParameter(f"{value!r}: every fraction must be in (0, 1]")
+        raise click.ClickException(f"--fractions {value!r}: every fraction must be in (0, 1]")
     return fractions
 
 
@@ -257,22 +260,34 @@ def stages(out: Path, only: tuple[str, ...]) -> None:
 )
 @click.option("--out", default="benchmarks/results", show_default=True, type=click.Path(file_okay=False))
 @click.option(
-    "--workdir", default=None, type=click.Path(file_okay=False), help="where the cache goes (default: /tmp)"
+    "--workdir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="where the workspaces (and their 5.6 GB cache at 100%) go (default: the system's temp folder)",
 )
 @click.option(
     "--meta",
     default=None,
-    type=click.Path(exists=True, file_okay=False),
+    type=click.Path(file_okay=False),
     help="folder with NIH's four metadata files gzipped (default: synthetic metadata)",
 )
 @click.option(
-    "--keep", is_flag=True, help="keep the work folder (cache, splits, metrics) instead of deleting it"
+    "--keep",
+    is_flag=True,
+    help="keep the workspaces (cache, splits, models, metrics) instead of deleting them",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads of the epoch step")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads of every stage")
 @click.option(
     "--in-process",
     is_flag=True,
-    help="run the steps in this process (faster start; memory peaks not isolated)",
+    help="run the stages in this process (faster start; memory peaks not isolated)",
+)
+@click.option(
+    "--models",
+    type=click.IntRange(1, 6),
+    default=6,
+    show_default=True,
+    help="probe models in every model stage's matrix (6: the paper's count)",
 )
 def scale(
     fractions: tuple[float, ...],
@@ -282,8 +297,9 @@ def scale(
     keep: bool,
     threads: int | None,
     in_process: bool,
+    models: int,
 ) -> None:
-    """Dry run of every post-image step at 10%, 50%, 100% of NIH's size: time, memory, growth."""
+    """Every stage of dvc.yaml at 10%, 50%, 100% of NIH's size, as the stages run: time, memory, growth."""
     from benchmarks import scale as scale_bench
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -299,6 +315,7 @@ def scale(
             threads=n_threads,
             progress=lambda msg: click.echo(msg, err=True),
             isolate=not in_process,
+            models=models,
         )
     except (CxrError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -16,7 +16,6 @@ import torch
 
 from benchmarks import loader, models
 from benchmarks.report import SECTION_TITLES, machine_info, to_markdown
-from cxr_core.explain.baselines import BASELINES
 from cxr_core.files import write_json
 
 TINY_MODEL = "test_efficientnet"
@@ -155,82 +154,7 @@ def test_cams_and_preprocess_sections_render_from_their_run_results() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# scale dry run (benchmarks.scale) and the GPU check (benchmarks.gpu_check)
-
-
-def test_scale_sizes_are_nih_at_full_size_and_shrink_with_the_fraction() -> None:
-    from benchmarks import scale
-
-    assert scale.sizes(1.0) == scale.FULL
-    assert sum(scale.REAL_BOXES.values()) == scale.FULL["boxes"] == 984
-    small = scale.sizes(0.1)
-    assert small["images"] == 11_212 and small["test_images"] == 2_560 and small["boxes"] == 98
-    with pytest.raises(ValueError, match="fraction"):
-        scale.sizes(1.5)
-
-
-def test_scale_synthetic_metadata_has_nih_structure() -> None:
-    from benchmarks import scale
-    from cxr_core.labels import LABELS
-
-    meta = scale.synthetic_metadata(0.02, seed=1)
-    s = scale.sizes(0.02)
-    entry = meta["entry"]
-    assert len(entry) == s["images"] and entry["Patient ID"].nunique() == s["patients"]
-    assert len(meta["test"]) == s["test_images"] and len(meta["boxes"]) == s["boxes"]
-    test_patients = {int(n[:8]) for n in meta["test"]}
-    assert len(test_patients) == s["test_patients"]
-    assert not test_patients & {int(n[:8]) for n in meta["train_val"]}  # patient-disjoint lists
-    assert len({b[0] for b in meta["boxes"]}) == s["box_images"]
-    findings = dict(zip(entry["Image Index"], entry["Finding Labels"], strict=True))
-    for name, label, x, y, w, h in meta["boxes"]:
-        assert name in set(meta["test"])
-        assert ("Infiltration" if label == "Infiltrate" else label) in findings[name].split("|")
-        assert x >= 0 and y >= 0 and x + w <= 1024 and y + h <= 1024
-    # every image name is <patient>_<follow-up>.png and follow-ups count up from 0 per patient
-    assert (entry["Image Index"].str[9:12].astype(int) == entry["Follow-up #"]).all()
-    assert set("|".join(entry["Finding Labels"]).split("|")) <= {*LABELS, "No Finding"}
-
-
-def test_scale_growth_flags_superlinear_steps_only() -> None:
-    from benchmarks import scale
-
-    def step(units: int, seconds: float, extra: float) -> dict:
-        return {"units": units, "seconds": seconds, "extra_anon_mb": extra}
-
-    results = {
-        "0.1": {name: step(100, 1.0, 100.0) for name in scale.STEPS},
-        "1": {name: step(1000, 10.0, 1000.0) for name in scale.STEPS},  # linear
-    }
-    results["1"]["split"] = step(1000, 100.0, 1000.0)  # time grows as size^2
-    results["1"]["score"] = step(1000, 10.0, 5000.0)  # memory beyond the budget
-    g = scale.growth(results, [0.1, 1.0])
-    assert g["epoch"]["flags"] == [] and g["epoch"]["seconds_exponent"] == pytest.approx(1.0)
-    assert g["split"]["seconds_exponent"] == pytest.approx(2.0)
-    assert any("seconds grows" in f for f in g["split"]["flags"])
-    assert any("MB >" in f for f in g["score"]["flags"])
-
-
-def test_scale_dry_run_at_a_tiny_fraction_measures_every_step(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from benchmarks import scale
-    from benchmarks.__main__ import cli
-
-    out = tmp_path / "out"
-    args = ["scale", "--fractions", "0.002", "--out", str(out), "--workdir", str(tmp_path), "--in-process"]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 0, result.output
-    doc = json.loads((out / "scale.json").read_text())
-    steps = doc["steps"]["0.002"]
-    assert set(steps) == set(scale.STEPS)
-    for name, r in steps.items():
-        assert r["seconds"] > 0 and r["peak_rss_mb"] > 0 and r["units"] > 0, name
-    assert steps["split"]["test"] == scale.sizes(0.002)["test_images"]
-    methods = len(scale.SETTINGS["methods"]) + len(BASELINES)  # the box prior and uniform map are scored too
-    assert steps["score"]["records"] == methods * scale.sizes(0.002)["boxes"]
-    assert not list(tmp_path.glob("cxr-scale-*"))  # the work folder is deleted without --keep
-    assert "| report |" in (out / "scale.md").read_text()
+# the GPU check (benchmarks.gpu_check); the scale check's tests are in tests/test_scale.py
 
 
 def test_gpu_check_refuses_without_cuda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -279,18 +203,3 @@ def test_gpu_check_cpu_smoke_run_writes_json_and_markdown(
     assert all(p[k] >= 0 for k in ("phantom_s", "preprocess_s", "split_s", "train_epoch_s", "test_s"))
     md = (tmp_path / "gpu_check.md").read_text()
     assert "1752 (nhwc, 512)" in md and gpu_check.TIMM_SOURCE["nchw"][1][:12] in md
-
-
-def test_scale_names_a_missing_metadata_file(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from benchmarks.__main__ import cli
-
-    meta = tmp_path / "meta"
-    meta.mkdir()
-    result = CliRunner().invoke(
-        cli, ["scale", "--fractions", "0.01", "--meta", str(meta), "--out", str(tmp_path)]
-    )
-    assert result.exit_code == 1
-    assert "Data_Entry" in result.output and "gzipped" in result.output
-    assert not (tmp_path / "scale.json").exists()
