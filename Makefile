@@ -55,7 +55,7 @@ bench: install
 gpu-check: install
 	python -m benchmarks gpu-check
 
-# the pipeline's steps at NIH's full size on synthetic data (time and peak memory at 10/50/100%): docs/scale-check.md
+# every stage of dvc.yaml after preprocess at NIH's full size, tiny probe models (time and memory at 10/50/100%): docs/scale-check.md
 scale: install
 	python -m benchmarks scale
 
