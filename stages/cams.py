@@ -11,7 +11,6 @@ from pathlib import Path
 
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import LocTable
-from cxr_core.evaluate.predictions import Predictions
 from cxr_core.explain.cams.registry import CAM_LOOKUPS
 from cxr_core.explain.cams.settings import CamSettings
 from cxr_core.explain.loc_heatmaps import loc_heatmaps
@@ -35,21 +34,17 @@ LOOKUPS = CAM_LOOKUPS
 @model_option
 @params_option
 @path_option("checkpoint", help="data/models/<model>/seed<k>/best.pt")
-@path_option("predictions", help="data/predictions/<model>/seed<k>.npz (test stage)")
 @cache_option
 @splits_option
 @path_option("out", help="data/heatmaps/<model>/seed<k>.npz")
-def main(
-    model_name: str, params: Path, checkpoint: Path, predictions: Path, cache: Path, splits: Path, out: Path
-) -> None:
+def main(model_name: str, params: Path, checkpoint: Path, cache: Path, splits: Path, out: Path) -> None:
     cfg = load_params(params, LOOKUPS)
     model, meta = load_model(checkpoint, model_name=model_name)
     spec = get_spec(model_name)
     images, _ = load_cache(cache, expected_size=int(meta["image_size"]))
     loc = LocTable.read(splits)
-    probs = Predictions.load(predictions).probs_for(loc.rows, predictions)
     runtime = Runtime.from_params(cfg["train"], spec)
-    loc_heatmaps(model, spec, images, loc, probs, CamSettings.from_params(cfg), runtime).save(out)
+    loc_heatmaps(model, spec, images, loc, CamSettings.from_params(cfg), runtime).save(out)
 
 
 if __name__ == "__main__":

@@ -34,14 +34,32 @@ logger = logging.getLogger("stages.report")
 @splits_option
 @cache_option
 @path_option("heatmaps", "data/heatmaps", "<m>/seed<k>.npz of the best model (example grid)")
+@path_option(
+    "predictions", "data/predictions", "<m>/seed<k>.npz of the best model (the example grid's probabilities)"
+)
 @path_option("raw", "data/raw", "manifest.json: which data the numbers came from")
 @path_option("out", "reports", "report.md, tables/*.csv, provenance.csv")
 def main(
-    params: Path, metrics: Path, plots: Path, splits: Path, cache: Path, heatmaps: Path, raw: Path, out: Path
+    params: Path,
+    metrics: Path,
+    plots: Path,
+    splits: Path,
+    cache: Path,
+    heatmaps: Path,
+    predictions: Path,
+    raw: Path,
+    out: Path,
 ) -> None:
     cfg = load_params(params)
     paths = ReportPaths(
-        metrics=metrics, plots=plots, splits=splits, cache=cache, heatmaps=heatmaps, raw=raw, out=out
+        metrics=metrics,
+        plots=plots,
+        splits=splits,
+        cache=cache,
+        heatmaps=heatmaps,
+        predictions=predictions,
+        raw=raw,
+        out=out,
     )
     report = make_report(cfg, paths)
     logger.info(

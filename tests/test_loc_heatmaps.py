@@ -25,11 +25,10 @@ def cams(phantom_data, single_thread):
     model = create_model(TINY, image_size=phantom_data.image_size).eval()
     images, _ = load_cache(phantom_data.cache)
     loc = LocTable.read(phantom_data.splits)
-    probs = np.random.default_rng(0).random((len(loc), 14)).astype(np.float32)
 
     def run(batch_size: int, seed: int = 0) -> SavedHeatmaps:
         settings = CamSettings(METHODS, batch_size, seed, "pytorch-grad-cam", 32)
-        return loc_heatmaps(model, get_spec(TINY), images, loc, probs, settings, Runtime.cpu())
+        return loc_heatmaps(model, get_spec(TINY), images, loc, settings, Runtime.cpu())
 
     return run, len(loc)
 

@@ -254,7 +254,14 @@ def _heatmaps(path: Path, rng: np.random.Generator, k: int, methods: list[str]) 
         arrays[name] = np.uint8(255 * maps)
     probs = rng.uniform(0, 1, (k, len(LABELS))).astype(np.float32)
     raw = {name: rng.uniform(0, 2, (k, 4, 4)).astype(np.float32) for name in methods}
-    SavedHeatmaps(arrays, {name: np.zeros(k, bool) for name in methods}, probs, raw).save(path)
+    SavedHeatmaps(arrays, {name: np.zeros(k, bool) for name in methods}, raw).save(path)
+    # the run's test predictions for the same images (loc rows 5..5+k), as the test stage writes them
+    rows = np.arange(k) + 5
+    names = np.array([f"{i:08d}_000.png" for i in range(k)])
+    targets = (probs > 0.5).astype(np.uint8)
+    root = path.parents[3]
+    predictions = Predictions(names, rows, rows // 2, probs, targets, logits=np.log(probs))
+    predictions.save(root / "data" / "predictions" / path.parent.name / path.name)
 
 
 EPOCHS = 7  # set in the fake params, so the header test does not depend on the shipped value
@@ -467,6 +474,7 @@ def report_paths(case: Inputs, out: str = "reports") -> ReportPaths:
         splits=r / "data/splits",
         cache=r / "data/cache",
         heatmaps=r / "data/heatmaps",
+        predictions=r / "data/predictions",
         raw=r / "data/raw",
         out=r / out,
     )
@@ -480,6 +488,8 @@ def run_stage(case: Inputs, out: str = "reports") -> Any:
     args += [
         "--heatmaps",
         str(r / "data/heatmaps"),
+        "--predictions",
+        str(r / "data/predictions"),
         "--raw",
         str(r / "data/raw"),
         "--out",

@@ -13,7 +13,6 @@ import numpy as np
 
 from cxr_core.data.tables import LocTable
 from cxr_core.files import contract, malformed, read_npz, write_npz
-from cxr_core.labels import LABELS
 
 _PRODUCER = "the CAM stage (cams@<model>-<seed>)"
 
@@ -21,25 +20,21 @@ _PRODUCER = "the CAM stage (cams@<model>-<seed>)"
 @contract(
     "data/heatmaps/<model>/seed<k>.npz",
     writer="cams@<model>-<k>",
-    fields=("methods", "probs", "maps_<method>", "raw_<method>", "degenerate_<method>"),
+    fields=("methods", "maps_<method>", "raw_<method>", "degenerate_<method>"),
 )
 @dataclass(frozen=True)
 class SavedHeatmaps:
-    """Per method uint8 ``K x S x S`` maps and degeneracy flags, one per row of ``loc.csv``, plus the
-    model's probabilities for those images (``K x 14``) and the raw maps: float32 ``K x h x w``,
-    after the ReLU and before any normalisation, at the target layer's resolution (0 where the map
-    is degenerate). ``probs`` are a copy of the test stage's for the report's example grid only:
-    ``localise@`` reads the predictions file itself."""
+    """Per method uint8 ``K x S x S`` maps and degeneracy flags, one per row of ``loc.csv``, and the
+    raw maps: float32 ``K x h x w``, after the ReLU and before any normalisation, at the target
+    layer's resolution (0 where the map is degenerate). Heatmaps only: the model's probabilities
+    are the test stage's predictions file, which ``localise@`` and the report read."""
 
     maps: dict[str, np.ndarray]
     degenerate: dict[str, np.ndarray]
-    probs: np.ndarray
     raw: dict[str, np.ndarray]
 
     def __post_init__(self) -> None:
-        k = len(self.probs)
-        if self.probs.shape != (k, len(LABELS)):
-            raise ValueError(f"probs must be (K, {len(LABELS)}), got {self.probs.shape}")
+        k = len(self)
         for m, maps in self.maps.items():
             if maps.dtype != np.uint8 or maps.ndim != 3 or len(maps) != k:
                 raise ValueError(f"maps of {m} must be uint8 ({k}, S, S), got {maps.dtype} {maps.shape}")
@@ -54,13 +49,13 @@ class SavedHeatmaps:
                 raise ValueError(f"raw maps of {m} must be >= 0 (after the ReLU)")
 
     def __len__(self) -> int:
-        return len(self.probs)
+        """Boxes (rows of ``loc.csv``) the maps are for."""
+        return len(next(iter(self.maps.values()))) if self.maps else 0
 
     def save(self, path: str | os.PathLike) -> None:
         write_npz(
             path,
             {
-                "probs": self.probs.astype(np.float32),
                 "methods": np.array(list(self.maps), dtype=str),
                 **{f"maps_{m}": v for m, v in self.maps.items()},
                 **{f"degenerate_{m}": v.astype(bool) for m, v in self.degenerate.items()},
@@ -70,7 +65,7 @@ class SavedHeatmaps:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SavedHeatmaps:
-        arrays = read_npz(path, _PRODUCER, ("methods", "probs"))
+        arrays = read_npz(path, _PRODUCER, ("methods",))
         methods = [str(m) for m in arrays["methods"]]
         absent = [
             f"{kind}_{m}"
@@ -84,7 +79,6 @@ class SavedHeatmaps:
             return cls(
                 maps={m: arrays[f"maps_{m}"] for m in methods},
                 degenerate={m: arrays[f"degenerate_{m}"] for m in methods},
-                probs=arrays["probs"],
                 raw={m: arrays[f"raw_{m}"] for m in methods},
             )
         except ValueError as exc:

@@ -34,7 +34,6 @@ def loc_heatmaps(
     spec: ModelSpec,
     images: np.ndarray,
     loc: LocTable,
-    probs: np.ndarray,
     settings: CamSettings,
     runtime: Runtime,
 ) -> SavedHeatmaps:
@@ -62,4 +61,4 @@ def loc_heatmaps(
                 k,
             )
     raw_maps = {m: np.concatenate(r) if r else np.zeros((0, 1, 1), np.float32) for m, r in raw.items()}
-    return SavedHeatmaps(maps, degenerate, np.asarray(probs, np.float32), raw_maps)
+    return SavedHeatmaps(maps, degenerate, raw_maps)

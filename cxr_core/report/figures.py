@@ -18,6 +18,7 @@ import pandas as pd
 
 from cxr_core.data.cache import load_cache
 from cxr_core.data.tables import LocTable
+from cxr_core.evaluate.predictions import Predictions
 from cxr_core.explain.heatmap_file import SavedHeatmaps
 from cxr_core.labels import BOX_LABELS, LABELS, NO_FINDING
 from cxr_core.report.inputs import (
@@ -280,12 +281,16 @@ def plot_heatmap_examples(
 def load_examples(
     paths: ReportPaths, model: str, seed: int
 ) -> tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray]]:
-    """loc.csv, the image cache (memmap) and one run's heatmaps, checked to line up."""
-    loc = LocTable.read(paths.splits).table
+    """loc.csv, the image cache (memmap), one run's heatmaps and its probabilities of the boxes'
+    images (the test stage's predictions file), checked to line up."""
+    table = LocTable.read(paths.splits)
+    loc = table.table
     images, _ = load_cache(paths.cache)
     path, stage = paths.heatmaps_npz(model, seed), run_stage("cams", model, seed)
     saved = SavedHeatmaps.load(path)
-    heatmaps = {**saved.maps, "probs": saved.probs}
+    predictions = paths.predictions_npz(model, seed)
+    probs = Predictions.load(predictions).probs_for(table.rows, predictions)
+    heatmaps = {**saved.maps, "probs": probs}
     for name, arr in heatmaps.items():
         if len(arr) != len(loc):
             raise InputFormatError(

@@ -17,6 +17,7 @@ import pandas as pd
 from cxr_core.audit.clinical import ClinicalMetrics, ReliabilityTable
 from cxr_core.errors import CxrError
 from cxr_core.evaluate.metrics import RocTable, TestMetrics
+from cxr_core.evaluate.predictions import Predictions
 from cxr_core.explain.baselines import BASELINES
 from cxr_core.explain.heatmap_file import SavedHeatmaps
 from cxr_core.explain.sanity_metrics import SanityMetrics
@@ -48,6 +49,7 @@ class ReportPaths:
     splits: Path
     cache: Path
     heatmaps: Path
+    predictions: Path
     raw: Path
     out: Path
 
@@ -71,6 +73,9 @@ class ReportPaths:
 
     def heatmaps_npz(self, model: str, seed: int) -> Path:
         return SavedHeatmaps.CONTRACT.run_file(self.heatmaps, model, seed)  # type: ignore[attr-defined]
+
+    def predictions_npz(self, model: str, seed: int) -> Path:
+        return Predictions.CONTRACT.run_file(self.predictions, model, seed)  # type: ignore[attr-defined]
 
     def clinical_json(self, model: str, seed: int) -> Path:
         return ClinicalMetrics.CONTRACT.run_file_under(self.metrics, model, seed)  # type: ignore[attr-defined]
@@ -150,11 +155,12 @@ def required_inputs(
 
 
 def example_inputs(paths: ReportPaths, model: str, seed: int) -> list[tuple[Path, str]]:
-    """Files the example heatmap grid reads (only the best model's heatmaps, of its first seed)."""
+    """Files the example heatmap grid reads (the best model's heatmaps and probabilities, first seed)."""
     return [
         (paths.loc_csv, "split"),
         (paths.images_npy, "preprocess"),
         (paths.heatmaps_npz(model, seed), run_stage("cams", model, seed)),
+        (paths.predictions_npz(model, seed), run_stage("test", model, seed)),
     ]
 
 
