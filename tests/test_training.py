@@ -528,3 +528,26 @@ def test_a_last_pt_from_another_runtime_is_not_resumed(tmp_path, cfg, data) -> N
     assert same.resumed_from == 1
     other = fit(replace(cfg, epochs=3, channels_last=False), images, train, val, tmp_path / "model")
     assert other.resumed_from == 0
+
+
+def test_a_queue_neighbour_removing_dvclives_signal_file_does_not_fail_the_run(tmp_path, monkeypatch) -> None:
+    """Two queued experiments share dvclive's VS Code signal file; the one that finds it gone in
+    ``Live.end`` must still finish (this failed `dvc queue start -j 2` runs at random)."""
+    from cxr_core.train import live as live_module
+
+    log = live_module.EpochLog(tmp_path / "live")
+    signal = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "DVCLIVE_STEP_COMPLETED"
+
+    def raced() -> None:
+        raise FileNotFoundError(2, "No such file or directory", str(signal))
+
+    monkeypatch.setattr("dvclive.live.cleanup_dvclive_step_completed", raced)
+    log.finish({"epochs_trained": 1, "best_val_loss": 0.5})
+    assert (tmp_path / "live" / "metrics.json").is_file()
+
+    def other() -> None:
+        raise FileNotFoundError(2, "No such file or directory", "elsewhere.json")
+
+    monkeypatch.setattr("dvclive.live.cleanup_dvclive_step_completed", other)
+    with pytest.raises(FileNotFoundError):
+        live_module.EpochLog(tmp_path / "live2").finish({"epochs_trained": 1})

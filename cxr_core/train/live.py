@@ -80,7 +80,14 @@ class EpochLog:
         self.live.summary.update(
             {k: v for k, v in summary.items() if not isinstance(v, float) or math.isfinite(v)}
         )
-        self.live.end()
+        try:
+            self.live.end()
+        except FileNotFoundError as exc:
+            # dvclive's last step removes its VS Code signal file after checking it exists; two queued
+            # experiments (`dvc queue start -j 2`) share that file, so the other may remove it first.
+            # Everything else end() does has been done by then.
+            if "DVCLIVE_STEP_COMPLETED" not in str(exc):
+                raise
 
 
 def _log_epoch(live: Any, row: Mapping[str, float]) -> None:
